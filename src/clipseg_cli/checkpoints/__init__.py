@@ -1,0 +1,1 @@
+"""Published checkpoints: the registry, loading from disk and fetching from the Hub."""

@@ -1,0 +1,54 @@
+"""The table of published CLIPSeg checkpoints, each with its own preprocessing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from clipseg_cli.constants import IMAGE_MEAN, IMAGE_STD, MODEL_INPUT_SIZE
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """A published checkpoint: where it lives and what it is for."""
+
+    hub_id: str
+    description: str
+    size_mb: int
+    image_size: int = MODEL_INPUT_SIZE
+    mean: tuple[float, float, float] = IMAGE_MEAN
+    std: tuple[float, float, float] = IMAGE_STD
+
+
+REGISTRY: dict[str, CheckpointInfo] = {
+    info.hub_id: info
+    for info in (
+        CheckpointInfo(
+            "CIDAS/clipseg-rd64-refined",
+            "reduce_dim 64, refined upsampling: the sharpest masks (default)",
+            603,
+        ),
+        CheckpointInfo("CIDAS/clipseg-rd64", "reduce_dim 64, plain upsampling", 603),
+        CheckpointInfo("CIDAS/clipseg-rd16", "reduce_dim 16, plain upsampling: smallest decoder", 600),
+    )
+}
+
+# Short names accepted wherever a hub id is: "rd64-refined" -> "CIDAS/clipseg-rd64-refined".
+ALIASES: dict[str, str] = {hub_id.split("clipseg-", 1)[1]: hub_id for hub_id in REGISTRY}
+
+
+def available_models() -> list[str]:
+    """Names of the published checkpoints, default first.
+
+    Returns:
+        The hub ids of the registry.
+    """
+    return list(REGISTRY)
+
+
+def resolve_name(name: str) -> str:
+    """Map an alias to its hub id; other names pass through unchanged.
+
+    Returns:
+        The hub id for a registry alias, else ``name``.
+    """
+    return ALIASES.get(name, name)

@@ -1,0 +1,21 @@
+"""Constants shared across the package: one place for every magic value."""
+
+DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
+
+# Preprocessing of the published checkpoints (their preprocessor_config.json).
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+MODEL_INPUT_SIZE = 352
+
+# Files of a checkpoint in the Hugging Face layout.
+CONFIG_FILE = "config.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+SAFETENSORS_FILE = "model.safetensors"
+PICKLE_FILE = "pytorch_model.bin"
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+# What we fetch from the Hub: never the pickled weights.
+DOWNLOAD_PATTERNS = ("*.json", "*.txt", SAFETENSORS_FILE)
+
+# Output defaults.
+DEFAULT_THRESHOLD = 0.4
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2x MAX_IMAGE_PIXELS)

@@ -1,0 +1,27 @@
+"""User-facing errors: each says what was wrong and what to do next, in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ClipSegError(Exception):
+    """Base of every error meant for the user; the CLI prints it as one line, no traceback."""
+
+
+class CheckpointError(ClipSegError):
+    """A checkpoint is missing, corrupt or does not fit the model."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class ImageError(ClipSegError):
+    """An input image cannot be used: not an image, truncated, too large, ..."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason

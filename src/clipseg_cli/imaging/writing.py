@@ -1,0 +1,133 @@
+"""Write results: atomic file writes, PNG saving, and masks turned into images."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image
+
+# Temporary files start with "." and end with this, so no folder walk takes them for an input or output.
+TEMP_SUFFIX = ".clipseg-tmp"
+_TEMP_NAME_CHARS = 50  # keeps the temporary name under every file system's 255-byte limit
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file through a temporary file in the same folder, then move it into place.
+
+    The destination is either left as it was or fully replaced; on any exception, including
+    KeyboardInterrupt, the temporary file is removed and the exception re-raised.
+    """
+    path = Path(path)
+    temp, handle = _create_temp(path)
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def save_png(image: Image.Image, path: Path, compress_level: int = 1) -> None:
+    """Save an image as PNG atomically, with fast compression by default."""
+    atomic_write(Path(path), lambda handle: image.save(handle, format="PNG", compress_level=compress_level))
+
+
+def mask_to_image(mask: np.ndarray) -> Image.Image:
+    """Turn a boolean HxW mask into a black-and-white image.
+
+    Returns:
+        A mode "L" image: 255 inside the mask, 0 outside.
+    """
+    _require_2d(mask, "mask")
+    if mask.dtype != np.bool_:
+        raise ValueError(f"mask must be a bool array, got {mask.dtype}")
+    return Image.fromarray(mask.astype(np.uint8) * np.uint8(255))
+
+
+def probability_to_image(prob: np.ndarray) -> Image.Image:
+    """Turn an HxW float probability map in [0, 1] into a grey image.
+
+    Returns:
+        A mode "L" image with round(p * 255); values outside [0, 1] are clipped, NaN becomes 0.
+    """
+    _require_2d(prob, "probability map")
+    if not np.issubdtype(prob.dtype, np.floating):
+        raise ValueError(f"probability map must be a float array, got {prob.dtype}")
+    values = np.nan_to_num(prob.astype(np.float32, copy=False), nan=0.0)
+    return Image.fromarray(np.rint(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8))
+
+
+def overlay(
+    image: Image.Image,
+    mask: np.ndarray,
+    color: tuple[int, int, int] = (255, 0, 80),
+    alpha: float = 0.5,
+) -> Image.Image:
+    """Tint the masked pixels of an RGB image: pixel * (1 - alpha) + color * alpha.
+
+    Returns:
+        A new RGB image of the same size; pixels outside the mask are unchanged.
+    """
+    _require_same_size(image, mask)
+    if mask.dtype != np.bool_:
+        raise ValueError(f"mask must be a bool array, got {mask.dtype}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    # One 256-entry lookup table per channel (Pillow's point), then a masked paste: all in C.
+    levels = np.arange(256, dtype=np.float64)[None, :]
+    table = np.rint(levels * (1.0 - alpha) + np.asarray(color, dtype=np.float64)[:, None] * alpha)
+    tinted = rgb.point(table.astype(np.uint8).ravel().tolist())
+    return Image.composite(tinted, rgb, mask_to_image(mask))
+
+
+def cutout(image: Image.Image, alpha: np.ndarray) -> Image.Image:
+    """Give an RGB image an alpha channel from a bool mask (0/255) or a float probability (0..255).
+
+    Returns:
+        A new RGBA image of the same size.
+    """
+    _require_same_size(image, alpha)
+    alpha_image = mask_to_image(alpha) if alpha.dtype == np.bool_ else probability_to_image(alpha)
+    rgba = image.convert("RGBA")
+    rgba.putalpha(alpha_image)
+    return rgba
+
+
+def _create_temp(path: Path) -> tuple[Path, BinaryIO]:
+    """Create a new hidden temporary file next to `path`, with the default permissions.
+
+    Returns:
+        The temporary path and its open binary handle.
+    """
+    while True:
+        name = f".{path.name[:_TEMP_NAME_CHARS]}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        temp = path.with_name(name)
+        try:
+            fd = os.open(temp, _OPEN_FLAGS, 0o666)
+        except FileExistsError:
+            continue
+        return temp, os.fdopen(fd, "wb")
+
+
+def _require_2d(array: np.ndarray, what: str) -> None:
+    """Refuse anything but an HxW array."""
+    if array.ndim != 2:
+        raise ValueError(f"{what} must be HxW, got shape {array.shape}")
+
+
+def _require_same_size(image: Image.Image, array: np.ndarray) -> None:
+    """Refuse an HxW array whose size differs from the image's."""
+    _require_2d(array, "mask")
+    if array.shape != (image.height, image.width):
+        height, width = array.shape
+        raise ValueError(f"mask is {width}x{height} but the image is {image.width}x{image.height}")

@@ -1,0 +1,200 @@
+"""The core contract: our ClipSeg gives transformers' CLIPSegForImageSegmentation logits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+from clipseg_cli import ClipSeg, ClipSegError, Segmenter
+from clipseg_cli.errors import CheckpointError
+from factory import CONFIGS, build_checkpoint
+
+PROMPTS = ["red car", "tree", "a dog on the left"]
+
+
+def random_images(count: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    sizes = [(70, 50), (40, 64), (64, 64), (33, 91)]
+    return [Image.fromarray(rng.integers(0, 256, (sizes[i % 4][1], sizes[i % 4][0], 3), dtype=np.uint8))
+            for i in range(count)]
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def pair(request, tmp_path_factory):
+    """(our model, the reference model, its processor) for one small checkpoint."""
+    directory = build_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
+    reference = CLIPSegForImageSegmentation.from_pretrained(directory).eval()
+    return ClipSeg.from_pretrained(directory), reference, CLIPSegProcessor.from_pretrained(directory)
+
+
+def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    assert ours.shape == theirs.shape
+    assert theirs.abs().max() > 0
+    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_text_prompts_match_reference(pair, count):
+    ours, reference, processor = pair
+    inputs = processor(text=PROMPTS[:count], images=random_images(count), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = reference(**inputs).logits
+        got = ours(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
+                   attention_mask=inputs["attention_mask"])
+    assert got.shape == (count, 64, 64)  # B = 1 stays 1
+    assert relative_error(got, expected) < 1e-5
+
+
+def test_image_prompts_match_reference(pair):
+    ours, reference, processor = pair
+    images = random_images(2)
+    inputs = processor(images=images, visual_prompt=random_images(2, seed=1), return_tensors="pt")
+    with torch.no_grad():
+        expected = reference(**inputs).logits
+        got = ours(**inputs)
+    assert relative_error(got, expected) < 1e-5
+
+
+def test_text_prompts_stop_at_deepest_extracted_layer(pair):
+    ours, _, processor = pair
+    ran = []
+    hooks = [layer.register_forward_hook(lambda *_, i=i: ran.append(i))
+             for i, layer in enumerate(ours.vision.encoder.layers)]
+    try:
+        ours.encode_image(processor(images=random_images(1), return_tensors="pt")["pixel_values"])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert ran == list(range(max(ours.config.extract_layers) + 1))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return build_checkpoint(tmp_path_factory.mktemp("ckpt"), "complex")
+
+
+def reference_probabilities(directory, image: Image.Image, prompts: list[str]) -> np.ndarray:
+    """What a user wiring transformers by hand gets: processor, model, bilinear upsampling, sigmoid."""
+    processor = CLIPSegProcessor.from_pretrained(directory)
+    model = CLIPSegForImageSegmentation.from_pretrained(directory).eval()
+    inputs = processor(text=prompts, images=[image] * len(prompts), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    upsampled = F.interpolate(logits[:, None], size=(image.height, image.width), mode="bilinear")
+    return torch.sigmoid(upsampled[:, 0]).numpy()
+
+
+def test_segmenter_predict_matches_reference_pipeline(checkpoint):
+    image = random_images(1)[0]
+    segmenter = Segmenter.from_pretrained(checkpoint, device="cpu", precision="fp32")
+    probs = segmenter.predict(image, PROMPTS)
+    assert probs.dtype == np.float32 and probs.shape == (3, image.height, image.width)
+    assert np.abs(probs - reference_probabilities(checkpoint, image, PROMPTS)).mean() < 0.01
+    single = segmenter.predict(np.asarray(image), "tree")
+    assert single.shape == (1, image.height, image.width)
+    np.testing.assert_allclose(single[0], probs[1], atol=1e-5)
+
+
+def test_segmenter_accepts_image_prompt_and_path(checkpoint, tmp_path):
+    example, image = random_images(2)
+    image.save(tmp_path / "photo one.png")
+    segmenter = Segmenter.from_pretrained(checkpoint, device="cpu", precision="fp32")
+    probs = segmenter.predict(tmp_path / "photo one.png", [example, "tree"])
+    assert probs.shape == (2, image.height, image.width)
+    assert probs.min() >= 0 and probs.max() <= 1
+
+
+def test_prompt_embedded_once_and_trimming_keeps_results(checkpoint):
+    segmenter = Segmenter.from_pretrained(checkpoint, device="cpu", precision="fp32")
+    calls = []
+    segmenter.model.text.register_forward_hook(lambda *_: calls.append(1))
+    image = random_images(1)[0]
+    first = segmenter.predict(image, PROMPTS)
+    second = segmenter.predict(image, PROMPTS[::-1])
+    assert len(calls) == 1
+    np.testing.assert_array_equal(first[::-1], second)
+    segmenter.drop_unused_layers()
+    assert len(segmenter.model.vision.encoder.layers) == max(segmenter.model.config.extract_layers) + 1
+    np.testing.assert_array_equal(segmenter.predict(image, PROMPTS), first)
+    with pytest.raises(ClipSegError, match="drop_unused_layers"):
+        segmenter.predict(image, ["a new prompt"])
+
+
+def copy_checkpoint(source, target):
+    shutil.copytree(source, target)
+    return target
+
+
+def test_pickled_weights_used_only_without_safetensors(checkpoint, tmp_path):
+    directory = copy_checkpoint(checkpoint, tmp_path / "bin")
+    tensors = load_file(directory / "model.safetensors")
+    torch.save(tensors, directory / "pytorch_model.bin")
+    (directory / "model.safetensors").unlink()
+    expected = ClipSeg.from_pretrained(checkpoint).decoder.film_mul.weight
+    assert torch.equal(ClipSeg.from_pretrained(directory).decoder.film_mul.weight, expected)
+    torch.save({"garbage": torch.zeros(1)}, directory / "pytorch_model.bin")
+    save_file(tensors, directory / "model.safetensors")  # safetensors wins over the .bin
+    assert torch.equal(ClipSeg.from_pretrained(directory).decoder.film_mul.weight, expected)
+
+
+def edit_config(directory, **changes):
+    path = directory / "config.json"
+    raw = json.loads(path.read_text())
+    raw.update(changes)
+    path.write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "config.json").unlink(), r"config\.json: missing"),
+        (lambda d: (d / "model.safetensors").unlink(), "no model.safetensors or pytorch_model.bin"),
+        (lambda d: (d / "config.json").write_text("{not json"), r"config\.json: not valid JSON"),
+        (lambda d: edit_config(d, use_complex_transposed_convolution="yes"), "must be true or false"),
+        (lambda d: edit_config(d, model_type="bert"), "model_type is 'bert'"),
+        (lambda d: edit_config(d, extract_layers=[1, 2, 40]), r"extract_layers \[1, 2, 40\]"),
+        (lambda d: edit_config(d, reduce_dim=16), "has shape"),
+    ],
+)
+def test_loading_errors_name_the_file(checkpoint, tmp_path, damage, message):
+    directory = copy_checkpoint(checkpoint, tmp_path / "bad")
+    damage(directory)
+    with pytest.raises(CheckpointError, match=message) as info:
+        ClipSeg.from_pretrained(directory)
+    assert str(directory) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_truncated_safetensors(checkpoint, tmp_path):
+    directory = copy_checkpoint(checkpoint, tmp_path / "cut")
+    path = directory / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: corrupt or truncated"):
+        ClipSeg.from_pretrained(directory)
+
+
+@pytest.mark.parametrize("change", ["drop", "extra"])
+def test_state_dict_must_match_exactly(checkpoint, tmp_path, change):
+    directory = copy_checkpoint(checkpoint, tmp_path / change)
+    tensors = load_file(directory / "model.safetensors")
+    if change == "drop":
+        del tensors["decoder.film_add.bias"]
+        message = "missing tensor 'decoder.film_add.bias'"
+    else:
+        tensors["decoder.surprise"] = torch.zeros(2)
+        message = "unexpected tensor 'decoder.surprise'"
+    save_file(tensors, directory / "model.safetensors")
+    with pytest.raises(CheckpointError, match=message):
+        ClipSeg.from_pretrained(directory)
+
+
+def test_unknown_name_lists_choices():
+    with pytest.raises(ClipSegError, match="CIDAS/clipseg-rd64-refined"):
+        ClipSeg.from_pretrained("no-such-model", offline=True)
