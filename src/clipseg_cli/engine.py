@@ -1,0 +1,189 @@
+"""The batch engine: decode ahead, run the model on batches, write PNGs behind, never wait on files.
+
+One image-tower pass per image serves every prompt; prompts are embedded once per run. Decoding
+and writing run in worker threads (Pillow and torch release the GIL), with bounded queues so that
+memory does not grow with the number of images.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from clipseg_cli.constants import DEFAULT_MAX_PIXELS
+from clipseg_cli.errors import ClipSegError
+from clipseg_cli.imaging.decode import DecodedImage, open_image
+from clipseg_cli.inputs import WorkItem
+from clipseg_cli.outputs import OutputPlan, output_paths, unique_labels, write_outputs
+from clipseg_cli.postprocess import combine
+from clipseg_cli.predictor import Prompt, Segmenter, probabilities
+
+
+@dataclass
+class Result:
+    """What happened to one (image, prompt): the line ``--json`` prints."""
+
+    image: str
+    prompt: str
+    status: str  # ok, skipped or failed
+    mask: str | None = None
+    overlay: str | None = None
+    cutout: str | None = None
+    error: str | None = None
+    stats: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        record = asdict(self)
+        record.update(record.pop("stats"))
+        return record
+
+
+@dataclass(frozen=True)
+class Target:
+    """One map written per image: a prompt, or the union of all of them."""
+
+    label: str  # in file names
+    prompt: str  # for people
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Images per model call: small on CPUs (little to gain, memory to lose), larger on GPUs."""
+    return 4 if device.type == "cpu" else 16
+
+
+class Engine:
+    """Runs a Segmenter over many images for a fixed set of prompts and writes the outputs."""
+
+    def __init__(
+        self,
+        segmenter: Segmenter,
+        prompts: Sequence[Prompt],
+        *,
+        plan: OutputPlan | None = None,
+        names: Sequence[str] | None = None,
+        negatives: Sequence[Prompt] = (),
+        union: bool = False,
+        batch_size: int | None = None,
+        force: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        workers: int = 2,
+        trim: bool = False,
+    ) -> None:
+        """Arguments:
+        names: how prompts are shown and named (texts by default; give names for image prompts).
+        negatives: prompts whose masks are cut out of every positive mask.
+        union: write one mask, the union of all prompts, instead of one per prompt.
+        trim: free the text tower and unused image layers once the prompts are embedded.
+        """
+        if not prompts:
+            raise ClipSegError("give at least one prompt")
+        self.segmenter = segmenter
+        self.prompts = list(prompts)
+        self.negatives = list(negatives)
+        self.plan = plan or OutputPlan()
+        self.batch_size = batch_size or default_batch_size(segmenter.device)
+        self.force = force
+        self.max_pixels = max_pixels
+        self.workers = workers
+        self.trim = trim
+        names = list(names) if names else [p if isinstance(p, str) else f"image-{i + 1}" for i, p in
+                                           enumerate(self.prompts)]
+        self.targets = self._targets(names, union)
+        # fp32 is the reference path: decode at full size. Faster precisions may decode JPEGs at
+        # reduced scale, still at least twice the model's input size, when only the mask is needed.
+        exact = segmenter.dtype == torch.float32 or self.plan.needs_full_image
+        self.min_side = None if exact else 2 * max(segmenter.preprocessing.size)
+        self.union = union
+
+    def _targets(self, names: list[str], union: bool) -> list[Target]:
+        negative = [p if isinstance(p, str) else "image" for p in self.negatives]
+        suffix = "-not-" + "-".join(unique_labels(negative)) if negative else ""
+        if union:
+            return [Target(unique_labels(["union " + " ".join(names) + suffix])[0], " | ".join(names))]
+        return [Target(label + suffix if suffix else label, name)
+                for label, name in zip(unique_labels(names), names, strict=True)]
+
+    def run(self, items: Iterable[WorkItem]) -> Iterator[Result]:
+        """Process the items; results come in input order, as soon as each is written.
+
+        Returns:
+            An iterator of one Result per (item, target).
+        """
+        self.segmenter.embed(self.prompts + self.negatives)
+        if self.trim:
+            self.segmenter.drop_unused_layers()
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="clipseg-io")
+        try:
+            yield from self._pipeline(iter(items), pool)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _pipeline(self, items: Iterator[WorkItem], pool: ThreadPoolExecutor) -> Iterator[Result]:
+        decoding: deque[tuple[WorkItem, Future]] = deque()
+        ordered: deque[list[Result] | Future] = deque()  # results ready, or being written
+        exhausted = False
+        while True:
+            while not exhausted and len(decoding) < 2 * self.batch_size:
+                item = next(items, None)
+                skipped = self._skipped(item) if item is not None else []
+                if item is None:
+                    exhausted = True
+                elif all(result.status == "skipped" for result in skipped):
+                    ordered.append(skipped)
+                else:
+                    decoding.append((item, pool.submit(open_image, item.source, max_pixels=self.max_pixels,
+                                                       min_side=self.min_side)))
+            batch: list[tuple[WorkItem, DecodedImage]] = []
+            while decoding and len(batch) < self.batch_size:
+                item, future = decoding.popleft()
+                try:
+                    batch.append((item, future.result()))
+                except ClipSegError as exc:
+                    ordered.append(self._failed(item, exc))
+            if batch:
+                logits = self.segmenter.logits([decoded.image for _, decoded in batch], self.prompts + self.negatives)
+                for (item, decoded), image_logits in zip(batch, logits, strict=True):
+                    ordered.append(pool.submit(self._finish, item, decoded, image_logits))
+            while ordered and (isinstance(ordered[0], list) or ordered[0].done()
+                               or len(ordered) > 2 * self.batch_size or (exhausted and not decoding)):
+                head = ordered.popleft()
+                yield from head if isinstance(head, list) else head.result()
+            if exhausted and not decoding and not ordered:
+                return
+
+    def _skipped(self, item: WorkItem) -> list[Result]:
+        """A result per target: 'skipped' where its files exist (unless forced), else 'pending'."""
+        results = []
+        for target in self.targets:
+            paths = output_paths(item.output_dir, item.stem, target.label, self.plan)
+            done = not self.force and all(path.is_file() for path in paths.values())
+            results.append(Result(str(item.source), target.prompt, "skipped" if done else "pending",
+                                  **{kind: str(path) for kind, path in paths.items()}))
+        return results
+
+    def _failed(self, item: WorkItem, exc: Exception) -> list[Result]:
+        return [Result(str(item.source), t.prompt, "failed", error=str(exc)) for t in self.targets]
+
+    def _finish(self, item: WorkItem, decoded: DecodedImage, logits: torch.Tensor) -> list[Result]:
+        """Upsample, combine, post-process and write one image's maps (in a worker thread)."""
+        try:
+            probs = probabilities(logits, decoded.size)
+            count = len(self.prompts)
+            negatives = probs[count:] if self.negatives else None
+            maps = combine(probs[:count], union=self.union, negatives=negatives, threshold=self.plan.post.threshold)
+            results = self._skipped(item)
+            for target, result, prob in zip(self.targets, results, maps, strict=True):
+                if result.status == "pending":
+                    paths = output_paths(item.output_dir, item.stem, target.label, self.plan)
+                    result.stats = write_outputs(decoded.image, prob, paths, self.plan)
+                    result.status = "ok"
+            return results
+        except OSError as exc:
+            where = exc.filename or item.output_dir
+            return self._failed(item, ClipSegError(f"cannot write {where}: {exc.strerror or exc}"))
+        except ClipSegError as exc:
+            return self._failed(item, exc)
