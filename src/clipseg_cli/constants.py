@@ -19,3 +19,8 @@ DOWNLOAD_PATTERNS = ("*.json", "*.txt", SAFETENSORS_FILE)
 # Output defaults.
 DEFAULT_THRESHOLD = 0.4
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2x MAX_IMAGE_PIXELS)
+
+# Every file we write ends in one of these, so a folder walk never takes our outputs as inputs.
+OUTPUT_KINDS = ("mask", "overlay", "cutout")
+OUTPUT_SUFFIXES = tuple(f".{kind}.png" for kind in OUTPUT_KINDS)
+TEMP_SUFFIX = ".clipseg-tmp"  # files being written; renamed into place when complete

@@ -7,8 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipseg_cli.imaging.writing import TEMP_SUFFIX
-from clipseg_cli.outputs import OUTPUT_SUFFIXES
+from clipseg_cli.constants import OUTPUT_SUFFIXES, TEMP_SUFFIX
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}

@@ -10,12 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from clipseg_cli.constants import OUTPUT_KINDS
 from clipseg_cli.imaging.writing import cutout, mask_to_image, overlay, probability_to_image, save_png
 from clipseg_cli.postprocess import PostProcess, apply, stats
 
-# Every file we write ends in one of these, so a folder walk never takes our outputs as inputs.
-KINDS = ("mask", "overlay", "cutout")
-OUTPUT_SUFFIXES = tuple(f".{kind}.png" for kind in KINDS)
 SLUG_LENGTH = 60
 
 
@@ -34,7 +32,7 @@ class OutputPlan:
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return tuple(kind for kind, on in zip(KINDS, (True, self.overlay, self.cutout), strict=True) if on)
+        return tuple(kind for kind, on in zip(OUTPUT_KINDS, (True, self.overlay, self.cutout), strict=True) if on)
 
     @property
     def needs_full_image(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,15 @@ from clipseg_cli.modeling import ClipSeg
 from clipseg_cli.modeling.towers import trim_vision_tower
 from clipseg_cli.runtime import resolve_device, resolve_precision
 
-Prompt = str | Image.Image  # a text, or an example image
+
+@dataclass(frozen=True)
+class Mean:
+    """A prompt whose embedding is the mean of its parts' (text templates, several examples)."""
+
+    parts: tuple[str | Image.Image, ...]
+
+
+Prompt = str | Image.Image | Mean  # a text, an example image, or the mean of several
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
@@ -79,6 +88,9 @@ class Segmenter:
         Returns:
             PxE tensor on the model's device and dtype.
         """
+        if any(isinstance(prompt, Mean) for prompt in prompts):
+            return torch.stack([self.embed(p.parts).mean(0) if isinstance(p, Mean) else self.embed([p])[0]
+                                for p in prompts])
         keys = [_prompt_key(prompt) for prompt in prompts]
         new = {key: p for key, p in zip(keys, prompts, strict=True) if key not in self._embeddings}
         texts = {key: p for key, p in new.items() if isinstance(p, str)}
@@ -128,7 +140,7 @@ class Segmenter:
         Returns:
             float32 array (n_prompts, height, width) in [0, 1].
         """
-        prompts = [prompts] if isinstance(prompts, (str, Image.Image)) else list(prompts)
+        prompts = [prompts] if isinstance(prompts, (str, Image.Image, Mean)) else list(prompts)
         if not prompts:
             raise ClipSegError("give at least one prompt")
         decoded = open_image(image, max_pixels=max_pixels)

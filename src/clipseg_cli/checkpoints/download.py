@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from clipseg_cli.checkpoints.registry import available_models, resolve_name
 from clipseg_cli.constants import CONFIG_FILE, DOWNLOAD_PATTERNS, SAFETENSORS_FILE
 from clipseg_cli.errors import CheckpointError, ClipSegError
+from clipseg_cli.imaging.writing import atomic_write
 
 try:  # the HTTP client of huggingface_hub (httpx2 in 2.x); its transport errors are not OSErrors
     from httpx2 import HTTPError as _TransportError
@@ -226,11 +227,7 @@ def _checksum(path: Path, *, git_blob: bool) -> str:
 
 
 def _copy_atomic(source: Path, target: Path) -> None:
-    """Copy through ``.<name>.clipseg-tmp`` in the target folder, so ``target`` is never partial."""
+    """Copy through a temporary file in the target folder, so ``target`` is never partial."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.clipseg-tmp")
-    try:
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with source.open("rb") as stream:
+        atomic_write(target, lambda out: shutil.copyfileobj(stream, out))

@@ -11,8 +11,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-# Temporary files start with "." and end with this, so no folder walk takes them for an input or output.
-TEMP_SUFFIX = ".clipseg-tmp"
+from clipseg_cli.constants import TEMP_SUFFIX
+
 _TEMP_NAME_CHARS = 50  # keeps the temporary name under every file system's 255-byte limit
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 

@@ -1,0 +1,91 @@
+"""The ``clipseg`` command line: assembles the commands and turns errors into exit codes.
+
+Exit codes: 0 done, 1 some input failed, 2 usage or set-up error, 130 interrupted.
+Importing this module does not import torch, so ``--help`` and ``--version`` are instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+import typer
+
+from clipseg_cli import __version__
+from clipseg_cli.commands.batch import batch
+from clipseg_cli.commands.download import download_weights
+from clipseg_cli.commands.segment import segment
+from clipseg_cli.errors import ClipSegError
+
+app = typer.Typer(
+    name="clipseg",
+    help="Cut objects out of images by a text prompt or an example image, with CLIPSeg.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("segment", no_args_is_help=True)(segment)
+app.command("batch", no_args_is_help=True)(batch)
+app.command("download-weights")(download_weights)
+
+
+def _versions(value: bool) -> None:
+    if not value:
+        return
+    found = []
+    for package in ("torch", "transformers"):
+        try:
+            found.append(f"{package} {version(package)}")
+        except PackageNotFoundError:
+            found.append(f"{package} not installed")
+    typer.echo(f"clipseg {__version__} ({', '.join(found)})")
+    raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    show_version: bool = typer.Option(False, "--version", is_eager=True, callback=_versions,
+                                      help="Print the versions of clipseg, torch and transformers."),
+) -> None:
+    """Cut objects out of images by a text prompt or an example image, with CLIPSeg."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; never shows a traceback unless CLIPSEG_DEBUG=1.
+
+    Returns:
+        The exit code (also passed to sys.exit when run as a program).
+    """
+    code = run(argv)
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def run(argv: list[str] | None) -> int:
+    """Run the command line and map every outcome to an exit code."""
+    try:
+        return app(args=argv, prog_name="clipseg", standalone_mode=False) or 0
+    except (typer.Abort, KeyboardInterrupt):  # the parser turns Ctrl-C into Abort
+        _error("interrupted; finished outputs are complete, rerun to do the rest")
+        return 130
+    except typer.TyperException as exc:  # usage errors, already worded by the parser
+        exc.show()
+        return 2
+    except ClipSegError as exc:
+        _error(str(exc))
+        return 2
+    except BrokenPipeError:  # e.g. `clipseg batch ... --json | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        if os.environ.get("CLIPSEG_DEBUG"):
+            raise
+        _error(f"internal error: {type(exc).__name__}: {exc} (rerun with CLIPSEG_DEBUG=1 for details)")
+        return 1
+
+
+def _error(message: str) -> None:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)

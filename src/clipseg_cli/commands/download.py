@@ -1,0 +1,38 @@
+"""``clipseg download-weights [NAME...]``: fetch published checkpoints ahead of time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clipseg_cli.commands import options as o
+from clipseg_cli.constants import DEFAULT_MODEL
+
+
+def download_weights(
+    names: Annotated[list[str] | None, typer.Argument(
+        help=f"Checkpoints to fetch [default: {DEFAULT_MODEL}].", show_default=False)] = None,
+    list_: Annotated[bool, typer.Option("--list", help="Show the known checkpoints and exit.")] = False,
+    output_dir: Annotated[Path | None, typer.Option(
+        "--output-dir", "-o", help="Also write a self-contained copy here (loadable with --weights DIR); "
+                                   "with several names, one subfolder per name.")] = None,
+    revision: o.Revision = None,
+    quiet: o.Quiet = False,
+) -> None:
+    """Fetch checkpoints into the Hugging Face cache (safetensors and small files; never pickles)."""
+    from clipseg_cli.checkpoints.registry import REGISTRY
+
+    if list_:
+        for info in REGISTRY.values():
+            default = " (default)" if info.hub_id == DEFAULT_MODEL else ""
+            typer.echo(f"{info.hub_id:<28} {info.size_mb:>5} MB  {info.description}{default}")
+        raise typer.Exit(0)
+    from clipseg_cli.checkpoints.download import download
+
+    names = names or [DEFAULT_MODEL]
+    for name in names:
+        target = output_dir / name.rsplit("/", 1)[-1] if output_dir and len(names) > 1 else output_dir
+        path = download(name, revision=revision, output_dir=target, progress=not quiet)
+        typer.echo(str(path))

@@ -1,0 +1,84 @@
+"""Options shared by several commands, each defined once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clipseg_cli.checkpoints.registry import available_models
+from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
+
+MODEL = "Model"
+OUTPUT = "Output"
+MASK = "Mask post-processing"
+PROMPT = "Prompts"
+
+Weights = Annotated[str, typer.Option(
+    "--weights", "-w", rich_help_panel=MODEL, metavar="NAME|DIR",
+    help=f"Checkpoint: a published name ({', '.join(available_models())}), "
+         "or a directory from `clipseg download-weights --output-dir`.")]
+Device = Annotated[str, typer.Option(
+    "--device", rich_help_panel=MODEL, help="auto, cpu, cuda or mps. auto picks a GPU when there is one.")]
+Precision = Annotated[str, typer.Option(
+    "--precision", rich_help_panel=MODEL,
+    help="auto, fp32, bf16 or fp16. auto: fp16 on GPUs, bf16 on CPUs with bf16 matrix units, else fp32. "
+         "fp32 reproduces the reference model exactly.")]
+Revision = Annotated[str | None, typer.Option(
+    "--revision", rich_help_panel=MODEL, help="Hub branch, tag or commit of the weights.")]
+Offline = Annotated[bool, typer.Option(
+    "--offline", rich_help_panel=MODEL, help="Never download; use only cached weights (also HF_HUB_OFFLINE=1).")]
+BatchSize = Annotated[int | None, typer.Option(
+    "--batch-size", min=1, rich_help_panel=MODEL, help="Images per model call [default: 4 on CPU, 16 on GPU].")]
+
+OutputDir = Annotated[Path | None, typer.Option(
+    "--output-dir", "-o", rich_help_panel=OUTPUT, help="Folder for the outputs [default: beside each image].")]
+Overlay = Annotated[bool, typer.Option(
+    "--overlay/--no-overlay", rich_help_panel=OUTPUT, help="Also write the image with the mask tinted.")]
+Soft = Annotated[bool, typer.Option(
+    "--soft", rich_help_panel=OUTPUT, help="Write the probability as 8-bit grey instead of the binary mask.")]
+Cutout = Annotated[bool, typer.Option(
+    "--cutout", rich_help_panel=OUTPUT, help="Also write an RGBA cut-out with the mask as alpha.")]
+Force = Annotated[bool, typer.Option(
+    "--force", "-f", rich_help_panel=OUTPUT, help="Redo outputs that already exist (they are skipped otherwise).")]
+Json = Annotated[bool, typer.Option(
+    "--json", rich_help_panel=OUTPUT, help="Print one JSON object per (image, prompt) on stdout.")]
+Quiet = Annotated[bool, typer.Option(
+    "--quiet", "-q", rich_help_panel=OUTPUT, help="No progress bar or summary; errors are still printed.")]
+Verbose = Annotated[bool, typer.Option(
+    "--verbose", "-v", rich_help_panel=OUTPUT, help="Say which device, precision and batch size were chosen.")]
+MaxPixels = Annotated[int, typer.Option(
+    "--max-pixels", min=1, rich_help_panel=OUTPUT,
+    help="Refuse images with more pixels than this, before decoding them (decompression bombs).")]
+
+Threshold = Annotated[float, typer.Option(
+    "--threshold", "-t", min=0.0, max=1.0, rich_help_panel=MASK,
+    help="A pixel is in the mask where its probability is >= this.")]
+Blur = Annotated[float, typer.Option(
+    "--blur", min=0.0, rich_help_panel=MASK, metavar="SIGMA",
+    help="Gaussian blur of the probability map before the threshold, in pixels.")]
+Dilate = Annotated[int, typer.Option(
+    "--dilate", min=0, rich_help_panel=MASK, metavar="PX", help="Grow the mask by PX pixels on every side.")]
+Erode = Annotated[int, typer.Option(
+    "--erode", min=0, rich_help_panel=MASK, metavar="PX", help="Shrink the mask by PX pixels on every side.")]
+MinArea = Annotated[int, typer.Option(
+    "--min-area", min=0, rich_help_panel=MASK, metavar="PX", help="Drop mask regions smaller than PX pixels.")]
+Invert = Annotated[bool, typer.Option("--invert", rich_help_panel=MASK, help="Swap mask and background.")]
+
+Union = Annotated[bool, typer.Option(
+    "--union", rich_help_panel=PROMPT, help="Write one mask, the union of all prompts (pixelwise max).")]
+Negative = Annotated[list[str] | None, typer.Option(
+    "--negative", "-n", rich_help_panel=PROMPT, metavar="PROMPT",
+    help="Cut out pixels where this prompt fires (repeatable).")]
+Template = Annotated[list[str] | None, typer.Option(
+    "--template", rich_help_panel=PROMPT,
+    help='Embed each text prompt in templates like "a photo of a {}." and average (repeatable).')]
+PromptImage = Annotated[list[Path] | None, typer.Option(
+    "--prompt-image", rich_help_panel=PROMPT, metavar="REF",
+    help="An example image of what to segment (repeatable: the examples' embeddings are averaged).")]
+PromptMask = Annotated[list[Path] | None, typer.Option(
+    "--prompt-mask", rich_help_panel=PROMPT, metavar="REF_MASK",
+    help="The object's mask in the matching --prompt-image: crop, blur and darken around it as the paper does.")]
+
+DEFAULTS = {"weights": DEFAULT_MODEL, "threshold": DEFAULT_THRESHOLD, "max_pixels": DEFAULT_MAX_PIXELS}
