@@ -1,0 +1,338 @@
+"""Pixel-level tests of mask post-processing, prompt algebra and the visual prompt."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clipseg_cli.errors import ClipSegError
+from clipseg_cli.imaging.visual_prompt import MEAN_RGB, prepare_visual_prompt
+from clipseg_cli.postprocess import (
+    PostProcess,
+    apply,
+    combine,
+    dilate,
+    erode,
+    gaussian_blur,
+    remove_small_components,
+    stats,
+)
+
+
+def square(h: int, w: int, y0: int, x0: int, size: int) -> np.ndarray:
+    """HxW bool mask with one size x size square at (y0, x0)."""
+    mask = np.zeros((h, w), dtype=bool)
+    mask[y0 : y0 + size, x0 : x0 + size] = True
+    return mask
+
+
+def box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1) of the foreground, exclusive ends."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+# ---- dilate / erode ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("px", [1, 2, 5, 13])
+def test_dilate_grows_square_by_exactly_px(px: int) -> None:
+    prob = square(60, 70, 20, 25, 8).astype(np.float32)
+    mask = apply(prob, PostProcess(threshold=0.5, dilate=px))
+    assert np.array_equal(mask, square(60, 70, 20 - px, 25 - px, 8 + 2 * px))
+
+
+@pytest.mark.parametrize("px", [1, 3, 4])
+def test_erode_shrinks_square_by_exactly_px(px: int) -> None:
+    prob = square(40, 40, 10, 12, 9).astype(np.float32)
+    mask = apply(prob, PostProcess(threshold=0.5, dilate=-px))
+    assert np.array_equal(mask, square(40, 40, 10 + px, 12 + px, 9 - 2 * px))
+
+
+def test_erode_removes_square_thinner_than_twice_px() -> None:
+    assert not erode(square(20, 20, 5, 5, 4), 2).any()
+
+
+def test_border_is_background_for_dilate_and_neutral_for_erode() -> None:
+    corner = square(30, 30, 0, 0, 10)
+    assert np.array_equal(dilate(corner, 3), square(30, 30, 0, 0, 13))
+    # eroding a square in the corner only eats it from the inner sides
+    assert np.array_equal(erode(corner, 3), square(30, 30, 0, 0, 7))
+    assert erode(np.ones((12, 12), bool), 4).all()
+
+
+def test_dilate_zero_is_identity() -> None:
+    mask = np.random.default_rng(0).random((20, 30)) > 0.7
+    assert np.array_equal(dilate(mask, 0), mask)
+    assert np.array_equal(erode(mask, 0), mask)
+
+
+# ---- min_area ------------------------------------------------------------------------------------
+
+
+def test_min_area_drops_speck_keeps_blob() -> None:
+    blob = square(50, 50, 5, 5, 10)  # 100 pixels
+    speck = square(50, 50, 40, 40, 2)  # 4 pixels
+    mask = remove_small_components(blob | speck, min_area=5)
+    assert np.array_equal(mask, blob)
+
+
+def test_min_area_keeps_diagonal_pair_as_one_component() -> None:
+    mask = np.zeros((10, 10), bool)
+    mask[3, 3] = mask[4, 4] = True  # touching only at a corner: one 8-connected component of 2
+    assert np.array_equal(remove_small_components(mask, 2), mask)
+    assert not remove_small_components(mask, 3).any()
+
+
+def test_min_area_counts_u_shape_as_one_component() -> None:
+    mask = np.zeros((12, 12), bool)
+    mask[2:10, 2] = mask[2:10, 8] = mask[9, 2:9] = True  # 8 + 8 + 5 = 21 pixels
+    assert np.array_equal(remove_small_components(mask, 21), mask)
+    assert not remove_small_components(mask, 22).any()
+
+
+def test_min_area_on_random_mask_keeps_only_large_components() -> None:
+    mask = np.random.default_rng(1).random((64, 80)) > 0.6
+    kept = remove_small_components(mask, 10)
+    assert not (kept & ~mask).any()
+    # a kept pixel's component is unchanged: dropping again removes nothing
+    assert np.array_equal(remove_small_components(kept, 10), kept)
+    # every pixel that was dropped had fewer than 10 connected pixels: growing by 1 and
+    # intersecting never reaches a kept pixel
+    dropped = mask & ~kept
+    assert not (dilate(dropped, 1) & kept).any()
+
+
+def test_min_area_after_dilate_merges_specks() -> None:
+    specks = np.zeros((40, 40), np.float32)
+    specks[20, 18] = specks[20, 22] = 1.0  # 1 pixel each, 4 apart
+    post = PostProcess(threshold=0.5, dilate=2, min_area=30)
+    mask = apply(specks, post)
+    # each speck grows to 5x5; the two overlap into one 5x9 blob of 45 pixels
+    assert mask.sum() == 45 and box_of(mask) == (18, 16, 23, 25)
+    # far-apart specks grow to 25 pixels each and are dropped
+    far = np.zeros((40, 40), np.float32)
+    far[5, 5] = far[30, 30] = 1.0
+    assert not apply(far, post).any()
+
+
+# ---- threshold, invert, blur ---------------------------------------------------------------------
+
+
+def test_threshold_is_inclusive_and_invert_is_last() -> None:
+    prob = np.array([[0.39, 0.4, 0.41]], np.float32)
+    assert apply(prob, PostProcess(threshold=0.4)).tolist() == [[False, True, True]]
+    assert apply(prob, PostProcess(threshold=0.4, invert=True)).tolist() == [[True, False, False]]
+
+
+def test_invert_after_min_area() -> None:
+    prob = (square(30, 30, 2, 2, 2) | square(30, 30, 10, 10, 8)).astype(np.float32)
+    mask = apply(prob, PostProcess(threshold=0.5, min_area=10, invert=True))
+    assert np.array_equal(mask, ~square(30, 30, 10, 10, 8))
+
+
+def test_blur_zero_is_identity() -> None:
+    prob = np.random.default_rng(2).random((17, 23)).astype(np.float32)
+    assert np.array_equal(gaussian_blur(prob, 0.0), prob)
+    assert np.array_equal(apply(prob, PostProcess(threshold=0.5)), prob >= 0.5)
+
+
+def test_blur_of_step_edge_is_monotone_and_symmetric() -> None:
+    step = np.zeros((9, 40), np.float32)
+    step[:, 20:] = 1.0
+    out = gaussian_blur(step, 3.0)
+    row = out[4]
+    assert np.allclose(out, row[None])  # constant along the edge, rows unaffected by the border
+    assert np.all(np.diff(row) >= -1e-7) and row[19] < 0.5 < row[20]
+    assert np.allclose(row + row[::-1], 1.0, atol=1e-6)  # symmetric about the edge
+    assert row[0] < 1e-6 and row[-1] > 1 - 1e-6
+
+
+def test_blur_preserves_constants_and_mass() -> None:
+    assert np.allclose(gaussian_blur(np.full((5, 7), 0.3, np.float32), 2.0), 0.3)
+    impulse = np.zeros((41, 41), np.float32)
+    impulse[20, 20] = 1.0
+    out = gaussian_blur(impulse, 2.5)
+    assert abs(out.sum() - 1.0) < 1e-5
+    assert np.allclose(out, out.T, atol=1e-7) and np.allclose(out, out[::-1, ::-1], atol=1e-7)
+
+
+def test_blur_then_threshold_smooths_a_notch() -> None:
+    prob = square(40, 40, 10, 10, 20).astype(np.float32)
+    prob[19:21, 10:14] = 0.0  # a thin notch cut into the square's left side
+    sharp = apply(prob, PostProcess(threshold=0.5))
+    smooth = apply(prob, PostProcess(threshold=0.5, blur=2.0))
+    assert not sharp[20, 11] and smooth[20, 12]
+
+
+def test_postprocess_rejects_bad_settings() -> None:
+    with pytest.raises(ClipSegError, match="threshold"):
+        PostProcess(threshold=0.0)
+    with pytest.raises(ClipSegError, match="blur"):
+        PostProcess(blur=-1.0)
+    with pytest.raises(ClipSegError, match="min_area"):
+        PostProcess(min_area=-3)
+
+
+# ---- combine -----------------------------------------------------------------------------------
+
+
+def test_union_of_disjoint_masks_is_their_sum() -> None:
+    a = square(30, 30, 2, 2, 6).astype(np.float32) * 0.8
+    b = square(30, 30, 15, 15, 9).astype(np.float32) * 0.6
+    union = combine(np.stack([a, b]), union=True, negatives=None, threshold=0.4)
+    assert union.shape == (1, 30, 30) and union.dtype == np.float32
+    assert np.array_equal(union[0], np.maximum(a, b))
+    assert np.array_equal(union[0], a + b)  # disjoint: max equals sum
+    mask = apply(union[0], PostProcess(threshold=0.4))
+    assert np.array_equal(mask, (a >= 0.4) | (b >= 0.4))
+    assert mask.sum() == 36 + 81
+
+
+def test_without_union_maps_stay_separate() -> None:
+    probs = np.random.default_rng(3).random((3, 8, 9)).astype(np.float32)
+    out = combine(probs, union=False, negatives=None, threshold=0.4)
+    assert out.shape == (3, 8, 9) and np.array_equal(out, probs)
+
+
+def test_negative_removes_exactly_the_overlap() -> None:
+    positive = square(40, 40, 5, 5, 20).astype(np.float32) * 0.9
+    negative = square(40, 40, 15, 15, 20).astype(np.float32) * 0.7
+    out = combine(positive[None], union=True, negatives=negative[None], threshold=0.5)
+    overlap = square(40, 40, 15, 15, 10)
+    assert np.array_equal(out[0] > 0, (positive > 0) & ~overlap)
+    assert np.all(out[0][(positive > 0) & ~overlap] == np.float32(0.9))
+
+
+def test_negative_below_threshold_does_not_veto_and_applies_per_map() -> None:
+    positive = np.full((2, 4, 4), 0.9, np.float32)
+    weak = np.full((1, 4, 4), 0.39, np.float32)
+    assert np.array_equal(combine(positive, union=False, negatives=weak, threshold=0.4), positive)
+    strong = np.zeros((2, 4, 4), np.float32)
+    strong[0, 0, 0] = 0.4  # fires at the threshold itself
+    strong[1, 3, 3] = 0.95
+    out = combine(positive, union=False, negatives=strong, threshold=0.4)
+    assert out.shape == (2, 4, 4)
+    assert out[0, 0, 0] == 0 and out[1, 0, 0] == 0 and out[0, 3, 3] == 0 and out[1, 3, 3] == 0
+    assert (out > 0).sum() == 2 * 16 - 2 * 2
+
+
+def test_combine_rejects_mismatched_shapes() -> None:
+    with pytest.raises(ValueError, match="negatives"):
+        combine(np.zeros((1, 4, 4)), union=True, negatives=np.zeros((1, 4, 5)), threshold=0.4)
+
+
+# ---- stats -------------------------------------------------------------------------------------
+
+
+def test_stats_on_known_mask() -> None:
+    mask = square(10, 20, 2, 5, 4)
+    prob = np.where(mask, 0.75, 0.1).astype(np.float32)
+    prob[2, 5] = 0.25
+    result = stats(mask, prob)
+    assert result["coverage"] == 16 / 200
+    assert result["bbox"] == [5, 2, 9, 6]
+    assert result["mean_probability"] == pytest.approx((15 * 0.75 + 0.25) / 16)
+    json.dumps(result)
+    assert all(type(v) in (float, int) for v in result["bbox"] + [result["coverage"]])
+
+
+def test_stats_on_empty_mask() -> None:
+    result = stats(np.zeros((4, 4), bool), np.zeros((4, 4), np.float32))
+    assert result == {"coverage": 0.0, "bbox": None, "mean_probability": None}
+
+
+# ---- full resolution ---------------------------------------------------------------------------
+
+
+def test_full_resolution_mask_runs() -> None:
+    xx, yy = np.arange(4000, dtype=np.float32), np.arange(3000, dtype=np.float32)[:, None]
+    prob = 0.5 + 0.5 * np.sin(xx / 150) * np.cos(yy / 200)
+    post = PostProcess(threshold=0.6, blur=3.0, dilate=4, min_area=500, invert=False)
+    mask = apply(prob, post)
+    assert mask.shape == (3000, 4000) and mask.dtype == bool
+    assert 0.05 < stats(mask, prob)["coverage"] < 0.5
+    assert apply(prob, PostProcess(threshold=0.6, dilate=-4, min_area=500)).sum() < mask.sum()
+
+
+# ---- visual prompt -----------------------------------------------------------------------------
+
+BACKGROUND = (200, 220, 240)
+OBJECT = (10, 250, 30)
+
+
+def example(w: int = 200, h: int = 120) -> tuple[Image.Image, np.ndarray]:
+    """A flat bright background with a 40x20 object at x 80..120, y 50..70."""
+    pixels = np.zeros((h, w, 3), np.uint8)
+    pixels[:] = BACKGROUND
+    mask = np.zeros((h, w), bool)
+    mask[50:70, 80:120] = True
+    pixels[mask] = OBJECT
+    return Image.fromarray(pixels), mask
+
+
+def test_visual_prompt_crops_with_context_and_pads_to_square() -> None:
+    image, mask = example()
+    prompt = prepare_visual_prompt(image, mask)
+    # box 40x20 + 10 % on each side -> 48x24, padded to 48x48 with the mean grey
+    assert prompt.mode == "RGB" and prompt.size == (48, 48)
+    out = np.asarray(prompt)
+    assert tuple(out[0, 0]) == MEAN_RGB and tuple(out[-1, -1]) == MEAN_RGB
+    content = out[12:36]  # (48 - 24) // 2 = 12 rows of padding above
+    assert np.all(content[2:22, 4:44] == OBJECT)  # the object, untouched, with context around it
+    ring = np.ones((24, 48), bool)
+    ring[2:22, 4:44] = False
+    assert ring.sum() > 0 and not np.any(np.all(content[ring] == OBJECT, axis=-1))
+
+
+def test_visual_prompt_darkens_background_and_keeps_object() -> None:
+    image, mask = example(w=300, h=300)
+    prompt = np.asarray(prepare_visual_prompt(image, mask, context=1.0)).astype(int)
+    original = np.asarray(image).astype(int)
+    crop = original[30:90, 40:160]  # box grown by 100 %: y 30..90, x 40..160; square pad 30 above
+    content = prompt[30:90]
+    fg = mask[30:90, 40:160]
+    assert np.array_equal(content[fg], crop[fg])
+    far = content[:5, :5]  # more than 3 sigma away from the object: blur leaves it flat
+    expected = np.rint(np.array(MEAN_RGB) + 0.1 * (np.array(BACKGROUND) - np.array(MEAN_RGB)))
+    assert np.all(far == expected)
+    assert np.all(content[~fg].sum(axis=-1) < crop[~fg].sum(axis=-1))
+
+
+def test_visual_prompt_blurs_background_near_object() -> None:
+    image, mask = example()
+    sharp = np.asarray(prepare_visual_prompt(image, mask, blur_sigma=0.0, darken=1.0))
+    blurred = np.asarray(prepare_visual_prompt(image, mask, blur_sigma=3.0, darken=1.0))
+    assert np.all(sharp[12:36][~mask[48:72, 76:124]] == BACKGROUND)
+    # the object's green bleeds into the background just outside it
+    assert blurred[12 + 1, 4 + 20, 1] > BACKGROUND[1] and blurred[12 + 1, 4 + 20, 0] < BACKGROUND[0]
+
+
+def test_visual_prompt_accepts_pil_and_integer_masks() -> None:
+    image, mask = example()
+    reference = prepare_visual_prompt(image, mask)
+    as_pil = Image.fromarray(mask.astype(np.uint8) * 255)
+    assert np.array_equal(np.asarray(prepare_visual_prompt(image, as_pil)), np.asarray(reference))
+    as_int = mask.astype(np.int64)
+    assert np.array_equal(np.asarray(prepare_visual_prompt(image, as_int)), np.asarray(reference))
+
+
+def test_visual_prompt_without_mask_returns_rgb_image() -> None:
+    image = Image.new("RGBA", (30, 20), (1, 2, 3, 4))
+    out = prepare_visual_prompt(image, None)
+    assert out.mode == "RGB" and out.size == (30, 20) and out.getpixel((0, 0)) == (1, 2, 3)
+
+
+def test_visual_prompt_rejects_empty_mask() -> None:
+    image, mask = example()
+    with pytest.raises(ClipSegError, match="prompt mask is empty"):
+        prepare_visual_prompt(image, np.zeros_like(mask))
+
+
+def test_visual_prompt_rejects_wrong_size_mask() -> None:
+    image, _ = example()
+    with pytest.raises(ClipSegError, match=r"100x50.*200x120"):
+        prepare_visual_prompt(image, np.ones((50, 100), bool))
