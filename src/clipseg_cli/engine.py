@@ -39,6 +39,7 @@ class Result:
     def to_json(self) -> dict:
         record = asdict(self)
         record.update(record.pop("stats"))
+        record.setdefault("coverage", None)  # the key is always there; null where no mask was made this run
         return record
 
 
@@ -127,7 +128,7 @@ class Engine:
         ordered: deque[list[Result] | Future] = deque()  # results ready, or being written
         exhausted = False
         while True:
-            while not exhausted and len(decoding) < 2 * self.batch_size:
+            while not exhausted and len(decoding) < self.batch_size + self.workers:
                 item = next(items, None)
                 skipped = self._skipped(item) if item is not None else []
                 if item is None:
@@ -142,14 +143,17 @@ class Engine:
                 item, future = decoding.popleft()
                 try:
                     batch.append((item, future.result()))
-                except ClipSegError as exc:
+                except Exception as exc:  # one bad image never stops the batch
                     ordered.append(self._failed(item, exc))
             if batch:
                 logits = self.segmenter.logits([decoded.image for _, decoded in batch], self.prompts + self.negatives)
                 for (item, decoded), image_logits in zip(batch, logits, strict=True):
                     ordered.append(pool.submit(self._finish, item, decoded, image_logits))
+            # bounded memory: wait for the oldest write once more than `workers` are in flight
+            writing = sum(isinstance(entry, Future) for entry in ordered)
             while ordered and (isinstance(ordered[0], list) or ordered[0].done()
-                               or len(ordered) > 2 * self.batch_size or (exhausted and not decoding)):
+                               or writing > self.workers or (exhausted and not decoding)):
+                writing -= isinstance(ordered[0], Future)
                 head = ordered.popleft()
                 yield from head if isinstance(head, list) else head.result()
             if exhausted and not decoding and not ordered:
@@ -166,7 +170,8 @@ class Engine:
         return results
 
     def _failed(self, item: WorkItem, exc: Exception) -> list[Result]:
-        return [Result(str(item.source), t.prompt, "failed", error=str(exc)) for t in self.targets]
+        error = str(exc) if isinstance(exc, ClipSegError) else f"{item.source}: {type(exc).__name__}: {exc}"
+        return [Result(str(item.source), t.prompt, "failed", error=" ".join(error.split())) for t in self.targets]
 
     def _finish(self, item: WorkItem, decoded: DecodedImage, logits: torch.Tensor) -> list[Result]:
         """Upsample, combine, post-process and write one image's maps (in a worker thread)."""
@@ -185,5 +190,5 @@ class Engine:
         except OSError as exc:
             where = exc.filename or item.output_dir
             return self._failed(item, ClipSegError(f"cannot write {where}: {exc.strerror or exc}"))
-        except ClipSegError as exc:
+        except Exception as exc:  # one bad image never stops the batch
             return self._failed(item, exc)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import mmap
+import struct
 from pathlib import Path
 
 import torch
@@ -11,6 +13,8 @@ from clipseg_cli.constants import CONFIG_FILE, PICKLE_FILE, SAFETENSORS_FILE
 from clipseg_cli.errors import CheckpointError
 from clipseg_cli.modeling import ClipSeg, ClipSegConfig
 
+SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                      "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
 # Checkpoint prefix -> our module path.
 PREFIXES = {
     "clip.vision_model.": "vision.",
@@ -54,19 +58,50 @@ def weights_file(directory: Path) -> Path:
     raise CheckpointError(directory, f"no {SAFETENSORS_FILE} or {PICKLE_FILE}; fetch it with: clipseg download-weights")
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Memory-map the tensors of a weights file.
+def read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Memory-map a safetensors file; tensors already in ``dtype`` stay views of the file.
+
+    Tensors that need converting are converted one at a time and their file pages released at
+    once, so loading bf16 weights from an fp32 file never holds both copies in memory.
 
     Returns:
-        The checkpoint's tensors by name.
+        The file's tensors by name.
+    """
+    with path.open("rb") as stream:
+        mapped = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_COPY)
+    (length,) = struct.unpack("<Q", mapped[:8])
+    header = json.loads(mapped[8 : 8 + length])
+    base = 8 + length
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = (base + offset for offset in info["data_offsets"])
+        if end > len(mapped) or start > end:
+            raise ValueError(f"tensor {name} lies past the end of the file ({len(mapped)} bytes)")
+        stored = SAFETENSORS_DTYPES[info["dtype"]]
+        tensor = torch.frombuffer(mapped, dtype=stored, count=(end - start) // stored.itemsize, offset=start)
+        tensor = tensor.reshape(info["shape"])
+        if tensor.is_floating_point() and stored != dtype:
+            tensor = tensor.to(dtype)
+            page = start - start % mmap.PAGESIZE
+            mapped.madvise(mmap.MADV_DONTNEED, page, end - page)  # drop the file pages we read
+        tensors[name] = tensor
+    return tensors
+
+
+def read_state_dict(path: Path, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Read the tensors of a weights file, by memory map.
+
+    Returns:
+        The checkpoint's tensors by name, floating-point ones in ``dtype``.
     """
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # safetensors and torch raise many types for a damaged file
+            return read_safetensors(path, dtype)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return {key: value.to(dtype) if value.is_floating_point() else value for key, value in state.items()}
+    except Exception as exc:  # a damaged file raises many types
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
             path, f"corrupt or truncated weights file ({reason}); fetch it again with: clipseg download-weights"
@@ -121,7 +156,7 @@ def load_directory(directory: Path, dtype: torch.dtype = torch.float32) -> ClipS
     """
     config = read_config(directory)
     path = weights_file(directory)
-    tensors = convert_state_dict(read_state_dict(path), path)
+    tensors = convert_state_dict(read_state_dict(path, dtype), path)
     with torch.device("meta"):
         model = ClipSeg.build(config)
     fill(model, tensors, path, dtype)
