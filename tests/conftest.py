@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +17,14 @@ def hub_server() -> Iterator[FakeHub]:
     """A FakeHub listening on 127.0.0.1 (``hub_server.url``), stopped after the test."""
     with FakeHub() as hub:
         yield hub
+
+
+# ---- Tiny random checkpoint (tests/factory.py) --------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A "complex" CLIPSeg checkpoint folder (64x64 model input), built once per session."""
+    from factory import build_checkpoint
+
+    return build_checkpoint(tmp_path_factory.mktemp("checkpoint"), "complex")

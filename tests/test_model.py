@@ -76,11 +76,6 @@ def test_text_prompts_stop_at_deepest_extracted_layer(pair):
     assert ran == list(range(max(ours.config.extract_layers) + 1))
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return build_checkpoint(tmp_path_factory.mktemp("ckpt"), "complex")
-
-
 def reference_probabilities(directory, image: Image.Image, prompts: list[str]) -> np.ndarray:
     """What a user wiring transformers by hand gets: processor, model, bilinear upsampling, sigmoid."""
     processor = CLIPSegProcessor.from_pretrained(directory)

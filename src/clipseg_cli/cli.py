@@ -18,6 +18,8 @@ from clipseg_cli.commands.download import download_weights
 from clipseg_cli.commands.segment import segment
 from clipseg_cli.errors import ClipSegError
 
+INTERRUPTED = 130  # the shell's code for a Ctrl-C
+
 app = typer.Typer(
     name="clipseg",
     help="Cut objects out of images by a text prompt or an example image, with CLIPSeg.",
@@ -66,11 +68,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None) -> int:
     """Run the command line and map every outcome to an exit code."""
-    try:
-        return app(args=argv, prog_name="clipseg", standalone_mode=False) or 0
-    except (typer.Abort, KeyboardInterrupt):  # the parser turns Ctrl-C into Abort
+    code = _dispatch(argv)
+    if code == INTERRUPTED:
         _error("interrupted; finished outputs are complete, rerun to do the rest")
-        return 130
+    return code
+
+
+def _dispatch(argv: list[str] | None) -> int:
+    try:
+        return app(args=argv, prog_name="clipseg", standalone_mode=False) or 0  # Ctrl-C: typer returns 130
+    except (typer.Abort, KeyboardInterrupt):  # older parsers turn Ctrl-C into Abort
+        return INTERRUPTED
     except typer.TyperException as exc:  # usage errors, already worded by the parser
         exc.show()
         return 2

@@ -7,6 +7,7 @@ memory does not grow with the number of images.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -73,12 +74,14 @@ class Engine:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         workers: int = 2,
         trim: bool = False,
+        protected: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
         """Arguments:
         names: how prompts are shown and named (texts by default; give names for image prompts).
         negatives: prompts whose masks are cut out of every positive mask.
         union: write one mask, the union of all prompts, instead of one per prompt.
         trim: free the text tower and unused image layers once the prompts are embedded.
+        protected: files never written to (the inputs): an item whose output would be one of them fails.
         """
         if not prompts:
             raise ClipSegError("give at least one prompt")
@@ -91,6 +94,7 @@ class Engine:
         self.max_pixels = max_pixels
         self.workers = workers
         self.trim = trim
+        self.protected = frozenset(os.path.abspath(path) for path in protected)
         names = list(names) if names else [p if isinstance(p, str) else f"image-{i + 1}" for i, p in
                                            enumerate(self.prompts)]
         self.targets = self._targets(names, union)
@@ -133,7 +137,7 @@ class Engine:
                 skipped = self._skipped(item) if item is not None else []
                 if item is None:
                     exhausted = True
-                elif all(result.status == "skipped" for result in skipped):
+                elif all(result.status != "pending" for result in skipped):  # skipped, or failed
                     ordered.append(skipped)
                 else:
                     decoding.append((item, pool.submit(open_image, item.source, max_pixels=self.max_pixels,
@@ -160,10 +164,17 @@ class Engine:
                 return
 
     def _skipped(self, item: WorkItem) -> list[Result]:
-        """A result per target: 'skipped' where its files exist (unless forced), else 'pending'."""
+        """A result per target: 'skipped' where its files exist (unless forced), else 'pending'.
+
+        Every target 'failed' when one of the item's outputs would overwrite a protected file.
+        """
         results = []
         for target in self.targets:
             paths = output_paths(item.output_dir, item.stem, target.label, self.plan)
+            clash = next((path for path in paths.values() if os.path.abspath(path) in self.protected), None)
+            if clash is not None:
+                return self._failed(item, ClipSegError(f"{item.source}: its output {clash} would overwrite an input "
+                                                        "file; rename that file or choose another --output-dir"))
             done = not self.force and all(path.is_file() for path in paths.values())
             results.append(Result(str(item.source), target.prompt, "skipped" if done else "pending",
                                   **{kind: str(path) for kind, path in paths.items()}))

@@ -54,7 +54,8 @@ def collect(
     """Work items for files, folders and '-' (one path per line from ``stdin``).
 
     Outputs mirror the input tree under ``output_dir``; without it they go beside each image.
-    A missing path still yields an item, so that its failure is reported with the others.
+    A missing path still yields an item, so that its failure is reported with the others; our
+    own outputs (``*.mask.png``, ...) are left out even when named, e.g. by a shell glob.
 
     Returns:
         Items in a stable order.
@@ -67,7 +68,7 @@ def collect(
             pairs += [(path, Path(arg)) for path in walk(Path(arg), recursive, output_dir)]
         else:
             pairs.append((Path(arg), None))
-    return _items(pairs, output_dir)
+    return _items([(path, root) for path, root in pairs if not is_own_output(path)], output_dir)
 
 
 def _items(pairs: list[tuple[Path, Path | None]], output_dir: Path | None) -> Iterator[WorkItem]:

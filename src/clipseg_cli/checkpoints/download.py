@@ -54,8 +54,13 @@ def locate(
     Returns:
         A directory holding config.json, model.safetensors and the preprocessing/tokenizer files.
     """
-    if Path(name).expanduser().is_dir():
-        return Path(name).expanduser()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_absolute() or name.startswith((".", "~")):  # meant as a folder, not a hub id
+        raise ClipSegError(
+            f"{name}: no such checkpoint directory; write one there with: clipseg download-weights --output-dir {name}"
+        )
     repo_id = _hub_id(name)
     cached = _cached_snapshot(repo_id, revision, cache_dir)
     if cached is not None:
@@ -101,7 +106,8 @@ def _hub_id(name: str) -> str:
     if not _HUB_ID.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
         raise ClipSegError(
             f"{name}: unknown model; use one of {', '.join(available_models())}, another Hugging Face "
-            "repo id (owner/name), or the path of a directory holding config.json and model.safetensors"
+            "repo id (owner/name), or the path of a directory holding config.json and model.safetensors "
+            "(write one with: clipseg download-weights NAME --output-dir DIR)"
         )
     return repo_id
 

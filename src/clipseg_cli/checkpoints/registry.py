@@ -24,7 +24,7 @@ REGISTRY: dict[str, CheckpointInfo] = {
     for info in (
         CheckpointInfo(
             "CIDAS/clipseg-rd64-refined",
-            "reduce_dim 64, refined upsampling: the sharpest masks (default)",
+            "reduce_dim 64, refined upsampling: the sharpest masks",
             603,
         ),
         CheckpointInfo("CIDAS/clipseg-rd64", "reduce_dim 64, plain upsampling", 603),

@@ -95,7 +95,9 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
                                           offline=settings.offline or None, revision=settings.revision)
     engine = Engine(segmenter, prompts, plan=plan, names=names, negatives=settings.negative or [],
                     union=settings.union, batch_size=settings.batch_size, force=settings.force,
-                    max_pixels=settings.max_pixels, trim=True)
+                    max_pixels=settings.max_pixels, trim=True,
+                    protected=[item.source for item in items] + (settings.prompt_image or [])
+                    + (settings.prompt_mask or []))
     if settings.verbose:
         dtype = str(segmenter.dtype).removeprefix("torch.")
         reporter.info(f"device {segmenter.device}, precision {dtype} ({settings.precision} asked), "
