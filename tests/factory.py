@@ -79,6 +79,8 @@ def build_checkpoint(directory: Path, name: str = "plain", seed: int = 0, size: 
         for param in model.parameters():
             if param.dim() == 1:
                 param.normal_(0, 0.2)
+        for film in (model.decoder.film_mul, model.decoder.film_add):  # make text prompts matter
+            film.weight.normal_(0, 1.0)
     model.save_pretrained(directory, safe_serialization=True)
     write_tokenizer(directory)
     write_preprocessor(directory, size)
