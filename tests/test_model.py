@@ -115,7 +115,7 @@ def test_prompt_embedded_once_and_trimming_keeps_results(checkpoint):
     first = segmenter.predict(image, PROMPTS)
     second = segmenter.predict(image, PROMPTS[::-1])
     assert len(calls) == 1
-    np.testing.assert_array_equal(first[::-1], second)
+    np.testing.assert_allclose(first[::-1], second, atol=1e-6)  # same maps, rows reordered
     segmenter.drop_unused_layers()
     assert len(segmenter.model.vision.encoder.layers) == max(segmenter.model.config.extract_layers) + 1
     np.testing.assert_array_equal(segmenter.predict(image, PROMPTS), first)
