@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 
 import torch
 
@@ -103,6 +104,8 @@ class Engine:
         exact = segmenter.dtype == torch.float32 or self.plan.needs_full_image
         self.min_side = None if exact else 2 * max(segmenter.preprocessing.size)
         self.union = union
+        # maps that each depend on one prompt are written by several workers at once
+        self.parts = _split(len(self.targets), 1 if union or self.negatives else workers)
 
     def _targets(self, names: list[str], union: bool) -> list[Target]:
         negative = [p if isinstance(p, str) else "image" for p in self.negatives]
@@ -152,7 +155,7 @@ class Engine:
             if batch:
                 logits = self.segmenter.logits([decoded.image for _, decoded in batch], self.prompts + self.negatives)
                 for (item, decoded), image_logits in zip(batch, logits, strict=True):
-                    ordered.append(pool.submit(self._finish, item, decoded, image_logits))
+                    ordered.extend(pool.submit(self._finish, item, decoded, image_logits, part) for part in self.parts)
             # bounded memory: wait for the oldest write once more than `workers` are in flight
             writing = sum(isinstance(entry, Future) for entry in ordered)
             while ordered and (isinstance(ordered[0], list) or ordered[0].done()
@@ -180,19 +183,28 @@ class Engine:
                                   **{kind: str(path) for kind, path in paths.items()}))
         return results
 
-    def _failed(self, item: WorkItem, exc: Exception) -> list[Result]:
+    def _failed(self, item: WorkItem, exc: Exception, part: range | None = None) -> list[Result]:
         error = str(exc) if isinstance(exc, ClipSegError) else f"{item.source}: {type(exc).__name__}: {exc}"
-        return [Result(str(item.source), t.prompt, "failed", error=" ".join(error.split())) for t in self.targets]
+        targets = self.targets if part is None else self.targets[part.start : part.stop]
+        return [Result(str(item.source), t.prompt, "failed", error=" ".join(error.split())) for t in targets]
 
-    def _finish(self, item: WorkItem, decoded: DecodedImage, logits: torch.Tensor) -> list[Result]:
-        """Upsample, combine, post-process and write one image's maps (in a worker thread)."""
+    def _finish(self, item: WorkItem, decoded: DecodedImage, logits: torch.Tensor, part: range) -> list[Result]:
+        """Upsample, combine, post-process and write some of one image's maps (in a worker thread).
+
+        Arguments:
+            logits: Pxhxw, every prompt's then every negative's. part: the targets to write.
+        """
         try:
-            probs = probabilities(logits, decoded.size)
-            count = len(self.prompts)
-            negatives = probs[count:] if self.negatives else None
-            maps = combine(probs[:count], union=self.union, negatives=negatives, threshold=self.plan.post.threshold)
-            results = self._skipped(item)
-            for target, result, prob in zip(self.targets, results, maps, strict=True):
+            if self.union or self.negatives:  # every map is needed for each target
+                probs = probabilities(logits, decoded.size)
+                count = len(self.prompts)
+                negatives = probs[count:] if self.negatives else None
+                maps = combine(probs[:count], union=self.union, negatives=negatives,
+                               threshold=self.plan.post.threshold)
+            else:  # one map per target: upsample only those of this part
+                maps = probabilities(logits[part.start : part.stop], decoded.size)
+            results = self._skipped(item)[part.start : part.stop]
+            for target, result, prob in zip(self.targets[part.start : part.stop], results, maps, strict=True):
                 if result.status == "pending":
                     paths = output_paths(item.output_dir, item.stem, target.label, self.plan)
                     result.stats = write_outputs(decoded.image, prob, paths, self.plan)
@@ -200,6 +212,13 @@ class Engine:
             return results
         except OSError as exc:
             where = exc.filename or item.output_dir
-            return self._failed(item, ClipSegError(f"cannot write {where}: {exc.strerror or exc}"))
+            return self._failed(item, ClipSegError(f"cannot write {where}: {exc.strerror or exc}"), part)
         except Exception as exc:  # one bad image never stops the batch
-            return self._failed(item, exc)
+            return self._failed(item, exc, part)
+
+
+def _split(count: int, pieces: int) -> list[range]:
+    """``range(count)`` cut into at most ``pieces`` contiguous, non-empty ranges."""
+    pieces = max(1, min(pieces, count))
+    bounds = [round(i * count / pieces) for i in range(pieces + 1)]
+    return [range(a, b) for a, b in pairwise(bounds)]

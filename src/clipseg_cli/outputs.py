@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from clipseg_cli.constants import OUTPUT_KINDS
-from clipseg_cli.imaging.writing import cutout, mask_to_image, overlay, probability_to_image, save_png
+from clipseg_cli.imaging.writing import cutout, overlay, probability_to_image, save_mask_png, save_png
 from clipseg_cli.postprocess import PostProcess, apply, stats
 
 SLUG_LENGTH = 60
@@ -89,7 +89,10 @@ def write_outputs(image: Image.Image | None, prob: np.ndarray, paths: dict[str, 
     """
     mask = apply(prob, plan.post)
     paths["mask"].parent.mkdir(parents=True, exist_ok=True)
-    save_png(probability_to_image(prob) if plan.soft else mask_to_image(mask), paths["mask"])
+    if plan.soft:
+        save_png(probability_to_image(prob), paths["mask"])
+    else:
+        save_mask_png(mask, paths["mask"])
     if "overlay" in paths:
         save_png(overlay(image, mask), paths["overlay"])
     if "cutout" in paths:

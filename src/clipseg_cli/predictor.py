@@ -75,6 +75,10 @@ class Segmenter:
         dtype = resolve_precision(precision, torch_device)
         directory = checkpoint_dir(name, offline=offline, revision=revision)
         model = load_directory(directory, dtype).to(torch_device)
+        if dtype != torch.float32:  # fp32 stays the reference computation, bit for bit
+            from clipseg_cli.modeling.fastpath import speed_up
+
+            speed_up(model, torch_device)
         try:
             tokenizer = CLIPTokenizer.from_pretrained(str(directory))
         except (OSError, ValueError, TypeError) as exc:

@@ -1,0 +1,359 @@
+"""Benchmark clipseg's engine against the pipeline a user writes by hand with transformers.
+
+Both sides run alternately from this one script, each timed run in a fresh spawned process (so
+that its peak memory is its own), on a full-size random-weights checkpoint built offline.
+
+    python benchmarks/bench.py                 # scenarios a and b, the FLOP floor, agreement
+    python benchmarks/bench.py --quick         # smoke test: 2 small images x 2 prompts, narrow towers
+    python benchmarks/bench.py --scenario b --device cuda --precision fp16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+SIZES = [(640, 480), (1280, 960), (1920, 1080), (4000, 3000)]
+QUICK_SIZES = [(320, 240), (240, 320)]
+PROMPTS = ["a red car", "a tree", "a dog", "the sky", "a person"]
+THRESHOLD = 0.4
+GB = 1e9
+MERGES = ["r e", "c a", "ca r</w>", "t r", "e e</w>", "tr ee</w>", "d o", "do g</w>"]
+PREPROCESSOR = {  # the published preprocessing of CIDAS/clipseg-rd64-refined
+    "do_normalize": True, "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255,
+    "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "resample": 2,
+    "image_processor_type": "ViTImageProcessor", "processor_class": "CLIPSegProcessor",
+    "size": {"height": 352, "width": 352},
+}
+
+
+def write_processor_files(directory: Path) -> None:
+    """The preprocessor config and a tiny CLIP BPE vocabulary (every byte, a few merges; 520/521 = start/end)."""
+    from transformers import CLIPTokenizer
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    symbols = [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
+    vocab = [*symbols, *(s + "</w>" for s in symbols), *("".join(m.split()) for m in MERGES)]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (directory / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n", encoding="utf-8")
+    CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt")).save_pretrained(directory)
+    (directory / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR), encoding="utf-8")
+
+
+def build_checkpoint(directory: Path, tiny: bool = False) -> Path:
+    """Save a random CLIPSeg rd64-refined unless there; `tiny` (--quick) narrows the towers, keeps the depths."""
+    if (directory / "model.safetensors").is_file() and (directory / "preprocessor_config.json").is_file():
+        return directory
+    import torch
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
+
+    print(f"building a random checkpoint in {directory} ...", flush=True)
+    torch.manual_seed(0)
+    text = dict(hidden_size=512, num_hidden_layers=12, num_attention_heads=8, intermediate_size=2048,
+                vocab_size=49408, max_position_embeddings=77, bos_token_id=520, eos_token_id=521, pad_token_id=521)
+    vision = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                  patch_size=16, image_size=224)
+    if tiny:
+        text.update(hidden_size=64, num_attention_heads=2, intermediate_size=128, num_hidden_layers=2)
+        vision.update(hidden_size=96, num_attention_heads=2, intermediate_size=192)
+    config = CLIPSegConfig(text_config=text, vision_config=vision, projection_dim=512, extract_layers=[3, 6, 9],
+                           reduce_dim=64, use_complex_transposed_convolution=True, decoder_intermediate_size=2048,
+                           decoder_num_attention_heads=4)
+    partial = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    CLIPSegForImageSegmentation(config).eval().save_pretrained(partial, safe_serialization=True)
+    write_processor_files(partial)
+    partial.replace(directory)
+    return directory
+
+
+def make_images(folder: Path, count: int, sizes: list[tuple[int, int]], seed: int = 0) -> list[Path]:
+    """`count` JPEGs (q90) cycling through `sizes`, one large one portrait; smooth noise compresses like a photo."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    portrait = (count // 2) // len(sizes) * len(sizes) - 1  # the last size of the middle cycle
+    paths = []
+    for index in range(count):
+        width, height = sizes[index % len(sizes)][:: -1 if index == portrait else 1]
+        coarse = rng.integers(0, 256, (height // 64 + 2, width // 64 + 2, 3), dtype=np.uint8)
+        fine = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
+        base = Image.blend(Image.fromarray(coarse).resize((width, height), Image.BICUBIC),
+                           Image.fromarray(fine).resize((width, height), Image.BILINEAR), 0.3)
+        pixels = np.asarray(base, dtype=np.int16) + rng.integers(-3, 4, (height, width, 3), dtype=np.int16)
+        paths.append(folder / f"img{index:03d}_{width}x{height}.jpg")
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(paths[-1], quality=90)
+    return paths
+
+
+def load_reference(ckpt: Path, prompts: list[str], precision: str, device: str, overlay: bool):
+    """The hand-written transformers pipeline, always fp32 (`precision` is ignored)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+    processor = CLIPSegProcessor.from_pretrained(ckpt)
+    model = CLIPSegForImageSegmentation.from_pretrained(ckpt).to(device).eval()
+
+    def run(paths: list[Path], out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            image = Image.open(path).convert("RGB")
+            inputs = processor(text=prompts, images=[image] * len(prompts), padding=True, return_tensors="pt")
+            with torch.inference_mode():
+                logits = model(**inputs.to(device)).logits
+            for i, logit in enumerate(logits.view(len(prompts), 1, 1, *logits.shape[-2:])):
+                big = F.interpolate(logit, size=(image.height, image.width), mode="bilinear")
+                mask = torch.sigmoid(big)[0, 0].cpu().numpy() >= THRESHOLD
+                Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{path.stem}.{i}.png")
+                if overlay:
+                    pixels = np.asarray(image, dtype=np.float32)
+                    tinted = np.where(mask[..., None], pixels * 0.5 + np.float32([127.5, 0, 0]), pixels)
+                    Image.fromarray(tinted.astype(np.uint8)).save(out / f"{path.stem}.{i}.overlay.png")
+    return run
+
+
+def load_ours(ckpt: Path, prompts: list[str], precision: str, device: str, overlay: bool):
+    """clipseg's Segmenter and Engine."""
+    from clipseg_cli import Segmenter
+    from clipseg_cli.engine import Engine, WorkItem
+    from clipseg_cli.outputs import OutputPlan
+
+    seg = Segmenter.from_pretrained(ckpt, device=device, precision=precision)
+
+    def run(paths: list[Path], out: Path) -> None:
+        engine = Engine(seg, prompts=prompts, plan=OutputPlan(overlay=overlay), batch_size=None, force=True)
+        results = list(engine.run([WorkItem(source=p, output_dir=out, stem=p.stem) for p in paths]))
+        bad = [f"{r.image} [{r.prompt}]: {r.status} {r.error or ''}" for r in results if r.status != "ok"]
+        if bad:
+            raise RuntimeError("ours did not write every output: " + "; ".join(bad[:3]))
+    return run
+
+
+def mask_names(paths: list[Path], prompts: list[str], side: str) -> list[str]:
+    """File names of the masks that a side writes, in the same (image, prompt) order for both sides."""
+    if side == "reference":
+        return [f"{p.stem}.{i}.png" for p in paths for i in range(len(prompts))]
+    from clipseg_cli.outputs import unique_labels
+
+    return [f"{p.stem}.{label}.mask.png" for p in paths for label in unique_labels(prompts)]
+
+
+def peak_rss_bytes() -> int:
+    """Peak RSS of this process (VmHWM; Linux's ru_maxrss survives fork+exec: a child would get our peak)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def timed_child(side: str, ckpt: Path, paths: list[Path], prompts: list[str], out: Path,
+                precision: str, device: str, overlay: bool, threads: int | None) -> dict:
+    """Load one side, warm it up on one image, then time it end to end (decode to written PNGs)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    run = (load_ours if side == "ours" else load_reference)(ckpt, prompts, precision, device, overlay)
+    run(paths[:1], out / "warmup")
+    start = time.perf_counter()
+    run(paths, out / "timed")
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return {"seconds": time.perf_counter() - start, "peak_rss": peak_rss_bytes()}
+
+
+def spawn(side: str, args: argparse.Namespace, **kwargs) -> dict:
+    """Run `timed_child` in a fresh spawned process; {"error": message} when that side failed."""
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        try:
+            return pool.submit(timed_child, side, device=args.device, threads=args.threads, **kwargs).result()
+        except Exception as exc:  # a side that cannot run is reported in the table, not fatal
+            return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:200]}
+
+
+def compare(name: str, args, paths, prompts, precision: str, overlay: bool, repeats: int, work: Path,
+            sides: tuple[str, ...] = ("ours", "reference")) -> dict:
+    """Alternate the sides for `repeats` rounds; print one line and return the medians per side."""
+    busy = 0.0 if args.quick else cpu_busy()
+    if busy > 0.1:
+        print(f"  warning: other processes kept {busy:.0%} of the CPUs busy before [{name}]: timings will suffer")
+    jobs = [(side, dict(ckpt=args.cache, paths=paths, prompts=prompts, overlay=overlay, out=work / f"{name}-{side}-{r}",
+                        precision=precision if side == "ours" else "fp32")) for r in range(repeats) for side in sides]
+    with ThreadPoolExecutor(len(jobs) if args.quick else 1) as pool:  # --quick: all at once, timings be damned
+        results = list(pool.map(lambda job: spawn(job[0], args, **job[1]), jobs))
+    runs = {side: [result for (s, _), result in zip(jobs, results, strict=True) if s == side] for side in sides}
+    row = {"name": name, "images": len(paths), "out": {side: work / f"{name}-{side}-0" / "timed" for side in sides}}
+    parts = []
+    for side, results in runs.items():
+        errors = [r["error"] for r in results if "error" in r]
+        seconds = None if errors else statistics.median(r["seconds"] for r in results)
+        row[side] = {"error": errors[0]} if errors else {"seconds": seconds, "ips": len(paths) / seconds,
+                                                         "peak_rss": max(r["peak_rss"] for r in results)}
+        rounds = "/".join(f"{r['seconds']:.2f}" for r in results) if not errors else ""
+        parts.append(f"{side} FAILED ({errors[0]})" if errors else f"{side} {row[side]['ips']:.3f} img/s "
+                     f"({rounds} s), peak RSS {row[side]['peak_rss'] / GB:.2f} GB")
+    if len(sides) == 2 and not any("error" in row[side] for side in sides):
+        row["ratio"] = row["ours"]["ips"] / row["reference"]["ips"]
+        parts.append(f"ratio {row['ratio']:.1f}x")
+    label = f"{len(paths)} img x {len(prompts)} prompts, ours {precision}, overlays {'on' if overlay else 'off'}"
+    print(f"[{name}] {label}:", " | ".join(parts), flush=True)
+    return row
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Fraction of CPU time that other processes used over `seconds` (0 where /proc/stat is missing)."""
+    def sample() -> list[int]:
+        with open("/proc/stat", encoding="ascii") as stat:
+            return [int(value) for value in stat.readline().split()[1:]]
+    try:
+        before, _, after = sample(), time.sleep(seconds), sample()
+    except OSError:
+        return 0.0
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    return 1 - (delta[3] + delta[4]) / max(sum(delta[:8]), 1)  # idle + iowait; guest time is already in user
+
+
+def matmul_rate(device: str, dtype_name: str, size: int, tries: int = 5) -> float:
+    """Best-of-`tries` FLOP/s of a square matmul in the given dtype."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    best = float("inf")
+    for _ in range(tries + 1):
+        sync()
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def backbone_flops(layers: int = 10, hidden: int = 768, mlp: int = 3072, side: int = 352, patch: int = 16) -> float:
+    """2 x MACs of ViT-B/16 at side x side up to `layers`: patch embedding, linears, QK^T and AV."""
+    patches = (side // patch) ** 2
+    tokens = patches + 1
+    per_layer = tokens * (4 * hidden * hidden + 2 * hidden * mlp) + 2 * tokens * tokens * hidden
+    return 2.0 * (patches * 3 * patch * patch * hidden + layers * per_layer)
+
+
+def floor_multiple(args, row: dict) -> float | None:
+    """Print the matmul rate and the FLOP floor; return ours' seconds per image over the floor."""
+    dtype = args.precision if args.precision != "auto" else ("fp16" if args.device.startswith("cuda") else "bf16")
+    rate = matmul_rate(args.device, dtype, 1024 if args.quick else 4096)
+    floor = backbone_flops() / rate
+    print(f"[floor] {dtype} matmul {rate / 1e9:.0f} GFLOP/s; ViT-B/16 @352, 10 layers = "
+          f"{backbone_flops() / 1e9:.1f} GFLOP -> floor {floor * 1e3:.0f} ms/img")
+    if "error" in row["ours"]:
+        return None
+    per_image = row["ours"]["seconds"] / row["images"]
+    print(f"[floor] ours {per_image * 1e3:.0f} ms/img = {per_image / floor:.1f}x the floor")
+    return per_image / floor
+
+
+def agreement(name: str, paths, prompts, row_a: dict, side_a: str, row_b: dict, side_b: str) -> float | None:
+    """Print and return the fraction of equal pixels over all the masks two runs wrote."""
+    if "error" in row_a[side_a] or "error" in row_b[side_b]:
+        return None
+    equal = total = foreground = 0
+    for name_a, name_b in zip(mask_names(paths, prompts, side_a), mask_names(paths, prompts, side_b), strict=True):
+        a = np.asarray(Image.open(row_a["out"][side_a] / name_a)) > 127
+        b = np.asarray(Image.open(row_b["out"][side_b] / name_b)) > 127
+        equal, total, foreground = equal + np.count_nonzero(a == b), total + a.size, foreground + np.count_nonzero(a)
+    print(f"[agreement] {name}: {equal / total:.4%} equal pixels (foreground {foreground / total:.1%} of pixels)")
+    return equal / total
+
+
+def goal(name: str, value: float | None, target: float, higher: bool, fmt: str) -> tuple[str, str, str, str]:
+    target_text = ("≥ " if higher else "≤ ") + fmt.format(target)
+    if value is None:
+        return name, "n/a", target_text, "FAIL"
+    passed = value >= target if higher else value <= target
+    return name, fmt.format(value), target_text, "PASS" if passed else "FAIL"
+
+
+def scenario_a(args, work: Path) -> list[tuple]:
+    paths = make_images(work / "images-a", 1, QUICK_SIZES[:1] if args.quick else [(1920, 1080)])
+    prompts = PROMPTS[:2] if args.quick else PROMPTS
+    row = compare("a", args, paths, prompts, "fp32", False, args.repeats or (1 if args.quick else 3), work)
+    return [goal("a: speed ours/ref, fp32", row.get("ratio"), 5, True, "{:.1f}x")]
+
+
+def scenario_b(args, work: Path) -> list[tuple]:
+    paths = make_images(work / "images-b", 2 if args.quick else args.images, QUICK_SIZES if args.quick else SIZES)
+    megabytes = sum(p.stat().st_size for p in paths) / 1e6
+    print(f"[b] {len(paths)} JPEGs, {megabytes:.1f} MB, sizes {sorted({Image.open(p).size for p in paths})}")
+    prompts, repeats = PROMPTS[:2] if args.quick else PROMPTS[:3], args.repeats or 1
+    row = compare("b", args, paths, prompts, args.precision, False, repeats, work)
+    compare("b+overlay", args, paths, prompts, args.precision, True, repeats, work)
+    fp32 = row if args.precision == "fp32" else compare("b-fp32", args, paths, prompts, "fp32", False, 1, work,
+                                                          sides=("ours",))
+    goals = [goal("b: speed ours/ref", row.get("ratio"), 10, True, "{:.1f}x"),
+             goal("b: ours peak RSS (GB)", row["ours"]["peak_rss"] / GB if "peak_rss" in row["ours"] else None,
+                  1.5, False, "{:.2f}"),
+             goal("b: ours s/img / FLOP floor", floor_multiple(args, row), 3, False, "{:.1f}x")]
+    if args.precision != "fp32":
+        name = f"b: masks ours {args.precision} = fp32"
+        goals.append(goal(name, agreement(name, paths, prompts, row, "ours", fp32, "ours"), 0.99, True, "{:.2%}"))
+    name = "b: masks ours fp32 = reference"
+    goals.append(goal(name, agreement(name, paths, prompts, fp32, "ours", row, "reference"), 0.99, True, "{:.2%}"))
+    return goals
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", choices=("a", "b", "all"), default="all",
+                        help="a: 1 image x 5 prompts, fp32; b: 24 images x 3 prompts, ours at --precision")
+    parser.add_argument("--repeats", type=int, help="timed rounds per side (default: 3 for a, 1 for b)")
+    parser.add_argument("--images", type=int, default=24, help="images in scenario b")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="for both sides")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="ours' precision in scenario b (the reference is always fp32)")
+    parser.add_argument("--threads", type=int, help="torch threads in each child (default: torch's)")
+    parser.add_argument("--cache", type=Path, help="checkpoint folder (default: benchmarks/.cache/...)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 2 small images x 2 prompts, narrow towers")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder of images and outputs")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error")
+    args.cache = args.cache or HERE / ".cache" / ("quick-rd64-refined" if args.quick else "full-rd64-refined")
+    build_checkpoint(args.cache, tiny=args.quick)
+    work = Path(tempfile.mkdtemp(prefix="clipseg-bench-"))
+    try:
+        goals = scenario_a(args, work) if args.scenario in ("a", "all") else []
+        goals += scenario_b(args, work) if args.scenario in ("b", "all") else []
+    finally:
+        if args.keep:
+            print(f"images and outputs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    width = max(len(g[0]) for g in goals)
+    print("\nsummary" + (" (--quick: tiny model, indicative only)" if args.quick else ""))
+    for name, value, target, verdict in goals:
+        print(f"  {name:<{width}}  {value:>10}  {target:>9}  {verdict}")
+    return 0 if args.quick or all(g[3] == "PASS" for g in goals) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
