@@ -137,7 +137,8 @@ def load_ours(ckpt: Path, prompts: list[str], precision: str, device: str, overl
     seg = Segmenter.from_pretrained(ckpt, device=device, precision=precision)
 
     def run(paths: list[Path], out: Path) -> None:
-        engine = Engine(seg, prompts=prompts, plan=OutputPlan(overlay=overlay), batch_size=None, force=True)
+        engine = Engine(seg, prompts=prompts, plan=OutputPlan(overlay=overlay), batch_size=None, force=True,
+                        stats=False)
         results = list(engine.run([WorkItem(source=p, output_dir=out, stem=p.stem) for p in paths]))
         bad = [f"{r.image} [{r.prompt}]: {r.status} {r.error or ''}" for r in results if r.status != "ok"]
         if bad:

@@ -580,3 +580,24 @@ def test_ctrl_c_leaves_only_whole_files_and_a_rerun_does_the_rest(tmp_path: Path
         for prompt in ("red-car", "tree"):
             binary_mask(out / f"img{i:03d}.{prompt}.mask.png", (48, 40))
             pixels(out / f"img{i:03d}.{prompt}.overlay.png", "RGB", (48, 40))
+
+
+def test_output_dir_that_is_a_file_is_a_usage_error(tmp_path: Path, weights: list[str]) -> None:
+    photo = save(noise((40, 30)), tmp_path / "photo.png")
+    blocker = tmp_path / "masks"
+    blocker.write_text("not a folder")
+    for command in (["segment", photo, "car"], ["batch", photo, "-p", "car"]):
+        done = clipseg(*command, "-o", blocker, *weights)
+        assert done.code == 2
+        assert done.errors() == [f"error: --output-dir {blocker}: exists and is not a folder; choose another"]
+
+
+def test_masks_are_the_same_with_and_without_statistics(tmp_path: Path, weights: list[str]) -> None:
+    """Without --json the mask is thresholded on logits (no full-size sigmoid): same pixels."""
+    photo = save(noise((90, 70), seed=4), tmp_path / "photo.png")
+    for out, extra in ((tmp_path / "plain", []), (tmp_path / "json", ["--json"])):
+        assert clipseg("segment", photo, "red car", "tree", "-o", out, "--no-overlay", *weights, *extra).code == 0
+    for label in ("red-car", "tree"):
+        plain = binary_mask(tmp_path / "plain" / f"photo.{label}.mask.png", (90, 70))
+        assert 0 < plain.mean() < 1
+        assert np.array_equal(plain, binary_mask(tmp_path / "json" / f"photo.{label}.mask.png", (90, 70)))

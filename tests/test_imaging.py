@@ -24,6 +24,7 @@ from clipseg_cli.imaging.writing import (
     mask_to_image,
     overlay,
     probability_to_image,
+    save_mask_png,
     save_png,
 )
 
@@ -385,6 +386,17 @@ def test_save_png_round_trip(tmp_path: Path) -> None:
         assert saved.format == "PNG"
         assert np.array_equal(np.asarray(saved), pixels)
     assert _temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (37, 53), (300, 1)])
+def test_save_mask_png_is_a_standard_grey_png(tmp_path: Path, shape: tuple[int, int]) -> None:
+    mask = np.random.default_rng(0).random(shape) > 0.5
+    path = tmp_path / "ü mask.png"
+    save_mask_png(mask, path)
+    with Image.open(path) as image:
+        assert (image.format, image.mode, image.size) == ("PNG", "L", (shape[1], shape[0]))
+        assert np.array_equal(np.asarray(image), mask.astype(np.uint8) * 255)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_mask_to_image() -> None:

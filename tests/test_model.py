@@ -193,3 +193,26 @@ def test_state_dict_must_match_exactly(checkpoint, tmp_path, change):
 def test_unknown_name_lists_choices():
     with pytest.raises(ClipSegError, match="CIDAS/clipseg-rd64-refined"):
         ClipSeg.from_pretrained("no-such-model", offline=True)
+
+
+def test_fast_precision_agrees_with_fp32(checkpoint):
+    """bf16 takes the rewritten image tower (folded activations, bmm attention); the masks stay the same."""
+    image = random_images(1)[0]
+    exact = Segmenter.from_pretrained(checkpoint, device="cpu", precision="fp32").predict(image, PROMPTS)
+    fast = Segmenter.from_pretrained(checkpoint, device="cpu", precision="bf16").predict(image, PROMPTS)
+    assert np.abs(fast - exact).mean() < 0.01
+    assert ((fast >= 0.4) == (exact >= 0.4)).mean() > 0.98
+
+
+def test_fast_path_rewrites_compute_the_same_function(checkpoint):
+    """The rewrites alone, in fp32, change nothing but rounding."""
+    from clipseg_cli.modeling.fastpath import speed_up
+
+    model = ClipSeg.from_pretrained(checkpoint)
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model.encode_image(pixels)
+        speed_up(model, torch.device("cpu"))
+        after = model.encode_image(pixels)
+    for x, y in zip(before, after, strict=True):
+        assert relative_error(y, x) < 1e-5

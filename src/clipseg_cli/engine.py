@@ -7,6 +7,7 @@ memory does not grow with the number of images.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -14,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 
+import numpy as np
 import torch
 
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS
@@ -21,8 +23,8 @@ from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.decode import DecodedImage, open_image
 from clipseg_cli.inputs import WorkItem
 from clipseg_cli.outputs import OutputPlan, output_paths, unique_labels, write_outputs
-from clipseg_cli.postprocess import combine
-from clipseg_cli.predictor import Prompt, Segmenter, probabilities
+from clipseg_cli.postprocess import apply, combine, refine, stats
+from clipseg_cli.predictor import Prompt, Segmenter, probabilities, upsample
 
 
 @dataclass
@@ -76,12 +78,14 @@ class Engine:
         workers: int = 2,
         trim: bool = False,
         protected: Iterable[str | os.PathLike[str]] = (),
+        stats: bool = True,
     ) -> None:
         """Arguments:
         names: how prompts are shown and named (texts by default; give names for image prompts).
         negatives: prompts whose masks are cut out of every positive mask.
         union: write one mask, the union of all prompts, instead of one per prompt.
         trim: free the text tower and unused image layers once the prompts are embedded.
+        stats: give each result the mask's coverage, box and mean probability (costs a full-size pass).
         protected: files never written to (the inputs): an item whose output would be one of them fails.
         """
         if not prompts:
@@ -95,6 +99,7 @@ class Engine:
         self.max_pixels = max_pixels
         self.workers = workers
         self.trim = trim
+        self.stats = stats
         self.protected = frozenset(os.path.abspath(path) for path in protected)
         names = list(names) if names else [p if isinstance(p, str) else f"image-{i + 1}" for i, p in
                                            enumerate(self.prompts)]
@@ -135,7 +140,7 @@ class Engine:
         ordered: deque[list[Result] | Future] = deque()  # results ready, or being written
         exhausted = False
         while True:
-            while not exhausted and len(decoding) < self.batch_size + self.workers:
+            while not exhausted and len(decoding) < 2 * self.batch_size + self.workers:
                 item = next(items, None)
                 skipped = self._skipped(item) if item is not None else []
                 if item is None:
@@ -159,12 +164,30 @@ class Engine:
             # bounded memory: wait for the oldest write once more than `workers` are in flight
             writing = sum(isinstance(entry, Future) for entry in ordered)
             while ordered and (isinstance(ordered[0], list) or ordered[0].done()
-                               or writing > self.workers or (exhausted and not decoding)):
+                               or writing > self.batch_size + self.workers or (exhausted and not decoding)):
                 writing -= isinstance(ordered[0], Future)
                 head = ordered.popleft()
                 yield from head if isinstance(head, list) else head.result()
             if exhausted and not decoding and not ordered:
                 return
+
+    def _masks(self, logits: torch.Tensor, size: tuple[int, int], part: range
+               ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(mask, probabilities or None) for each target of ``part``, at the image's size."""
+        post = self.plan.post
+        if self.union or self.negatives:  # every map is needed for each target
+            probs = probabilities(logits, size)
+            count = len(self.prompts)
+            negatives = probs[count:] if self.negatives else None
+            for prob in combine(probs[:count], union=self.union, negatives=negatives, threshold=post.threshold):
+                yield apply(prob, post), prob
+        elif self.stats or self.plan.needs_probabilities:
+            for prob in probabilities(logits[part.start : part.stop], size):
+                yield apply(prob, post), prob
+        else:  # sigmoid(x) >= t exactly where x >= logit(t): no full-size sigmoid needed
+            cut = math.log(post.threshold / (1 - post.threshold))
+            for upsampled in upsample(logits[part.start : part.stop], size):
+                yield refine((upsampled >= cut).numpy(), post), None
 
     def _skipped(self, item: WorkItem) -> list[Result]:
         """A result per target: 'skipped' where its files exist (unless forced), else 'pending'.
@@ -195,19 +218,14 @@ class Engine:
             logits: Pxhxw, every prompt's then every negative's. part: the targets to write.
         """
         try:
-            if self.union or self.negatives:  # every map is needed for each target
-                probs = probabilities(logits, decoded.size)
-                count = len(self.prompts)
-                negatives = probs[count:] if self.negatives else None
-                maps = combine(probs[:count], union=self.union, negatives=negatives,
-                               threshold=self.plan.post.threshold)
-            else:  # one map per target: upsample only those of this part
-                maps = probabilities(logits[part.start : part.stop], decoded.size)
             results = self._skipped(item)[part.start : part.stop]
-            for target, result, prob in zip(self.targets[part.start : part.stop], results, maps, strict=True):
+            targets = self.targets[part.start : part.stop]
+            for target, result, (mask, prob) in zip(targets, results, self._masks(logits, decoded.size, part),
+                                                    strict=True):
                 if result.status == "pending":
                     paths = output_paths(item.output_dir, item.stem, target.label, self.plan)
-                    result.stats = write_outputs(decoded.image, prob, paths, self.plan)
+                    write_outputs(decoded.image, mask, prob, paths, self.plan)
+                    result.stats = stats(mask, prob) if self.stats else {}
                     result.status = "ok"
             return results
         except OSError as exc:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from clipseg_cli.constants import OUTPUT_KINDS
 from clipseg_cli.imaging.writing import cutout, overlay, probability_to_image, save_mask_png, save_png
-from clipseg_cli.postprocess import PostProcess, apply, stats
+from clipseg_cli.postprocess import PostProcess
 
 SLUG_LENGTH = 60
 
@@ -33,6 +33,11 @@ class OutputPlan:
     @property
     def kinds(self) -> tuple[str, ...]:
         return tuple(kind for kind, on in zip(OUTPUT_KINDS, (True, self.overlay, self.cutout), strict=True) if on)
+
+    @property
+    def needs_probabilities(self) -> bool:
+        """Soft outputs and blur work on probabilities; plain masks can be thresholded on logits."""
+        return self.soft or self.post.blur > 0 or self.post.threshold >= 1
 
     @property
     def needs_full_image(self) -> bool:
@@ -77,17 +82,15 @@ def output_paths(directory: Path, stem: str, label: str, plan: OutputPlan) -> di
     return {kind: directory / f"{stem}.{label}.{kind}.png" for kind in plan.kinds}
 
 
-def write_outputs(image: Image.Image | None, prob: np.ndarray, paths: dict[str, Path], plan: OutputPlan) -> dict:
-    """Post-process one probability map and write its files atomically.
+def write_outputs(image: Image.Image | None, mask: np.ndarray, prob: np.ndarray | None, paths: dict[str, Path],
+                  plan: OutputPlan) -> None:
+    """Write the files of one mask atomically.
 
     Arguments:
         image: the RGB image at full size (needed only for overlays and cut-outs).
-        prob: HxW float32 probabilities at the image's size.
-
-    Returns:
-        The mask's statistics (coverage, bbox, mean_probability).
+        mask: HxW bool, the post-processed mask. prob: HxW float32 probabilities at the image's
+            size (needed only when ``plan.needs_probabilities``).
     """
-    mask = apply(prob, plan.post)
     paths["mask"].parent.mkdir(parents=True, exist_ok=True)
     if plan.soft:
         save_png(probability_to_image(prob), paths["mask"])
@@ -97,4 +100,3 @@ def write_outputs(image: Image.Image | None, prob: np.ndarray, paths: dict[str, 
         save_png(overlay(image, mask), paths["overlay"])
     if "cutout" in paths:
         save_png(cutout(image, prob if plan.soft else mask), paths["cutout"])
-    return stats(mask, prob)

@@ -101,8 +101,15 @@ def apply(prob: np.ndarray, post: PostProcess) -> np.ndarray:
     # blur
     if post.blur > 0:
         prob = gaussian_blur(prob, post.blur)
-    # threshold
-    mask = prob >= post.threshold
+    return refine(prob >= post.threshold, post)
+
+
+def refine(mask: np.ndarray, post: PostProcess) -> np.ndarray:
+    """The steps of `apply` after the threshold: dilate or erode, drop small components, invert.
+
+    Returns:
+      HxW bool mask.
+    """
     # dilate / erode
     if post.dilate > 0:
         mask = dilate(mask, post.dilate)
@@ -138,7 +145,7 @@ def stats(mask: np.ndarray, prob: np.ndarray) -> dict:
     return {
         "coverage": count / mask.size,
         "bbox": [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1],
-        "mean_probability": float(prob[mask].mean(dtype=np.float64)),
+        "mean_probability": float(prob.sum(where=mask, dtype=np.float64)) / count,
     }
 
 

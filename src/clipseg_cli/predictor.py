@@ -154,18 +154,26 @@ class Segmenter:
         return pixels.to(self.device, self.dtype)
 
 
-def probabilities(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Upsample logits bilinearly to an image's size, then take the sigmoid.
+def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Upsample logits bilinearly to an image's size (what users of CLIPSeg do before the sigmoid).
 
     Arguments:
         logits: Pxhxw float32. size: (width, height) of the image.
 
     Returns:
-        float32 array PxHxW in [0, 1].
+        PxHxW float32 logits.
     """
     width, height = size
-    upsampled = F.interpolate(logits[:, None], size=(height, width), mode="bilinear", align_corners=False)
-    return torch.sigmoid_(upsampled[:, 0]).numpy()
+    return F.interpolate(logits[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+
+
+def probabilities(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Upsample logits to an image's size, then take the sigmoid.
+
+    Returns:
+        float32 array PxHxW in [0, 1].
+    """
+    return torch.sigmoid_(upsample(logits, size)).numpy()
 
 
 def _prompt_key(prompt: Prompt) -> str:

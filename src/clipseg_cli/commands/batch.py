@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from clipseg_cli.commands import options as o
-from clipseg_cli.commands.run import Settings, execute
+from clipseg_cli.commands.run import Settings, check_output_dir, execute
 from clipseg_cli.errors import ClipSegError
 
 
@@ -66,6 +66,7 @@ def batch(
     """Segment many images with the same prompts; the model is loaded once."""
     from clipseg_cli.inputs import collect
 
+    check_output_dir(output_dir)
     settings = Settings(**{k: v for k, v in locals().items() if k in Settings.__dataclass_fields__})
     texts = list(prompt or []) + (read_prompts_file(prompts_file) if prompts_file else [])
     stdin = sys.stdin if "-" in inputs else ()

@@ -74,6 +74,12 @@ def build_prompts(texts: list[str], settings: Settings) -> tuple[list, list[str]
     return prompts, names
 
 
+def check_output_dir(path: Path | None) -> None:
+    """Refuse an --output-dir that exists but is not a folder, before any work."""
+    if path is not None and path.exists() and not path.is_dir():
+        raise ClipSegError(f"--output-dir {path}: exists and is not a folder; choose another")
+
+
 def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
     """Load the model once, run every item, report.
 
@@ -95,7 +101,7 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
                                           offline=settings.offline or None, revision=settings.revision)
     engine = Engine(segmenter, prompts, plan=plan, names=names, negatives=settings.negative or [],
                     union=settings.union, batch_size=settings.batch_size, force=settings.force,
-                    max_pixels=settings.max_pixels, trim=True,
+                    max_pixels=settings.max_pixels, trim=True, stats=settings.json,
                     protected=[item.source for item in items] + (settings.prompt_image or [])
                     + (settings.prompt_mask or []))
     if settings.verbose:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from clipseg_cli.commands import options as o
-from clipseg_cli.commands.run import Settings, execute
+from clipseg_cli.commands.run import Settings, check_output_dir, execute
 
 
 def segment(
@@ -44,6 +44,7 @@ def segment(
     """Segment one image: writes IMAGE_STEM.PROMPT.mask.png (and .overlay.png) beside it or in -o."""
     from clipseg_cli.inputs import collect
 
+    check_output_dir(output_dir)
     settings = Settings(**{k: v for k, v in locals().items() if k in Settings.__dataclass_fields__})
     items = list(collect([str(image)], output_dir=output_dir))
     raise typer.Exit(execute(items, list(prompts or []), settings))
