@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from clipseg_cli.commands import options as o
-from clipseg_cli.commands.run import Settings, check_output_dir, execute
+from clipseg_cli.commands.run import Settings, check_output_dir, execute, with_settings
 from clipseg_cli.errors import ClipSegError
 
 
@@ -26,6 +26,7 @@ def read_prompts_file(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
+@with_settings
 def batch(
     inputs: Annotated[list[str], typer.Argument(
         help="Image files and folders; - reads one path per line from stdin.", show_default=False)],
@@ -37,37 +38,13 @@ def batch(
     prompts_file: Annotated[Path | None, typer.Option(
         "--prompts-file", rich_help_panel=o.PROMPT, help="A file of prompts, one per line (# comments).")] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Walk subfolders of input folders.")] = False,
-    weights: o.Weights = o.DEFAULTS["weights"],
-    device: o.Device = "auto",
-    precision: o.Precision = "auto",
-    revision: o.Revision = None,
-    offline: o.Offline = False,
-    batch_size: o.BatchSize = None,
-    overlay: o.Overlay = True,
-    soft: o.Soft = False,
-    cutout: o.Cutout = False,
-    force: o.Force = False,
-    json: o.Json = False,
-    quiet: o.Quiet = False,
-    verbose: o.Verbose = False,
-    max_pixels: o.MaxPixels = o.DEFAULTS["max_pixels"],
-    threshold: o.Threshold = o.DEFAULTS["threshold"],
-    blur: o.Blur = 0.0,
-    dilate: o.Dilate = 0,
-    erode: o.Erode = 0,
-    min_area: o.MinArea = 0,
-    invert: o.Invert = False,
-    union: o.Union = False,
-    negative: o.Negative = None,
-    template: o.Template = None,
-    prompt_image: o.PromptImage = None,
-    prompt_mask: o.PromptMask = None,
+    *,
+    settings: Settings,
 ) -> None:
     """Segment many images with the same prompts; the model is loaded once."""
     from clipseg_cli.inputs import collect
 
     check_output_dir(output_dir)
-    settings = Settings(**{k: v for k, v in locals().items() if k in Settings.__dataclass_fields__})
     texts = list(prompt or []) + (read_prompts_file(prompts_file) if prompts_file else [])
     stdin = sys.stdin if "-" in inputs else ()
     items = list(collect(inputs, output_dir=output_dir, recursive=recursive, stdin=stdin))

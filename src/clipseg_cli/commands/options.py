@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from clipseg_cli.checkpoints.registry import available_models
-from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
 
 MODEL = "Model"
 OUTPUT = "Output"
@@ -81,4 +80,3 @@ PromptMask = Annotated[list[Path] | None, typer.Option(
     "--prompt-mask", rich_help_panel=PROMPT, metavar="REF_MASK",
     help="The object's mask in the matching --prompt-image: crop, blur and darken around it as the paper does.")]
 
-DEFAULTS = {"weights": DEFAULT_MODEL, "threshold": DEFAULT_THRESHOLD, "max_pixels": DEFAULT_MAX_PIXELS}

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_type_hints
 
+from clipseg_cli.commands import options as o
+from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
 from clipseg_cli.errors import ClipSegError
 
 if TYPE_CHECKING:
@@ -14,33 +19,55 @@ if TYPE_CHECKING:
 
 @dataclass
 class Settings:
-    """Every option of a segmentation run, as the user gave it."""
+    """Every option shared by ``segment`` and ``batch``: each field is a command-line option."""
 
-    weights: str
-    device: str = "auto"
-    precision: str = "auto"
-    revision: str | None = None
-    offline: bool = False
-    batch_size: int | None = None
-    overlay: bool = True
-    soft: bool = False
-    cutout: bool = False
-    force: bool = False
-    json: bool = False
-    quiet: bool = False
-    verbose: bool = False
-    max_pixels: int = 0
-    threshold: float = 0.4
-    blur: float = 0.0
-    dilate: int = 0
-    erode: int = 0
-    min_area: int = 0
-    invert: bool = False
-    union: bool = False
-    negative: list[str] | None = None
-    template: list[str] | None = None
-    prompt_image: list[Path] | None = None
-    prompt_mask: list[Path] | None = None
+    weights: o.Weights = DEFAULT_MODEL
+    device: o.Device = "auto"
+    precision: o.Precision = "auto"
+    revision: o.Revision = None
+    offline: o.Offline = False
+    batch_size: o.BatchSize = None
+    overlay: o.Overlay = True
+    soft: o.Soft = False
+    cutout: o.Cutout = False
+    force: o.Force = False
+    json: o.Json = False
+    quiet: o.Quiet = False
+    verbose: o.Verbose = False
+    max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS
+    threshold: o.Threshold = DEFAULT_THRESHOLD
+    blur: o.Blur = 0.0
+    dilate: o.Dilate = 0
+    erode: o.Erode = 0
+    min_area: o.MinArea = 0
+    invert: o.Invert = False
+    union: o.Union = False
+    negative: o.Negative = None
+    template: o.Template = None
+    prompt_image: o.PromptImage = None
+    prompt_mask: o.PromptMask = None
+
+
+def with_settings(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command every option of Settings; it receives them as one ``settings`` argument.
+
+    The options are declared once (the fields above); typer reads the combined signature.
+    """
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"]
+    hints = get_type_hints(Settings, include_extras=True)
+    shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+              for f in fields(Settings)]
+    names = {f.name for f in fields(Settings)}
+
+    @functools.wraps(command)
+    def run_command(**kwargs) -> None:
+        settings = Settings(**{name: kwargs.pop(name) for name in names})
+        command(settings=settings, **kwargs)
+
+    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
+    run_command.__signature__ = inspect.Signature(parameters)
+    run_command.__annotations__ = {p.name: p.annotation for p in parameters}
+    return run_command
 
 
 def build_prompts(texts: list[str], settings: Settings) -> tuple[list, list[str]]:
