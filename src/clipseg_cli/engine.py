@@ -161,7 +161,7 @@ class Engine:
                 logits = self.segmenter.logits([decoded.image for _, decoded in batch], self.prompts + self.negatives)
                 for (item, decoded), image_logits in zip(batch, logits, strict=True):
                     ordered.extend(pool.submit(self._finish, item, decoded, image_logits, part) for part in self.parts)
-            # bounded memory: wait for the oldest write once more than `workers` are in flight
+            # bounded memory: wait for the oldest write once more than batch_size + workers are in flight
             writing = sum(isinstance(entry, Future) for entry in ordered)
             while ordered and (isinstance(ordered[0], list) or ordered[0].done()
                                or writing > self.batch_size + self.workers or (exhausted and not decoding)):
