@@ -601,3 +601,22 @@ def test_masks_are_the_same_with_and_without_statistics(tmp_path: Path, weights:
         plain = binary_mask(tmp_path / "plain" / f"photo.{label}.mask.png", (90, 70))
         assert 0 < plain.mean() < 1
         assert np.array_equal(plain, binary_mask(tmp_path / "json" / f"photo.{label}.mask.png", (90, 70)))
+
+
+def test_missing_weights_are_fetched_on_first_use_then_work_offline(
+    hub_server: FakeHub, checkpoint: Path, tmp_path: Path, photo: Path
+) -> None:
+    served = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
+    hub_server.add_revision("CIDAS/clipseg-rd16", "main", served)
+    env = subprocess_env(HF_ENDPOINT=hub_server.url, HF_HUB_CACHE=str(tmp_path / "cache"))
+    env.pop("HF_HUB_OFFLINE")
+    command = [sys.executable, "-m", "clipseg_cli", "segment", str(photo), "car", "--weights", "rd16", "--json",
+               "-o", str(tmp_path / "out")]
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert [json.loads(line)["status"] for line in first.stdout.splitlines()] == ["ok"]
+    assert "model.safetensors" in hub_server.requested_files("GET")
+    hub_server.stop()  # from now on only the cache can serve
+    again = subprocess.run([*command, "--force", "--offline"], env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(line)["status"] for line in again.stdout.splitlines()] == ["ok"]

@@ -59,12 +59,14 @@ class Segmenter:
         precision: str = "auto",
         offline: bool | None = None,
         revision: str | None = None,
+        progress: bool = True,
     ) -> Segmenter:
         """Load a checkpoint (directory, hub id or alias) for inference.
 
         Arguments:
             device: auto, cpu, cuda or mps. precision: auto, fp32, bf16 or fp16; auto picks fp16
                 on GPUs, bf16 on CPUs with native bf16 matrix units, fp32 otherwise.
+            offline: never download (None: honour HF_HUB_OFFLINE). progress: show download bars.
 
         Returns:
             A ready Segmenter.
@@ -73,7 +75,7 @@ class Segmenter:
 
         torch_device = resolve_device(device)
         dtype = resolve_precision(precision, torch_device)
-        directory = checkpoint_dir(name, offline=offline, revision=revision)
+        directory = checkpoint_dir(name, offline=offline, revision=revision, progress=progress)
         model = load_directory(directory, dtype).to(torch_device)
         if dtype != torch.float32:  # fp32 stays the reference computation, bit for bit
             from clipseg_cli.modeling.fastpath import speed_up

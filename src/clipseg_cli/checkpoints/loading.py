@@ -163,7 +163,9 @@ def load_directory(directory: Path, dtype: torch.dtype = torch.float32) -> ClipS
     return model.eval().requires_grad_(False)
 
 
-def checkpoint_dir(name: str | Path, *, offline: bool | None = None, revision: str | None = None) -> Path:
+def checkpoint_dir(
+    name: str | Path, *, offline: bool | None = None, revision: str | None = None, progress: bool = True
+) -> Path:
     """A local checkpoint directory for a path, a hub id or a registry alias.
 
     Returns:
@@ -173,7 +175,7 @@ def checkpoint_dir(name: str | Path, *, offline: bool | None = None, revision: s
         return Path(name)
     from clipseg_cli.checkpoints.download import locate
 
-    return locate(str(name), revision=revision, offline=offline)
+    return locate(str(name), revision=revision, offline=offline, progress=progress)
 
 
 def load_model(

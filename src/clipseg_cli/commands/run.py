@@ -125,7 +125,8 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
     prompts, names = build_prompts(texts, settings)
     reporter = Reporter(len(items), json_lines=settings.json, quiet=settings.quiet)
     segmenter = Segmenter.from_pretrained(settings.weights, device=settings.device, precision=settings.precision,
-                                          offline=settings.offline or None, revision=settings.revision)
+                                          offline=settings.offline or None, revision=settings.revision,
+                                          progress=not settings.quiet)
     engine = Engine(segmenter, prompts, plan=plan, names=names, negatives=settings.negative or [],
                     union=settings.union, batch_size=settings.batch_size, force=settings.force,
                     max_pixels=settings.max_pixels, trim=True, stats=settings.json,
