@@ -294,7 +294,7 @@ def goal(name: str, value: float | None, target: float, higher: bool, fmt: str) 
 def scenario_a(args, work: Path) -> list[tuple]:
     paths = make_images(work / "images-a", 1, QUICK_SIZES[:1] if args.quick else [(1920, 1080)])
     prompts = PROMPTS[:2] if args.quick else PROMPTS
-    row = compare("a", args, paths, prompts, "fp32", False, args.repeats or (1 if args.quick else 3), work)
+    row = compare("a", args, paths, prompts, "fp32", False, args.repeats or (1 if args.quick else 5), work)
     return [goal("a: speed ours/ref, fp32", row.get("ratio"), 5, True, "{:.1f}x")]
 
 
@@ -323,7 +323,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", choices=("a", "b", "all"), default="all",
                         help="a: 1 image x 5 prompts, fp32; b: 24 images x 3 prompts, ours at --precision")
-    parser.add_argument("--repeats", type=int, help="timed rounds per side (default: 3 for a, 1 for b)")
+    parser.add_argument("--repeats", type=int, help="timed rounds per side (default: 5 for a, 1 for b)")
     parser.add_argument("--images", type=int, default=24, help="images in scenario b")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="for both sides")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
