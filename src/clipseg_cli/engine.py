@@ -136,31 +136,32 @@ class Engine:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def _pipeline(self, items: Iterator[WorkItem], pool: ThreadPoolExecutor) -> Iterator[Result]:
-        decoding: deque[tuple[WorkItem, Future]] = deque()
+        decoding: deque[tuple[WorkItem, list[Result], Future]] = deque()  # with the planned results
         ordered: deque[list[Result] | Future] = deque()  # results ready, or being written
         exhausted = False
         while True:
             while not exhausted and len(decoding) < 2 * self.batch_size + self.workers:
                 item = next(items, None)
-                skipped = self._skipped(item) if item is not None else []
+                planned = self._skipped(item) if item is not None else []
                 if item is None:
                     exhausted = True
-                elif all(result.status != "pending" for result in skipped):  # skipped, or failed
-                    ordered.append(skipped)
+                elif all(result.status != "pending" for result in planned):  # skipped, or failed
+                    ordered.append(planned)
                 else:
-                    decoding.append((item, pool.submit(open_image, item.source, max_pixels=self.max_pixels,
-                                                       min_side=self.min_side)))
-            batch: list[tuple[WorkItem, DecodedImage]] = []
+                    decoding.append((item, planned, pool.submit(open_image, item.source, max_pixels=self.max_pixels,
+                                                                min_side=self.min_side)))
+            batch: list[tuple[WorkItem, list[Result], DecodedImage]] = []
             while decoding and len(batch) < self.batch_size:
-                item, future = decoding.popleft()
+                item, planned, future = decoding.popleft()
                 try:
-                    batch.append((item, future.result()))
+                    batch.append((item, planned, future.result()))
                 except Exception as exc:  # one bad image never stops the batch
                     ordered.append(self._failed(item, exc))
             if batch:
-                logits = self.segmenter.logits([decoded.image for _, decoded in batch], self.prompts + self.negatives)
-                for (item, decoded), image_logits in zip(batch, logits, strict=True):
-                    ordered.extend(pool.submit(self._finish, item, decoded, image_logits, part) for part in self.parts)
+                logits = self.segmenter.logits([decoded.image for *_, decoded in batch], self.prompts + self.negatives)
+                for (item, planned, decoded), image_logits in zip(batch, logits, strict=True):
+                    ordered.extend(pool.submit(self._finish, item, decoded, image_logits, part,
+                                               planned[part.start : part.stop]) for part in self.parts)
             # bounded memory: wait for the oldest write once more than batch_size + workers are in flight
             writing = sum(isinstance(entry, Future) for entry in ordered)
             while ordered and (isinstance(ordered[0], list) or ordered[0].done()
@@ -211,14 +212,15 @@ class Engine:
         targets = self.targets if part is None else self.targets[part.start : part.stop]
         return [Result(str(item.source), t.prompt, "failed", error=" ".join(error.split())) for t in targets]
 
-    def _finish(self, item: WorkItem, decoded: DecodedImage, logits: torch.Tensor, part: range) -> list[Result]:
+    def _finish(self, item: WorkItem, decoded: DecodedImage, logits: torch.Tensor, part: range,
+                results: list[Result]) -> list[Result]:
         """Upsample, combine, post-process and write some of one image's maps (in a worker thread).
 
         Arguments:
             logits: Pxhxw, every prompt's then every negative's. part: the targets to write.
+            results: their planned results (from `_skipped`); the pending ones are written.
         """
         try:
-            results = self._skipped(item)[part.start : part.stop]
             targets = self.targets[part.start : part.stop]
             for target, result, (mask, prob) in zip(targets, results, self._masks(logits, decoded.size, part),
                                                     strict=True):

@@ -33,7 +33,7 @@ def is_own_output(path: Path) -> bool:
 
 
 def walk(folder: Path, recursive: bool, skip: Path | None) -> Iterator[Path]:
-    """Image files in a folder, sorted, hidden files and our own outputs left out.
+    """Image files in a folder, sorted, hidden files left out (`collect` leaves our outputs out).
 
     Returns:
         Paths of candidate images; ``skip`` (the output folder) is not entered.
@@ -44,7 +44,7 @@ def walk(folder: Path, recursive: bool, skip: Path | None) -> Iterator[Path]:
                          and (skip is None or not _same(root_path / d, skip)))
         for name in sorted(files):
             path = root_path / name
-            if not name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS and not is_own_output(path):
+            if not name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS:
                 yield path
 
 

@@ -125,8 +125,11 @@ def convert_state_dict(state: dict[str, torch.Tensor], source: Path) -> dict[str
     return ours
 
 
-def fill(model: ClipSeg, tensors: dict[str, torch.Tensor], source: Path, dtype: torch.dtype) -> None:
-    """Assign every parameter and buffer of ``model`` from ``tensors``, checking names and shapes."""
+def fill(model: ClipSeg, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Assign every parameter and buffer of ``model`` from ``tensors``, checking names and shapes.
+
+    The tensors arrive in the wanted dtype (`read_state_dict` converts them) and are assigned as they are.
+    """
     expected = model.state_dict()
     missing = [key for key in expected if key not in tensors]
     if missing:
@@ -140,8 +143,7 @@ def fill(model: ClipSeg, tensors: dict[str, torch.Tensor], source: Path, dtype: 
                 source,
                 f"tensor {key!r} has shape {tuple(tensor.shape)}, config.json implies {tuple(expected[key].shape)}",
             )
-    converted = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
-    model.load_state_dict(converted, strict=True, assign=True)
+    model.load_state_dict(tensors, strict=True, assign=True)
     for module in model.modules():  # non-persistent index buffers are not in checkpoints
         ids = getattr(module, "position_ids", None)
         if isinstance(ids, torch.Tensor) and ids.is_meta:
@@ -159,7 +161,7 @@ def load_directory(directory: Path, dtype: torch.dtype = torch.float32) -> ClipS
     tensors = convert_state_dict(read_state_dict(path, dtype), path)
     with torch.device("meta"):
         model = ClipSeg.build(config)
-    fill(model, tensors, path, dtype)
+    fill(model, tensors, path)
     return model.eval().requires_grad_(False)
 
 
