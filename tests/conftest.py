@@ -25,6 +25,8 @@ def hub_server() -> Iterator[FakeHub]:
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A "complex" CLIPSeg checkpoint folder (64x64 model input), built once per session."""
-    from factory import build_checkpoint
+    from factory import assert_prompts_differ, build_checkpoint
 
-    return build_checkpoint(tmp_path_factory.mktemp("checkpoint"), "complex")
+    directory = build_checkpoint(tmp_path_factory.mktemp("checkpoint"), "complex")
+    assert_prompts_differ(directory)
+    return directory

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
-from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPTokenizer
+from PIL import Image
+from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer
 
 VOCAB_SIZE = 600
 MERGES = ["r e", "c a", "ca r</w>", "t r", "e e</w>", "tr ee</w>", "d o", "do g</w>"]
@@ -22,6 +24,13 @@ CONFIGS: dict[str, dict] = {
     "conditional1": {"conditional_layer": 1, "text_config": {"eos_token_id": 521}},
     "rd16": {"reduce_dim": 16, "use_complex_transposed_convolution": True},
 }
+# name -> random seed, where seed 0 gives two probe prompts too similar maps
+SEEDS: dict[str, int] = {"complex": 1, "rd16": 2}
+# What `assert_prompts_differ` compares: two texts and an example image give clearly different maps.
+PROBE_TEXTS = ("red car", "tree")
+MIN_MEAN_DIFFERENCE = 0.05  # mean absolute difference of the probability maps
+LOGIT_SPREAD = 2.5  # standard deviation of the calibrated logits on the probe inputs
+MIN_MASK_DIFFERENCE = 0.05  # fraction of pixels where the masks (p >= 0.4) differ
 
 
 def byte_symbols() -> list[str]:
@@ -67,21 +76,90 @@ def write_preprocessor(directory: Path, size: int) -> None:
     }), encoding="utf-8")
 
 
-def build_checkpoint(directory: Path, name: str = "plain", seed: int = 0, size: int = 64) -> Path:
+def make_prompts_matter(model: CLIPSegForImageSegmentation) -> None:
+    """Scale a random CLIPSeg so that different prompts give clearly different maps.
+
+    At random init every prompt gets nearly the same map: the text tower's output is dominated by
+    what all prompts share (biases, the end token), FiLM's shift by its constant part, and the
+    upsampler's logits barely leave 0. Each scaling below removes one of those; the model's function
+    stays a CLIPSeg, so the equivalence with transformers is untouched.
+    """
+    with torch.no_grad():
+        for name, param in model.named_parameters():  # random biases and norms, so that every tensor matters
+            if param.dim() == 1:
+                is_norm_scale = "norm" in name and name.endswith("weight")
+                param.normal_(1.0 if is_norm_scale else 0.0, 0.2)
+        text = model.clip.text_model
+        text.embeddings.token_embedding.weight.normal_(0, 1.0)  # tokens, not positions, dominate
+        for layer in text.encoder.layers:  # the end token's output mixes in the other tokens
+            layer.self_attn.v_proj.weight.mul_(3.0)
+            layer.self_attn.out_proj.weight.mul_(3.0)
+        for projection in (model.clip.text_projection, model.clip.visual_projection):
+            projection.weight.normal_(0, 2.0 / projection.weight.shape[1] ** 0.5)
+        decoder = model.decoder
+        fan_in = decoder.film_mul.weight.shape[1]
+        decoder.film_mul.weight.normal_(0, 5.0 / fan_in**0.5)  # the prompt picks image channels ...
+        decoder.film_add.weight.normal_(0, 0.1 / fan_in**0.5)  # ... rather than shifting all tokens alike
+        for reduce in decoder.reduces[1:]:  # shallower layers refine, they don't drown the prompt
+            reduce.weight.mul_(0.05)
+            reduce.bias.mul_(0.05)
+
+
+
+def build_checkpoint(directory: Path, name: str = "plain", seed: int | None = None, size: int = 64) -> Path:
     """Save a random CLIPSeg in the Hugging Face layout (safetensors, tokenizer, preprocessor).
 
     Returns:
         ``directory``.
     """
-    torch.manual_seed(seed)
+    torch.manual_seed(SEEDS.get(name, 0) if seed is None else seed)
     model = CLIPSegForImageSegmentation(small_config(**CONFIGS[name])).eval()
-    with torch.no_grad():  # random biases and norms, so that every tensor matters
-        for param in model.parameters():
-            if param.dim() == 1:
-                param.normal_(0, 0.2)
-        for film in (model.decoder.film_mul, model.decoder.film_add):  # make text prompts matter
-            film.weight.normal_(0, 1.0)
-    model.save_pretrained(directory, safe_serialization=True)
+    make_prompts_matter(model)
     write_tokenizer(directory)
     write_preprocessor(directory, size)
+    calibrate_logits(model, directory)
+    model.save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+def calibrate_logits(model: CLIPSegForImageSegmentation, directory: Path) -> None:
+    """Scale and shift the last upsampling layer so that logits centre on 0 and spread a few units.
+
+    Random weights give logits of about 0.1 (every map a flat 0.5) or of hundreds (every map 0 or
+    1); neither can show a wrong resize filter or a threshold off by one step.
+    """
+    processor = CLIPSegProcessor.from_pretrained(directory)
+    inputs = processor(text=list(PROBE_TEXTS), images=[probe_image(0)] * len(PROBE_TEXTS), padding=True,
+                       return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        scale = LOGIT_SPREAD / logits.std()
+        last = [m for m in model.decoder.modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+        last.weight.mul_(scale)
+        last.bias.sub_(logits.median()).mul_(scale)
+
+
+def probe_image(seed: int = 0, size: tuple[int, int] = (70, 50)) -> Image.Image:
+    """A random RGB image of (width, height)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def assert_prompts_differ(directory: Path) -> None:
+    """Fail unless two text prompts and an example image give clearly different maps on one image.
+
+    Tests of prompt order, union, negatives, templates and image prompts can only fail if the
+    maps they compare differ: this checks it, for the checkpoint in ``directory``.
+    """
+    from clipseg_cli import Segmenter
+
+    segmenter = Segmenter.from_pretrained(directory, device="cpu", precision="fp32")
+    probs = segmenter.predict(probe_image(0), [*PROBE_TEXTS, probe_image(1, (40, 40))])
+    names = [*PROBE_TEXTS, "an example image"]
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        mean_difference = float(np.abs(probs[i] - probs[j]).mean())
+        mask_difference = float(((probs[i] >= 0.4) != (probs[j] >= 0.4)).mean())
+        assert mean_difference >= MIN_MEAN_DIFFERENCE and mask_difference >= MIN_MASK_DIFFERENCE, (
+            f"{directory}: {names[i]!r} and {names[j]!r} give maps too alike (mean difference "
+            f"{mean_difference:.3f}, masks differ on {mask_difference:.1%}); the fixture cannot tell prompts apart"
+        )

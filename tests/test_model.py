@@ -15,7 +15,7 @@ from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
 from clipseg_cli import ClipSeg, ClipSegError, Segmenter
 from clipseg_cli.errors import CheckpointError
-from factory import CONFIGS, build_checkpoint
+from factory import CONFIGS, assert_prompts_differ, build_checkpoint
 
 PROMPTS = ["red car", "tree", "a dog on the left"]
 
@@ -31,6 +31,7 @@ def random_images(count: int, seed: int = 0) -> list[Image.Image]:
 def pair(request, tmp_path_factory):
     """(our model, the reference model, its processor) for one small checkpoint."""
     directory = build_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
+    assert_prompts_differ(directory)
     reference = CLIPSegForImageSegmentation.from_pretrained(directory).eval()
     return ClipSeg.from_pretrained(directory), reference, CLIPSegProcessor.from_pretrained(directory)
 
