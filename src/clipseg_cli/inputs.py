@@ -52,12 +52,9 @@ class FileSet:
     """
 
     def __init__(self, paths: Iterable[str | os.PathLike[str]]) -> None:
-        self.resolved: set[str] = set()
-        self.ids: set[tuple[int, int]] = set()
-        for path in paths:
-            self.resolved.add(os.path.realpath(path))
-            self.ids.add(identity(path))
-        self.ids.discard(None)
+        paths = list(paths)
+        self.resolved = {os.path.realpath(path) for path in paths}
+        self.ids = {found for found in map(identity, paths) if found is not None}
 
     def __contains__(self, path: str | os.PathLike[str]) -> bool:
         return os.path.realpath(path) in self.resolved or identity(path) in self.ids
