@@ -21,7 +21,7 @@ import torch
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.decode import DecodedImage, open_image
-from clipseg_cli.inputs import WorkItem
+from clipseg_cli.inputs import FileSet, WorkItem
 from clipseg_cli.outputs import OutputPlan, output_paths, unique_labels, write_outputs
 from clipseg_cli.postprocess import apply, combine, refine, stats
 from clipseg_cli.predictor import Prompt, Segmenter, probabilities, upsample
@@ -100,7 +100,7 @@ class Engine:
         self.workers = workers
         self.trim = trim
         self.stats = stats
-        self.protected = frozenset(os.path.abspath(path) for path in protected)
+        self.protected = FileSet(protected)
         names = list(names) if names else [p if isinstance(p, str) else f"image-{i + 1}" for i, p in
                                            enumerate(self.prompts)]
         self.targets = self._targets(names, union)
@@ -198,7 +198,7 @@ class Engine:
         results = []
         for target in self.targets:
             paths = output_paths(item.output_dir, item.stem, target.label, self.plan)
-            clash = next((path for path in paths.values() if os.path.abspath(path) in self.protected), None)
+            clash = next((path for path in paths.values() if path in self.protected), None)
             if clash is not None:
                 return self._failed(item, ClipSegError(f"{item.source}: its output {clash} would overwrite an input "
                                                         "file; rename that file or choose another --output-dir"))

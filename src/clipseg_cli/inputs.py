@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from clipseg_cli.constants import OUTPUT_SUFFIXES, TEMP_SUFFIX
+from clipseg_cli.errors import ClipSegError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -32,6 +35,31 @@ def is_own_output(path: Path) -> bool:
     return name.endswith(OUTPUT_SUFFIXES) or name.endswith(TEMP_SUFFIX)
 
 
+def identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(device, inode) of the file a path leads to (through links), or None where there is none."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return status.st_dev, status.st_ino
+
+
+class FileSet:
+    """Files known by their resolved path and, for those that exist, by identity (device, inode).
+
+    ``path in files`` holds for another name of one of them: through a symlinked folder, a link or
+    a hard link.
+    """
+
+    def __init__(self, paths: Iterable[str | os.PathLike[str]]) -> None:
+        paths = list(paths)
+        self.resolved = {os.path.realpath(path) for path in paths}
+        self.ids = {found for found in map(identity, paths) if found is not None}
+
+    def __contains__(self, path: str | os.PathLike[str]) -> bool:
+        return os.path.realpath(path) in self.resolved or identity(path) in self.ids
+
+
 def walk(folder: Path, recursive: bool, skip: Path | None) -> Iterator[Path]:
     """Image files in a folder, sorted, hidden files left out (`collect` leaves our outputs out).
 
@@ -50,46 +78,105 @@ def walk(folder: Path, recursive: bool, skip: Path | None) -> Iterator[Path]:
 
 def collect(
     inputs: Iterable[str], *, output_dir: Path | None, recursive: bool = False, stdin: Iterable[str] = ()
-) -> Iterator[WorkItem]:
-    """Work items for files, folders and '-' (one path per line from ``stdin``).
+) -> list[WorkItem]:
+    """Work items for files, folders and '-' (one path per line from ``stdin``; blank lines skipped).
 
     Outputs mirror the input tree under ``output_dir``; without it they go beside each image.
-    A missing path still yields an item, so that its failure is reported with the others; our
-    own outputs (``*.mask.png``, ...) are left out even when named, e.g. by a shell glob.
+    Each file is taken once, at its first mention (also through a link). A missing path still
+    yields an item, so that its failure is reported with the others, but takes no output name
+    from a file that exists. Our own outputs (``*.mask.png``, ...) are left out even when named,
+    e.g. by a shell glob.
 
     Returns:
-        Items in a stable order.
+        Items in input order.
+
+    Raises:
+        ClipSegError: an input is the empty string.
     """
     pairs: list[tuple[Path, Path | None]] = []  # (file, root of its folder argument or None)
     for arg in inputs:
+        if arg == "":
+            raise ClipSegError('an input is an empty path (""); give an image file or a folder')
         if arg == "-":
             pairs += [(Path(line.rstrip("\r\n")), None) for line in stdin if line.strip()]
         elif Path(arg).is_dir():
             pairs += [(path, Path(arg)) for path in walk(Path(arg), recursive, output_dir)]
         else:
             pairs.append((Path(arg), None))
-    return _items([(path, root) for path, root in pairs if not is_own_output(path)], output_dir)
+    return _items(_first_mentions([(path, root) for path, root in pairs if not is_own_output(path)]), output_dir)
 
 
-def _items(pairs: list[tuple[Path, Path | None]], output_dir: Path | None) -> Iterator[WorkItem]:
-    """Items for (file, its root) pairs, with output stems unique per output folder.
+def no_images(inputs: list[str], recursive: bool) -> str:
+    """The error for inputs that hold no image to process; it suggests -r where a folder has subfolders.
 
-    A stem shared by several inputs that land in one folder (photo.jpg, photo.png) becomes the
-    full name (photo_jpg, photo_png); a name still taken gets -2, -3, ... in input order.
+    Returns:
+        One line, for a ClipSegError.
     """
-    placed = [(path, _target(path, root, output_dir)) for path, root in pairs]
-    counts: dict[tuple[Path, str], int] = {}
-    for path, target in placed:
-        counts[(target, path.stem)] = counts.get((target, path.stem), 0) + 1
+    outputs = ", ".join(f"*{suffix}" for suffix in OUTPUT_SUFFIXES)
+    nested = not recursive and any(Path(arg).is_dir() and any(p.is_dir() for p in Path(arg).iterdir())
+                                   for arg in inputs)
+    hint = "; add -r to walk subfolders" if nested else ""
+    named = " ".join(inputs[:3]) + (f" (and {len(inputs) - 3} more)" if len(inputs) > 3 else "")
+    return f"no images to process in {named}: no image files other than our own outputs ({outputs}){hint}"
+
+
+def _first_mentions(
+    pairs: list[tuple[Path, Path | None]],
+) -> list[tuple[Path, Path | None, bool]]:
+    """Each file once, at its first mention: by identity where it exists, else by absolute path.
+
+    Returns:
+        (file, root, whether it exists) per distinct file, in input order.
+    """
+    seen: set[object] = set()
+    kept = []
+    for path, root in pairs:
+        found = identity(path)
+        key = found if found is not None else os.path.abspath(path)
+        if key not in seen:
+            seen.add(key)
+            kept.append((path, root, found is not None))
+    return kept
+
+
+def _items(entries: list[tuple[Path, Path | None, bool]], output_dir: Path | None) -> list[WorkItem]:
+    """Items for (file, its root, exists) entries, with output stems unique per output folder.
+
+    Files that exist are named first, so that a missing path never renames a good file's outputs.
+    """
+    placed = [(path, _target(path, root, output_dir)) for path, root, _ in entries]
     taken: set[tuple[Path, str]] = set()
+    stems: dict[int, str] = {}
+    for wanted in (True, False):
+        indices = [i for i, (*_, found) in enumerate(entries) if found is wanted]
+        stems.update(zip(indices, _stems([placed[i] for i in indices], taken), strict=True))
+    return [WorkItem(path, target, stems[i]) for i, (path, target) in enumerate(placed)]
+
+
+def _stems(placed: list[tuple[Path, Path]], taken: set[tuple[Path, str]]) -> list[str]:
+    """Output stems for (file, output folder) pairs, none in ``taken`` (which they are added to).
+
+    A stem shared by several files that land in one folder (photo.jpg, photo.png) becomes the
+    full name (photo_jpg, photo_png); a name still taken gets -2, -3, ... in input order. Linear:
+    the search for a free number resumes where the last one for that name stopped.
+
+    Returns:
+        One stem per pair.
+    """
+    counts = Counter((target, path.stem) for path, target in placed)
+    numbers: dict[tuple[Path, str], int] = {}  # the last number tried per (folder, base name)
+    stems = []
     for path, target in placed:
-        base = stem = path.stem if counts[(target, path.stem)] == 1 else path.name.replace(".", "_")
-        number = 1
+        base = path.stem if counts[(target, path.stem)] == 1 else path.name.replace(".", "_")
+        number = numbers.get((target, base), 1)
+        stem = base if number == 1 else f"{base}-{number}"
         while (target, stem) in taken:
             number += 1
             stem = f"{base}-{number}"
+        numbers[(target, base)] = number
         taken.add((target, stem))
-        yield WorkItem(path, target, stem)
+        stems.append(stem)
+    return stems
 
 
 def _target(path: Path, root: Path | None, output_dir: Path | None) -> Path:
@@ -97,6 +184,34 @@ def _target(path: Path, root: Path | None, output_dir: Path | None) -> Path:
     if output_dir is None:
         return path.parent
     return output_dir if root is None else output_dir / path.parent.relative_to(root)
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why outputs cannot be written in a folder, creating it (and its parents) where missing.
+
+    It must be a folder we can write in, or its nearest existing ancestor must be one. A test
+    file is created and removed there, so that read-only mounts and immutable folders are found
+    even by root.
+
+    Returns:
+        The reason, worded for a user, or None when the folder is usable.
+    """
+    existing = folder
+    while not os.path.exists(existing):
+        if os.path.islink(existing):
+            return f"{existing} is a broken symbolic link (to {os.readlink(existing)}); fix it or choose another"
+        existing = existing.parent
+    if not os.path.isdir(existing):
+        if existing == folder:
+            return "exists and is not a folder; choose another"
+        return f"{existing} is a file, not a folder; choose another"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".clipseg-probe-", suffix=TEMP_SUFFIX, dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"cannot write in {existing} ({exc.strerror or exc}); make it writable or choose another"
+    return None
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,27 +12,39 @@ import typer
 from clipseg_cli.commands import options as o
 from clipseg_cli.commands.run import Settings, check_output_dir, execute, with_settings
 from clipseg_cli.errors import ClipSegError
+from clipseg_cli.inputs import collect, no_images
 
 
 def read_prompts_file(path: Path) -> list[str]:
-    """Prompts from a text file: one per line; blank lines and lines starting with # are skipped.
+    """Prompts from a UTF-8 text file (a byte-order mark and CRLF line ends are fine): one per line;
+    blank lines and lines starting with # are skipped.
 
     Returns:
         The prompts in file order.
     """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ClipSegError(f"--prompts-file {path}: cannot read ({exc})") from None
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def read_stdin_lines() -> list[str]:
+    """The lines of stdin; bytes that are not UTF-8 (a file name from `find`) are kept as os.fsdecode keeps them.
+
+    Returns:
+        The lines, with their line ends.
+    """
+    raw = getattr(sys.stdin, "buffer", None)
+    return [os.fsdecode(line) for line in raw] if raw is not None else list(sys.stdin)
 
 
 @with_settings
 def batch(
     inputs: Annotated[list[str], typer.Argument(
         help="Image files and folders; - reads one path per line from stdin.", show_default=False)],
-    output_dir: Annotated[Path, typer.Option(
-        "--output-dir", "-o", rich_help_panel=o.OUTPUT,
+    output_dir: Annotated[str, typer.Option(  # a str: "" must not become "."
+        "--output-dir", "-o", rich_help_panel=o.OUTPUT, metavar="DIR",
         help="Folder for the outputs; it mirrors the input tree. It may be inside an input folder.")],
     prompt: Annotated[list[str] | None, typer.Option(
         "--prompt", "-p", rich_help_panel=o.PROMPT, help="What to cut out (repeatable).")] = None,
@@ -42,10 +55,15 @@ def batch(
     settings: Settings,
 ) -> None:
     """Segment many images with the same prompts; the model is loaded once."""
-    from clipseg_cli.inputs import collect
-
-    check_output_dir(output_dir)
+    folder = check_output_dir(output_dir)
     texts = list(prompt or []) + (read_prompts_file(prompts_file) if prompts_file else [])
-    stdin = sys.stdin if "-" in inputs else ()
-    items = list(collect(inputs, output_dir=output_dir, recursive=recursive, stdin=stdin))
+    lines = read_stdin_lines() if "-" in inputs else []
+    items = collect(inputs, output_dir=folder, recursive=recursive, stdin=lines)
+    if not items:
+        if set(inputs) == {"-"} and not any(line.strip() for line in lines):
+            if not settings.quiet:
+                typer.echo("clipseg: no paths on stdin; nothing to do", err=True)
+            raise typer.Exit(0)
+        raise ClipSegError(no_images(inputs, recursive))
     raise typer.Exit(execute(items, texts, settings))
+

@@ -31,8 +31,9 @@ Offline = Annotated[bool, typer.Option(
 BatchSize = Annotated[int | None, typer.Option(
     "--batch-size", min=1, rich_help_panel=MODEL, help="Images per model call [default: 4 on CPU, 16 on GPU].")]
 
-OutputDir = Annotated[Path | None, typer.Option(
-    "--output-dir", "-o", rich_help_panel=OUTPUT, help="Folder for the outputs [default: beside each image].")]
+OutputDir = Annotated[str | None, typer.Option(  # a str: "" must not become "."
+    "--output-dir", "-o", rich_help_panel=OUTPUT, metavar="DIR",
+    help="Folder for the outputs [default: beside each image].")]
 Overlay = Annotated[bool, typer.Option(
     "--overlay/--no-overlay", rich_help_panel=OUTPUT, help="Also write the image with the mask tinted.")]
 Soft = Annotated[bool, typer.Option(

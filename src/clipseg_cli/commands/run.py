@@ -7,14 +7,12 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, get_type_hints
+from typing import get_type_hints
 
 from clipseg_cli.commands import options as o
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
 from clipseg_cli.errors import ClipSegError
-
-if TYPE_CHECKING:
-    from clipseg_cli.inputs import WorkItem
+from clipseg_cli.inputs import WorkItem, folder_problem
 
 
 @dataclass
@@ -73,6 +71,8 @@ def with_settings(command: Callable[..., None]) -> Callable[..., None]:
 def build_prompts(texts: list[str], settings: Settings) -> tuple[list, list[str]]:
     """Prompts for the engine and their names: texts (with templates), then the example images.
 
+    A template's only placeholder is ``{}``; other braces are literal text.
+
     Returns:
         (prompts, names).
     """
@@ -80,10 +80,7 @@ def build_prompts(texts: list[str], settings: Settings) -> tuple[list, list[str]
     from clipseg_cli.imaging.visual_prompt import prepare_visual_prompt
     from clipseg_cli.predictor import Mean
 
-    for template in settings.template or []:
-        if template.count("{}") != 1:
-            raise ClipSegError(f"--template {template!r} must contain {{}} exactly once")
-    prompts: list = [Mean(tuple(t.format(text) for t in settings.template)) if settings.template else text
+    prompts: list = [Mean(tuple(t.replace("{}", text) for t in settings.template)) if settings.template else text
                      for text in texts]
     names = list(texts)
     refs, masks = settings.prompt_image or [], settings.prompt_mask or []
@@ -101,18 +98,68 @@ def build_prompts(texts: list[str], settings: Settings) -> tuple[list, list[str]
     return prompts, names
 
 
-def check_output_dir(path: Path | None) -> None:
-    """Refuse an --output-dir that exists but is not a folder, before any work."""
-    if path is not None and path.exists() and not path.is_dir():
-        raise ClipSegError(f"--output-dir {path}: exists and is not a folder; choose another")
+def check_texts(texts: list[str], settings: Settings) -> None:
+    """Refuse prompts, negatives and templates that are not valid UTF-8, and templates without one ``{}``."""
+    for option, values in (("prompt", texts), ("--negative", settings.negative), ("--template", settings.template)):
+        for text in values or []:
+            check_text(option, text)
+    for template in settings.template or []:
+        if template.count("{}") != 1:
+            raise ClipSegError(f"--template {template!r} must contain {{}} exactly once")
+
+
+def check_text(option: str, text: str) -> None:
+    """Refuse a text that is not valid UTF-8: argv bytes that are not arrive as surrogate escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            shown = text.encode("utf-8", "backslashreplace").decode()
+        raise ClipSegError(f'{option} "{shown}" is not valid UTF-8 (the bad bytes are shown as \\xNN); '
+                           "give it as UTF-8 text (check the terminal's or the script's encoding)") from None
+
+
+def check_output_dir(value: str | None) -> Path | None:
+    """Refuse an --output-dir that is empty, or that we could not write in or create, before any work.
+
+    Returns:
+        The folder as a Path, or None when none was given.
+    """
+    if value is None:
+        return None
+    if not value:
+        raise ClipSegError('--output-dir "" is empty; give a folder (-o . is the current one)')
+    problem = folder_problem(Path(value))
+    if problem:
+        raise ClipSegError(f"--output-dir {value}: {problem}")
+    return Path(value)
+
+
+def check_output_folders(items: list[WorkItem]) -> None:
+    """Refuse the run, before the model loads, when the outputs of an existing input could not be written.
+
+    Raises:
+        ClipSegError: naming the first such folder.
+    """
+    checked: set[Path] = set()
+    for item in items:
+        if item.output_dir not in checked and item.source.exists():
+            checked.add(item.output_dir)
+            problem = folder_problem(item.output_dir)
+            if problem:
+                raise ClipSegError(f"output folder {item.output_dir}: {problem}")
 
 
 def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
-    """Load the model once, run every item, report.
+    """Check the settings, prompts and output folders, then load the model once, run every item, report.
 
     Returns:
         The exit code: 0 all done, 1 some image failed.
     """
+    check_texts(texts, settings)
+    check_output_folders(items)
     from clipseg_cli.commands.report import Reporter
     from clipseg_cli.engine import Engine
     from clipseg_cli.outputs import OutputPlan
