@@ -48,7 +48,7 @@ def test_dilate_grows_square_by_exactly_px(px: int) -> None:
 @pytest.mark.parametrize("px", [1, 3, 4])
 def test_erode_shrinks_square_by_exactly_px(px: int) -> None:
     prob = square(40, 40, 10, 12, 9).astype(np.float32)
-    mask = apply(prob, PostProcess(threshold=0.5, dilate=-px))
+    mask = apply(prob, PostProcess(threshold=0.5, erode=px))
     assert np.array_equal(mask, square(40, 40, 10 + px, 12 + px, 9 - 2 * px))
 
 
@@ -255,7 +255,7 @@ def test_full_resolution_mask_runs() -> None:
     mask = apply(prob, post)
     assert mask.shape == (3000, 4000) and mask.dtype == bool
     assert 0.05 < stats(mask, prob)["coverage"] < 0.5
-    assert apply(prob, PostProcess(threshold=0.6, dilate=-4, min_area=500)).sum() < mask.sum()
+    assert apply(prob, PostProcess(threshold=0.6, erode=4, min_area=500)).sum() < mask.sum()
 
 
 # ---- visual prompt -----------------------------------------------------------------------------
