@@ -243,9 +243,9 @@ class Engine:
 
         Every target 'failed' when one of the item's outputs would overwrite a protected file.
         """
-        try:
-            digest = file_sha256(item.source)
-        except OSError:  # decoding reports the problem
+        try:  # a pipe or a folder is never read here: decoding reports the problem
+            digest = file_sha256(item.source) if item.source.is_file() else "not a file"
+        except OSError:
             digest = "unreadable"
         results = []
         for target in self.targets:
@@ -277,18 +277,20 @@ class Engine:
                 results: list[Result]) -> list[Result]:
         """Upsample, combine, post-process and write some of one image's maps (in a worker thread).
 
+        Each written file carries its result's fingerprint record; statistics come from M and m.
+
         Arguments:
             logits: Pxhxw, every prompt's then every negative's. part: the targets to write.
             results: their planned results (from `_skipped`); the pending ones are written.
         """
         try:
             targets = self.targets[part.start : part.stop]
-            for target, result, (mask, prob) in zip(targets, results, self._masks(logits, decoded.size, part),
+            for target, result, (mask, soft) in zip(targets, results, self._masks(logits, decoded.size, part),
                                                     strict=True):
                 if result.status == "pending":
                     paths = output_paths(item.output_dir, item.stem, target.label, self.plan)
-                    write_outputs(decoded.image, mask, prob, paths, self.plan, result.records)
-                    result.stats = stats(mask, prob) if self.stats else {}
+                    write_outputs(decoded.image, mask, soft, paths, self.plan, result.records)
+                    result.stats = stats(mask, soft) if self.stats else {}
                     result.status = "ok"
             return results
         except OSError as exc:
