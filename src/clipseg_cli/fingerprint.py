@@ -1,7 +1,7 @@
 """What made an output: a short record stored in each PNG we write, so that a rerun reuses only
 outputs made from the same input file, prompt, weights, precision and settings.
 
-The record is a tEXt chunk with the key ``clipseg`` before the image data (``exiftool`` and
+The record is an iTXt chunk (UTF-8 text) with the key ``clipseg`` before the image data (``exiftool`` and
 ``identify -verbose`` show it): a JSON object of a few readable fields and a sha256 ``digest``
 of all of them. Reading it takes the first 64 KB of the file, never the pixels.
 """
@@ -98,14 +98,15 @@ def make_record(kind: str, *, input_sha256: str, prompt: str, prompt_text: str, 
         model: weights, precision and device. settings: every option that changes the pixels.
 
     Returns:
-        One line of ASCII JSON.
+        One line of JSON.
     """
-    record = {PNG_KEY: RECORD_VERSION, "output": kind, "input": input_sha256,
-              "prompt": prompt_text[:_SHOWN_PROMPT_CHARS], "prompt_sha256": text_sha256(prompt)[:32],
+    shown = prompt_text[:_SHOWN_PROMPT_CHARS].encode("utf-8", "backslashreplace").decode()  # undecodable bytes
+    record = {PNG_KEY: RECORD_VERSION, "output": kind, "input": input_sha256, "prompt": shown,
+              "prompt_sha256": text_sha256(prompt)[:32],
               "weights": model["weights"], "precision": model["precision"], "device": model["device"],
               "settings": dict(settings)}
     record["digest"] = hashlib.sha256(_canonical(record).encode()).hexdigest()
-    return json.dumps(record, ensure_ascii=True, separators=(", ", ": "))
+    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
 
 
 def stale_reason(path: Path, expected: str) -> str | None:
@@ -149,11 +150,12 @@ def read_record(path: Path) -> dict | None:
         crc = head[offset + 8 + length : offset + 12 + length]
         if kind in (b"IDAT", b"IEND") or len(crc) < 4:
             return None
-        if kind == b"tEXt" and data.startswith(PNG_KEY.encode() + b"\0"):
+        if kind == b"iTXt" and data.startswith(PNG_KEY.encode() + b"\0\0\0"):
             if struct.unpack(">I", crc)[0] != zlib.crc32(kind + data):
                 return None
+            fields = data[len(PNG_KEY) + 3 :].split(b"\0", 2)  # language, translated keyword, text
             try:
-                record = json.loads(data[len(PNG_KEY) + 1 :].decode("latin-1"))
+                record = json.loads(fields[-1].decode())
             except ValueError:
                 return None
             return record if isinstance(record, dict) else None

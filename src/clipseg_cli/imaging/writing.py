@@ -45,11 +45,11 @@ def save_png(image: Image.Image, path: Path, compress_level: int = 1, text: dict
     """Save an image as PNG atomically, with fast compression by default.
 
     Arguments:
-        text: Latin-1 key/value pairs stored as tEXt chunks before the image data.
+        text: key/value pairs stored as (UTF-8, uncompressed) iTXt chunks before the image data.
     """
     info = PngInfo()
     for key, value in (text or {}).items():
-        info.add_text(key, value)
+        info.add_itxt(key, value)
     atomic_write(Path(path), lambda handle: image.save(handle, format="PNG", compress_level=compress_level,
                                                        pnginfo=info))
 
@@ -61,7 +61,7 @@ def save_mask_png(mask: np.ndarray, path: Path, text: dict[str, str] | None = No
     run-length strategy: about 3x faster than Pillow's adaptive filtering, and half the size.
 
     Arguments:
-        text: Latin-1 key/value pairs stored as tEXt chunks before the image data.
+        text: key/value pairs stored as (UTF-8, uncompressed) iTXt chunks before the image data.
     """
     _require_2d(mask, "mask")
     height, width = mask.shape
@@ -69,7 +69,8 @@ def save_mask_png(mask: np.ndarray, path: Path, text: dict[str, str] | None = No
     np.multiply(mask, np.uint8(255), out=rows[:, 1:], casting="unsafe")
     deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale, not interlaced
-    texts = [_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
+    # iTXt: keyword, 0, not compressed, method 0, no language, 0, no translated keyword, 0, text
+    texts = [_chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode())
              for key, value in (text or {}).items()]
     png = b"".join((PNG_SIGNATURE, _chunk(b"IHDR", header), *texts,
                     _chunk(b"IDAT", deflate.compress(rows) + deflate.flush()), _chunk(b"IEND", b"")))
