@@ -3,7 +3,7 @@ outputs made from the same input file, prompt, weights, precision and settings.
 
 The record is an iTXt chunk (UTF-8 text) with the key ``clipseg`` before the image data (``exiftool`` and
 ``identify -verbose`` show it): a JSON object of a few readable fields and a sha256 ``digest``
-of all of them. Reading it takes the first 64 KB of the file, never the pixels.
+of all of them. Reading it takes the first 16 KB of the file, never the pixels.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from clipseg_cli.errors import ClipSegError
 
 PNG_KEY = "clipseg"
 RECORD_VERSION = 1
-_HEAD_BYTES = 1 << 16
+_HEAD_BYTES = 1 << 14
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _READ_BLOCK = 1 << 20
 _SHOWN_PROMPT_CHARS = 200
