@@ -150,9 +150,9 @@ def mask_names(paths: list[Path], prompts: list[str], side: str) -> list[str]:
     """File names of the masks that a side writes, in the same (image, prompt) order for both sides."""
     if side == "reference":
         return [f"{p.stem}.{i}.png" for p in paths for i in range(len(prompts))]
-    from clipseg_cli.outputs import unique_labels
+    from clipseg_cli.outputs import label_for
 
-    return [f"{p.stem}.{label}.mask.png" for p in paths for label in unique_labels(prompts)]
+    return [f"{p.stem}.{label_for(prompt)}.mask.png" for p in paths for prompt in prompts]
 
 
 def peak_rss_bytes() -> int:

@@ -208,7 +208,6 @@ def test_an_output_folder_that_cannot_be_written_is_a_set_up_error(tmp_path: Pat
             writable(lock)
 
 
-@pytest.mark.xfail(strict=True, reason="needs PostProcess(blur=inf) to raise ClipSegError (another branch)")
 def test_blur_inf_is_a_set_up_error_before_the_model_loads(tmp_path: Path) -> None:
     photo = save(noise((40, 30)), tmp_path / "photo.png")
     setup_error(clipseg("segment", photo, "car", "--blur", "inf", *NO_WEIGHTS), "blur")

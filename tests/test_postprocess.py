@@ -17,6 +17,7 @@ from clipseg_cli.postprocess import (
     dilate,
     erode,
     gaussian_blur,
+    gaussian_kernel,
     remove_small_components,
     stats,
 )
@@ -48,7 +49,7 @@ def test_dilate_grows_square_by_exactly_px(px: int) -> None:
 @pytest.mark.parametrize("px", [1, 3, 4])
 def test_erode_shrinks_square_by_exactly_px(px: int) -> None:
     prob = square(40, 40, 10, 12, 9).astype(np.float32)
-    mask = apply(prob, PostProcess(threshold=0.5, dilate=-px))
+    mask = apply(prob, PostProcess(threshold=0.5, erode=px))
     assert np.array_equal(mask, square(40, 40, 10 + px, 12 + px, 9 - 2 * px))
 
 
@@ -255,7 +256,7 @@ def test_full_resolution_mask_runs() -> None:
     mask = apply(prob, post)
     assert mask.shape == (3000, 4000) and mask.dtype == bool
     assert 0.05 < stats(mask, prob)["coverage"] < 0.5
-    assert apply(prob, PostProcess(threshold=0.6, dilate=-4, min_area=500)).sum() < mask.sum()
+    assert apply(prob, PostProcess(threshold=0.6, erode=4, min_area=500)).sum() < mask.sum()
 
 
 # ---- visual prompt -----------------------------------------------------------------------------
@@ -336,3 +337,174 @@ def test_visual_prompt_rejects_wrong_size_mask() -> None:
     image, _ = example()
     with pytest.raises(ClipSegError, match=r"100x50.*200x120"):
         prepare_visual_prompt(image, np.ones((50, 100), bool))
+
+
+# ---- dilate then erode, clamped radii ----------------------------------------------------------
+
+
+def test_dilate_then_erode_is_a_closing() -> None:
+    prob = square(40, 40, 10, 10, 16).astype(np.float32)
+    prob[17:19, 17:19] = 0  # a 2x2 hole
+    closed = apply(prob, PostProcess(threshold=0.5, dilate=2, erode=2))
+    assert np.array_equal(closed, square(40, 40, 10, 10, 16))  # the hole is filled, the outline is where it was
+
+
+def test_huge_radii_are_clamped_to_the_image_and_stay_exact() -> None:
+    mask = square(30, 50, 5, 7, 3)
+    assert dilate(mask, 10**9).all() and not erode(mask, 10**9).any()
+    assert np.array_equal(dilate(mask, 10**9), dilate(mask, 50))
+    assert erode(np.ones((30, 50), bool), 10**9).all()  # outside the image is foreground for erosion
+    prob = np.random.default_rng(0).random((13, 21)).astype(np.float32)
+    # a kernel wider than the image: the same as unbounded mirror padding (computed here in float64)
+    for sigma in (4.0, 9.0, 30.0):
+        kernel = gaussian_kernel(sigma).astype(np.float64)
+        radius = len(kernel) // 2
+        padded = np.pad(prob.astype(np.float64), radius, mode="reflect")
+        rows = np.apply_along_axis(np.convolve, 0, padded, kernel, "valid")
+        expected = np.apply_along_axis(np.convolve, 1, rows, kernel, "valid")
+        assert np.abs(gaussian_blur(prob, sigma) - expected).max() < 1e-6
+    # a huge sigma is the mirrored image's mean (edge rows and columns count once, the others twice)
+    weights = [np.r_[1, np.full(n - 2, 2), 1] / (2 * n - 2) for n in prob.shape]
+    assert np.allclose(gaussian_blur(prob, 1e12), weights[0] @ prob @ weights[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("blur", [float("inf"), float("nan"), -1.0])
+def test_blur_must_be_a_finite_number(blur: float) -> None:
+    with pytest.raises(ClipSegError, match="blur must be a finite number"):
+        PostProcess(blur=blur)
+
+
+# ---- through the command line: one rule for every output, bounded time and memory ---------------
+
+SIZE = (96, 72)
+
+
+@pytest.fixture
+def cli(tmp_path, checkpoint):
+    """Run ``segment photo "red car" -o a fresh folder`` at fp32; returns (probabilities, run)."""
+    from clipseg_cli import Segmenter
+    from test_cli import clipseg, noise, save
+
+    photo = save(noise(SIZE, seed=3), tmp_path / "photo.png")
+    folders = iter(range(100))
+
+    def run(*args: object) -> dict:
+        out = tmp_path / f"out{next(folders)}"
+        done = clipseg("segment", photo, "red car", "-o", out, "--weights", checkpoint, "--precision", "fp32",
+                       "--json", *args)
+        assert done.code == 0, done.stderr
+        [record] = done.records()
+        return record
+
+    segmenter = Segmenter.from_pretrained(checkpoint, device="cpu", precision="fp32")
+    return segmenter.predict(photo, "red car")[0], run
+
+
+def grey(values: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(values, 0, 1) * 255).astype(np.uint8)
+
+
+def written(record: dict, kind: str) -> np.ndarray:
+    with Image.open(record[kind]) as image:
+        return np.asarray(image)[..., 3] if kind == "cutout" else np.asarray(image)
+
+
+def smallest_removing_min_area(mask: np.ndarray) -> int:
+    """A min_area that drops some regions of the mask and keeps others."""
+    for area in (4, 8, 16, 32, 64, 128, 256, 512):
+        kept = remove_small_components(mask, area)
+        if 0 < kept.sum() < mask.sum():
+            return area
+    raise AssertionError("the fixture's mask has no small and large regions")
+
+
+def test_soft_output_and_soft_cutout_follow_the_mask_steps(cli) -> None:
+    prob, run = cli
+    t = float(np.round(np.median(prob), 3))
+    above = prob >= t
+    area = smallest_removing_min_area(above)
+    small = above & ~remove_small_components(above, area)
+    grown = dilate(above, 2)
+    expected = {  # the rule: m = blurred probability (1 - it when inverted), 0 where a mask step removed a pixel
+        ("--invert",): np.float32(1) - prob,
+        ("--blur", "2"): gaussian_blur(prob, 2.0),
+        ("--invert", "--dilate", "2"): np.where(grown & ~above, 0, np.float32(1) - prob),
+        ("--erode", "1"): np.where(above & ~erode(above, 1), 0, prob),
+        ("--min-area", str(area)): np.where(small, 0, prob),
+    }
+    assert np.array_equal(grey(prob), written(run("--soft", "--no-overlay"), "mask"))  # no steps: the reference
+    for args, m in expected.items():
+        assert not np.array_equal(grey(m), grey(prob)), args  # each option matters
+        record = run("-t", t, "--soft", "--cutout", *args)
+        assert np.array_equal(written(record, "mask"), grey(m)), args
+        assert np.array_equal(written(record, "cutout"), grey(m)), args
+        binary = run("-t", t, "--cutout", *args)
+        assert np.array_equal(written(binary, "cutout"), written(binary, "mask")), args  # the binary alpha is M
+
+
+def test_statistics_and_overlay_use_the_same_mask_and_map(cli) -> None:
+    prob, run = cli
+    t = float(np.round(np.median(prob), 3))
+    record = run("-t", t, "--invert", "--soft", "--cutout")
+    mask = ~(prob >= t)
+    assert record["coverage"] == pytest.approx(mask.mean())
+    assert record["mean_probability"] == pytest.approx(float((1 - prob)[mask].mean()), abs=1e-6)
+    overlay = np.asarray(Image.open(record["overlay"]))
+    image = np.asarray(Image.open(record["image"]))
+    assert np.array_equal((overlay != image).any(axis=2), mask & (overlay != image).any(axis=2))
+
+
+def test_huge_radii_finish_at_once_with_the_right_mask(cli) -> None:
+    import time
+
+    prob, run = cli
+    start = time.perf_counter()
+    assert (written(run("--dilate", "10000000", "-t", "0.01"), "mask") == 255).all()
+    blurred = written(run("--blur", "5000", "--soft", "--no-overlay"), "mask")
+    assert time.perf_counter() - start < 20
+    assert np.abs(blurred.astype(int) - grey(gaussian_blur(prob, 5000.0)).astype(int)).max() == 0
+    assert blurred.max() - blurred.min() <= 1  # as flat as the mirrored mean
+
+
+def _peak_growth(action) -> int:
+    """Bytes the process's peak resident memory rose above its current size while ``action`` ran (Linux)."""
+    from pathlib import Path
+
+    def kilobytes(field: str) -> int:
+        line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
+        return int(line.split()[1])
+
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current size
+    before = kilobytes("VmRSS:")
+    action()
+    return (kilobytes("VmHWM:") - before) * 1024
+
+
+@pytest.mark.skipif(not __import__("os").access("/proc/self/clear_refs", __import__("os").W_OK),
+                    reason="needs Linux's resettable peak memory (/proc/self/clear_refs)")
+def test_memory_per_image_does_not_grow_with_the_number_of_prompts(tmp_path, checkpoint) -> None:
+    from test_cli import clipseg, noise, save
+
+    photo = save(noise((2000, 2000)), tmp_path / "big.png")  # 16 MB per float32 map
+    prompts = [f"thing {i}" for i in range(30)]
+
+    def segment(*args: str) -> None:
+        done = clipseg("segment", photo, *args, "-o", tmp_path / "out", "--weights", checkpoint, "--no-overlay",
+                       "--force", "-q")
+        assert done.code == 0, done.stderr
+
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    mmap_threshold = -3  # glibc's M_MMAP_THRESHOLD: blocks this large or larger are mmapped, freed at once
+    set_threshold = getattr(libc, "mallopt", lambda option, value: 0)
+    set_threshold(mmap_threshold, 1 << 20)  # so that resident memory follows live memory
+    try:
+        segment("warm up")
+        one = _peak_growth(lambda: segment(prompts[0]))
+        many = _peak_growth(lambda: segment(*prompts))
+        union = _peak_growth(lambda: segment(*prompts, "--union", "-n", "sky", "-n", "road"))
+    finally:
+        set_threshold(mmap_threshold, 32 << 20)  # where glibc's own adaptive threshold ends up
+    # 30 maps of 2000 x 2000 float32 are 480 MB; made a few at a time, about 90 MB is seen
+    assert one < 150 << 20 and many < 150 << 20 and union < 150 << 20, (one >> 20, many >> 20, union >> 20)

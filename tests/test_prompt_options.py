@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,16 +48,20 @@ def mask(folder: Path, label: str) -> np.ndarray:
 
 def test_union_is_the_or_of_the_prompts_masks(run, threshold):
     _, single = run("red car", "tree", "-t", threshold)
-    _, union = run("red car", "tree", "-t", threshold, "--union")
-    combined = mask(union, "union-red-car-tree")
+    outcome, _ = run("red car", "tree", "-t", threshold, "--union")
+    [record] = outcome.records()
+    assert re.fullmatch(r"photo\.union-red-car-tree-[0-9a-f]{6}\.mask\.png", Path(record["mask"]).name)
+    combined = binary_mask(record["mask"], SIZE)
     assert np.array_equal(combined, mask(single, "red-car") | mask(single, "tree"))
     assert 0 < combined.mean() < 1
 
 
 def test_negative_removes_exactly_where_it_fires(run, threshold):
     _, single = run("red car", "tree", "-t", threshold)
-    _, cut = run("red car", "-n", "tree", "-t", threshold)
-    result = mask(cut, "red-car-not-tree")
+    outcome, _ = run("red car", "-n", "tree", "-t", threshold)
+    [record] = outcome.records()
+    assert re.fullmatch(r"photo\.red-car-not-tree-[0-9a-f]{6}\.mask\.png", Path(record["mask"]).name)
+    result = binary_mask(record["mask"], SIZE)
     assert np.array_equal(result, mask(single, "red-car") & ~mask(single, "tree"))
 
 
@@ -117,15 +122,16 @@ def test_image_prompt_is_cropped_blurred_and_darkened_around_its_mask(run, tmp_p
     object_mask = np.zeros((60, 80), np.uint8)
     object_mask[20:40, 30:50] = 255
     mask_file = save(Image.fromarray(object_mask), tmp_path / "ref-object.png")
-    outcome, out = run("--prompt-image", reference, "--prompt-mask", mask_file, "--soft")
-    assert [r["prompt"] for r in outcome.records()] == ["image ref"]
+    outcome, _ = run("--prompt-image", reference, "--prompt-mask", mask_file, "--soft")
+    [record] = outcome.records()
+    assert record["prompt"] == "image ref"
     segmenter = Segmenter.from_pretrained(checkpoint, device="cpu", precision="fp32")
     with Image.open(reference) as ref:
         prepared = prepare_visual_prompt(ref.convert("RGB"), object_mask)
         raw = ref.convert("RGB")
     assert not segmenter.embed([prepared]).equal(segmenter.embed([raw]))
     expected = probability_to_image(segmenter.predict(tmp_path / "photo.png", [prepared])[0])
-    assert np.array_equal(pixels(out / "photo.image-ref.mask.png", "L", SIZE), np.asarray(expected))
+    assert np.array_equal(pixels(record["mask"], "L", SIZE), np.asarray(expected))
 
 
 def test_prompt_mask_needs_its_image(tmp_path, checkpoint):

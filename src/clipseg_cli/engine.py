@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
 
 import numpy as np
@@ -20,11 +20,15 @@ import torch
 
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS
 from clipseg_cli.errors import ClipSegError
+from clipseg_cli.fingerprint import file_sha256, make_record, prompt_key, stale_reason
 from clipseg_cli.imaging.decode import DecodedImage, open_image
 from clipseg_cli.inputs import FileSet, WorkItem
-from clipseg_cli.outputs import OutputPlan, output_paths, unique_labels, write_outputs
-from clipseg_cli.postprocess import apply, combine, refine, stats
+from clipseg_cli.outputs import OutputPlan, label_for, output_paths, write_outputs
+from clipseg_cli.postprocess import mask_and_map, refine, stats
 from clipseg_cli.predictor import Prompt, Segmenter, probabilities, upsample
+
+# Full-size float32 maps made at once per image being written (16 MB), or one map when larger.
+CHUNK_VALUES = 1 << 22
 
 
 @dataclass
@@ -38,10 +42,13 @@ class Result:
     overlay: str | None = None
     cutout: str | None = None
     error: str | None = None
+    reason: str | None = None  # why an existing output was redone; None when fresh, skipped or forced
     stats: dict = field(default_factory=dict)
+    records: dict[str, str] = field(default_factory=dict, repr=False)  # per kind, the fingerprint to store
 
     def to_json(self) -> dict:
         record = asdict(self)
+        del record["records"]
         record.update(record.pop("stats"))
         record.setdefault("coverage", None)  # the key is always there; null where no mask was made this run
         return record
@@ -53,6 +60,8 @@ class Target:
 
     label: str  # in file names
     prompt: str  # for people
+    key: str = ""  # everything asked (prompt keys, union, negatives), for fingerprints
+    text: str = ""  # the prompt with its negatives, for people reading a fingerprint
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -91,8 +100,14 @@ class Engine:
         if not prompts:
             raise ClipSegError("give at least one prompt")
         self.segmenter = segmenter
-        self.prompts = list(prompts)
-        self.negatives = list(negatives)
+        names = list(names) if names else [p if isinstance(p, str) else f"image-{i + 1}" for i, p in
+                                           enumerate(prompts)]
+        distinct = {}  # a prompt given twice is run once
+        for prompt, name in zip(prompts, names, strict=True):
+            distinct.setdefault(prompt_key(prompt), (prompt, name))
+        self.prompts = [prompt for prompt, _ in distinct.values()]
+        names = [name for _, name in distinct.values()]
+        self.negatives = list({prompt_key(p): p for p in negatives}.values())
         self.plan = plan or OutputPlan()
         self.batch_size = batch_size or default_batch_size(segmenter.device)
         self.force = force
@@ -101,24 +116,41 @@ class Engine:
         self.trim = trim
         self.stats = stats
         self.protected = FileSet(protected)
-        names = list(names) if names else [p if isinstance(p, str) else f"image-{i + 1}" for i, p in
-                                           enumerate(self.prompts)]
         self.targets = self._targets(names, union)
         # fp32 is the reference path: decode at full size. Faster precisions may decode JPEGs at
         # reduced scale, still at least twice the model's input size, when only the mask is needed.
         exact = segmenter.dtype == torch.float32 or self.plan.needs_full_image
         self.min_side = None if exact else 2 * max(segmenter.preprocessing.size)
         self.union = union
+        self.settings = {**self.plan.settings(), "decode": "full" if self.min_side is None else f"min {self.min_side}"}
+        self.model_identity = segmenter.identity
         # maps that each depend on one prompt are written by several workers at once
         self.parts = _split(len(self.targets), 1 if union or self.negatives else workers)
 
     def _targets(self, names: list[str], union: bool) -> list[Target]:
-        negative = [p if isinstance(p, str) else "image" for p in self.negatives]
-        suffix = "-not-" + "-".join(unique_labels(negative)) if negative else ""
+        """One target per prompt (or one for the union), named by `label_for`.
+
+        A text prompt alone is named by its text; image prompts, unions and negatives add the hash
+        of everything asked, so that no two different requests share a file name.
+        """
+        keys = [prompt_key(prompt) for prompt in self.prompts]
+        negative_names = [p if isinstance(p, str) else "image" for p in self.negatives]
+        negative_key = "".join(" not " + prompt_key(p) for p in self.negatives)
+        negative_text = " not " + " | ".join(negative_names) if self.negatives else ""
         if union:
-            return [Target(unique_labels(["union " + " ".join(names) + suffix])[0], " | ".join(names))]
-        return [Target(label + suffix if suffix else label, name)
-                for label, name in zip(unique_labels(names), names, strict=True)]
+            key = "union(" + ", ".join(keys) + ")" + negative_key
+            slug_text = "union " + " ".join(names) + (" not " + " ".join(negative_names) if self.negatives else "")
+            prompt = " | ".join(names)
+            return [Target(label_for(slug_text, key), prompt, key, prompt + negative_text)]
+        targets = []
+        for name, key in zip(names, keys, strict=True):
+            full_key = key + negative_key
+            hashed = "image:" in key or self.negatives
+            slug_text = name + (" not " + " ".join(negative_names) if self.negatives else "")
+            label = label_for(slug_text, full_key if hashed else None)
+            targets.append(Target(label, name, full_key, name + negative_text))
+        taken = Counter(target.label for target in targets)  # names given through the API may repeat
+        return [replace(t, label=label_for(t.prompt, t.key)) if taken[t.label] > 1 else t for t in targets]
 
     def run(self, items: Iterable[WorkItem]) -> Iterator[Result]:
         """Process the items; results come in input order, as soon as each is written.
@@ -174,27 +206,47 @@ class Engine:
 
     def _masks(self, logits: torch.Tensor, size: tuple[int, int], part: range
                ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """(mask, probabilities or None) for each target of ``part``, at the image's size."""
-        post = self.plan.post
-        if self.union or self.negatives:  # every map is needed for each target
-            probs = probabilities(logits, size)
-            count = len(self.prompts)
-            negatives = probs[count:] if self.negatives else None
-            for prob in combine(probs[:count], union=self.union, negatives=negatives, threshold=post.threshold):
-                yield apply(prob, post), prob
+        """(mask M, map m or None) for each target of ``part``, at the image's size (see `mask_and_map`).
+
+        Full-size maps are made a chunk of prompts at a time (`map_chunks`); the union and the
+        negatives are running maxima, so memory does not grow with the number of prompts.
+        """
+        post, count = self.plan.post, len(self.prompts)
+        if self.union or self.negatives:  # the negatives' veto, and the union, need every map
+            veto = None
+            for chunk in map_chunks(range(count, count + len(self.negatives)), size):
+                fires = (probabilities(logits[chunk.start : chunk.stop], size) >= post.threshold).any(axis=0)
+                veto = fires if veto is None else np.logical_or(veto, fires, out=veto)
+            if self.union:
+                union = None
+                for chunk in map_chunks(range(count), size):
+                    top = probabilities(logits[chunk.start : chunk.stop], size).max(axis=0)
+                    union = top if union is None else np.maximum(union, top, out=union)
+                yield mask_and_map(_vetoed(union, veto), post)
+                return
+            for chunk in map_chunks(part, size):
+                for prob in probabilities(logits[chunk.start : chunk.stop], size):
+                    yield mask_and_map(_vetoed(prob, veto), post)
         elif self.stats or self.plan.needs_probabilities:
-            for prob in probabilities(logits[part.start : part.stop], size):
-                yield apply(prob, post), prob
+            for chunk in map_chunks(part, size):
+                for prob in probabilities(logits[chunk.start : chunk.stop], size):
+                    yield mask_and_map(prob, post)
         else:  # sigmoid(x) >= t exactly where x >= logit(t): no full-size sigmoid needed
             cut = math.log(post.threshold / (1 - post.threshold))
-            for upsampled in upsample(logits[part.start : part.stop], size):
-                yield refine((upsampled >= cut).numpy(), post), None
+            for chunk in map_chunks(part, size):
+                for upsampled in upsample(logits[chunk.start : chunk.stop], size):
+                    yield refine((upsampled >= cut).numpy(), post), None
 
     def _skipped(self, item: WorkItem) -> list[Result]:
-        """A result per target: 'skipped' where its files exist (unless forced), else 'pending'.
+        """A result per target: 'skipped' where its files exist with a matching fingerprint (unless
+        forced), else 'pending', with the reason where an existing file did not match.
 
         Every target 'failed' when one of the item's outputs would overwrite a protected file.
         """
+        try:  # a pipe or a folder is never read here: decoding reports the problem
+            digest = file_sha256(item.source) if item.source.is_file() else "not a file"
+        except OSError:
+            digest = "unreadable"
         results = []
         for target in self.targets:
             paths = output_paths(item.output_dir, item.stem, target.label, self.plan)
@@ -202,9 +254,18 @@ class Engine:
             if clash is not None:
                 return self._failed(item, ClipSegError(f"{item.source}: its output {clash} would overwrite an input "
                                                         "file; rename that file or choose another --output-dir"))
-            done = not self.force and all(path.is_file() for path in paths.values())
-            results.append(Result(str(item.source), target.prompt, "skipped" if done else "pending",
-                                  **{kind: str(path) for kind, path in paths.items()}))
+            records = {kind: make_record(self.plan.output_kind(kind), input_sha256=digest, prompt=target.key,
+                                         prompt_text=target.text, model=self.model_identity, settings=self.settings)
+                       for kind in paths}
+            result = Result(str(item.source), target.prompt, "pending", records=records,
+                            **{kind: str(path) for kind, path in paths.items()})
+            if not self.force:
+                existing = [kind for kind, path in paths.items() if os.path.lexists(path)]
+                reasons = (stale_reason(paths[kind], records[kind]) for kind in existing)
+                result.reason = next((why for why in reasons if why is not None), None)
+                if result.reason is None and len(existing) == len(paths):
+                    result.status = "skipped"
+            results.append(result)
         return results
 
     def _failed(self, item: WorkItem, exc: Exception, part: range | None = None) -> list[Result]:
@@ -216,18 +277,20 @@ class Engine:
                 results: list[Result]) -> list[Result]:
         """Upsample, combine, post-process and write some of one image's maps (in a worker thread).
 
+        Each written file carries its result's fingerprint record; statistics come from M and m.
+
         Arguments:
             logits: Pxhxw, every prompt's then every negative's. part: the targets to write.
             results: their planned results (from `_skipped`); the pending ones are written.
         """
         try:
             targets = self.targets[part.start : part.stop]
-            for target, result, (mask, prob) in zip(targets, results, self._masks(logits, decoded.size, part),
+            for target, result, (mask, soft) in zip(targets, results, self._masks(logits, decoded.size, part),
                                                     strict=True):
                 if result.status == "pending":
                     paths = output_paths(item.output_dir, item.stem, target.label, self.plan)
-                    write_outputs(decoded.image, mask, prob, paths, self.plan)
-                    result.stats = stats(mask, prob) if self.stats else {}
+                    write_outputs(decoded.image, mask, soft, paths, self.plan, result.records)
+                    result.stats = stats(mask, soft) if self.stats else {}
                     result.status = "ok"
             return results
         except OSError as exc:
@@ -235,6 +298,22 @@ class Engine:
             return self._failed(item, ClipSegError(f"cannot write {where}: {exc.strerror or exc}"), part)
         except Exception as exc:  # one bad image never stops the batch
             return self._failed(item, exc, part)
+
+
+def map_chunks(indices: range, size: tuple[int, int]) -> Iterator[range]:
+    """``indices`` cut into runs of prompts whose full-size float32 maps take at most `CHUNK_VALUES`
+    values together (at least one map per run).
+
+    Arguments:
+        size: (width, height) of the image.
+    """
+    step = max(1, CHUNK_VALUES // max(1, size[0] * size[1]))
+    return (range(start, min(start + step, indices.stop)) for start in range(indices.start, indices.stop, step))
+
+
+def _vetoed(prob: np.ndarray, veto: np.ndarray | None) -> np.ndarray:
+    """Returns: the HxW map, 0 where a negative prompt fires."""
+    return prob if veto is None else np.where(veto, np.float32(0.0), prob)
 
 
 def _split(count: int, pieces: int) -> list[range]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -11,18 +12,23 @@ import numpy as np
 from PIL import Image
 
 from clipseg_cli.constants import OUTPUT_KINDS
+from clipseg_cli.fingerprint import PNG_KEY, text_sha256
 from clipseg_cli.imaging.writing import cutout, overlay, probability_to_image, save_mask_png, save_png
 from clipseg_cli.postprocess import PostProcess
 
 SLUG_LENGTH = 60
+HASH_CHARS = 6
+NAME_BYTES = 255  # the file-name limit of ext4, btrfs, APFS, NTFS (UTF-16 units there: fewer than bytes)
+LONG_LABEL_BYTES = 96  # what a label keeps when a whole name would pass NAME_BYTES
 
 
 @dataclass(frozen=True)
 class OutputPlan:
     """Which files to write per (image, prompt) and how a probability map becomes a mask.
 
-    mask: always written; binary 0/255, or with ``soft`` the probability as 8-bit grey.
-    overlay: the image with the mask tinted. cutout: RGBA, the mask as alpha.
+    mask: always written; binary 0/255 (the mask M), or with ``soft`` the map m as 8-bit grey.
+    overlay: the image with M tinted. cutout: RGBA, M (or with ``soft`` m) as alpha.
+    M and m are defined in `clipseg_cli.postprocess.mask_and_map`.
     """
 
     overlay: bool = True
@@ -39,6 +45,16 @@ class OutputPlan:
         """Soft outputs and blur work on probabilities; plain masks can be thresholded on logits."""
         return self.soft or self.post.blur > 0 or self.post.threshold >= 1
 
+    def settings(self) -> dict[str, object]:
+        """Returns: every setting of the plan that changes an output's pixels (for fingerprints)."""
+        post = self.post
+        return {"threshold": post.threshold, "blur": post.blur, "dilate": post.dilate, "erode": post.erode,
+                "min_area": post.min_area, "invert": post.invert, "soft": self.soft}
+
+    def output_kind(self, kind: str) -> str:
+        """Returns: what a file of ``kind`` shows: mask, soft mask, overlay, cutout or soft cutout."""
+        return f"soft {kind}" if self.soft and kind != "overlay" else kind
+
     @property
     def needs_full_image(self) -> bool:
         """Overlays and cut-outs need the image's pixels at full size; masks only its size."""
@@ -46,57 +62,94 @@ class OutputPlan:
 
 
 def slugify(text: str) -> str:
-    """A file-name-safe label: ASCII letters, digits and dashes, at most 60 characters.
+    """A file-name-safe slug: letters, digits (and their combining marks) of any script, NFC, case-folded;
+    every other run of characters becomes one dash; at most 60 characters.
 
     Returns:
-        The slug, or "prompt" for a text with no usable characters.
+        The slug, possibly empty.
     """
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")[:SLUG_LENGTH].strip("-")
-    return slug or "prompt"
+    text = unicodedata.normalize("NFC", text).casefold()
+    kept = "".join(c if c.isalnum() or unicodedata.category(c).startswith("M") else "-" for c in text)
+    return re.sub(r"-+", "-", kept).strip("-")[:SLUG_LENGTH].strip("-")
 
 
-def unique_labels(names: list[str]) -> list[str]:
-    """Slugs of the names, made distinct: a repeated slug gets -2, -3, ... in order.
+def short_hash(text: str) -> str:
+    """Returns: the first 6 hex characters of the sha256 of ``text``."""
+    return text_sha256(text)[:HASH_CHARS]
+
+
+def label_for(text: str, key: str | None = None) -> str:
+    """The name of a prompt in file names, unique per prompt across runs.
+
+    The slug alone when it gives the text back exactly (dashes read as single spaces:
+    "red car" -> ``red-car``); otherwise the slug (cut to fit 60 characters, "prompt" when
+    empty) and a dash and `short_hash` of ``key`` (default: the text): "Red Car" ->
+    ``red-car-3f9a1c``. A given ``key`` always adds the hash (image prompts, unions, negatives).
 
     Returns:
-        One label per name.
+        At most 60 characters.
     """
-    labels: list[str] = []
-    for name in names:
-        base = label = slugify(name)
-        count = 1
-        while label in labels:
-            count += 1
-            label = f"{base}-{count}"
-        labels.append(label)
-    return labels
+    slug = slugify(text)
+    if key is None and slug and slug.replace("-", " ") == text:
+        return slug
+    base = slug[: SLUG_LENGTH - HASH_CHARS - 1].rstrip("-") or "prompt"
+    return f"{base}-{short_hash(text if key is None else key)}"
 
 
 def output_paths(directory: Path, stem: str, label: str, plan: OutputPlan) -> dict[str, Path]:
     """Where the files of one (image, prompt) go: ``{stem}.{label}.{kind}.png``.
 
+    Names stay within 255 bytes (UTF-8): a long label is cut to 96 bytes and then a long stem to
+    what is left, each on a character boundary followed by a dash and the hash of the full text.
+
     Returns:
         Path per output kind of the plan.
     """
+    room = NAME_BYTES - 2 - max(len(f"{kind}.png") for kind in OUTPUT_KINDS)
+    if _size(stem) + _size(label) > room:
+        label = _fit(label, LONG_LABEL_BYTES)
+        stem = _fit(stem, room - _size(label))
     return {kind: directory / f"{stem}.{label}.{kind}.png" for kind in plan.kinds}
 
 
-def write_outputs(image: Image.Image | None, mask: np.ndarray, prob: np.ndarray | None, paths: dict[str, Path],
-                  plan: OutputPlan) -> None:
+def _size(text: str) -> int:
+    return len(os.fsencode(text))
+
+
+def _fit(text: str, limit: int) -> str:
+    """Returns: ``text``, or when over ``limit`` bytes its start and a dash and its hash, within the limit."""
+    if _size(text) <= limit:
+        return text
+    kept, used = [], HASH_CHARS + 1
+    for char in text:
+        used += _size(char)
+        if used > limit:
+            break
+        kept.append(char)
+    return "".join(kept) + "-" + short_hash(text)
+
+
+def write_outputs(image: Image.Image | None, mask: np.ndarray, soft: np.ndarray | None, paths: dict[str, Path],
+                  plan: OutputPlan, records: dict[str, str] | None = None) -> None:
     """Write the files of one mask atomically.
 
     Arguments:
         image: the RGB image at full size (needed only for overlays and cut-outs).
-        mask: HxW bool, the post-processed mask. prob: HxW float32 probabilities at the image's
-            size (needed only when ``plan.needs_probabilities``).
+        mask: HxW bool, the final mask M. soft: HxW float32, the map m of `mask_and_map`
+            (needed only when ``plan.soft``).
+        records: per kind, the fingerprint record to store in the file (see `fingerprint`).
     """
+    records = records or {}
+
+    def text(kind: str) -> dict[str, str] | None:
+        return {PNG_KEY: records[kind]} if kind in records else None
+
     paths["mask"].parent.mkdir(parents=True, exist_ok=True)
     if plan.soft:
-        save_png(probability_to_image(prob), paths["mask"])
+        save_png(probability_to_image(soft), paths["mask"], text=text("mask"))
     else:
-        save_mask_png(mask, paths["mask"])
+        save_mask_png(mask, paths["mask"], text("mask"))
     if "overlay" in paths:
-        save_png(overlay(image, mask), paths["overlay"])
+        save_png(overlay(image, mask), paths["overlay"], text=text("overlay"))
     if "cutout" in paths:
-        save_png(cutout(image, prob if plan.soft else mask), paths["cutout"])
+        save_png(cutout(image, soft if plan.soft else mask), paths["cutout"], text=text("cutout"))

@@ -5,6 +5,8 @@ Conventions shared by every function here:
   negative rule in `combine` use this one comparison.
 - Dilation and erosion use a square (Chebyshev) structuring element: dilating by PX grows a
   k x k square to exactly (k + 2 PX) x (k + 2 PX); eroding by PX shrinks it by PX on each side.
+  Dilation comes first, so both together are a closing (holes up to 2 PX wide are filled).
+  Radii past the image's size give the same result as the image's size, so they are clamped.
 - Pixels outside the image are background for dilation and foreground for erosion, so the image
   border neither adds foreground nor eats a mask that touches it.
 - Connected components are 8-connected (pixels touching at a corner belong together).
@@ -32,7 +34,7 @@ class PostProcess:
 
     threshold: a pixel is foreground where its (blurred) probability is >= threshold, in (0, 1].
     blur: sigma in pixels of the Gaussian applied to the probability map first; 0 turns it off.
-    dilate: grow the mask by this many pixels; negative values erode by -dilate pixels.
+    dilate: grow the mask by this many pixels. erode: then shrink it by this many pixels.
     min_area: drop 8-connected foreground components with fewer pixels than this; 0 keeps all.
     invert: swap foreground and background as the last step.
     """
@@ -40,14 +42,17 @@ class PostProcess:
     threshold: float = 0.4
     blur: float = 0.0
     dilate: int = 0
+    erode: int = 0
     min_area: int = 0
     invert: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ClipSegError(f"threshold must be in (0, 1], got {self.threshold}; pick e.g. 0.4")
-        if self.blur < 0:
-            raise ClipSegError(f"blur must be >= 0 pixels, got {self.blur}; use 0 to turn it off")
+        if not math.isfinite(self.blur) or self.blur < 0:
+            raise ClipSegError(f"blur must be a finite number of pixels >= 0, got {self.blur}; use 0 to turn it off")
+        if self.dilate < 0 or self.erode < 0:
+            raise ClipSegError(f"dilate and erode must be >= 0 pixels, got {self.dilate} and {self.erode}")
         if self.min_area < 0:
             raise ClipSegError(f"min_area must be >= 0 pixels, got {self.min_area}; use 0 to keep all")
 
@@ -85,8 +90,8 @@ def apply(prob: np.ndarray, post: PostProcess) -> np.ndarray:
     """Turn one probability map into a mask.
 
     Steps, in this order: Gaussian blur of the probabilities (sigma `post.blur`, mirror padding),
-    threshold (prob >= threshold), dilate or erode by |dilate| pixels (square element),
-    drop 8-connected components smaller than `min_area`, invert.
+    threshold (prob >= threshold), dilate, erode (square element), drop 8-connected components
+    smaller than `min_area`, invert.
 
     Arguments:
       prob: HxW probabilities.
@@ -95,30 +100,49 @@ def apply(prob: np.ndarray, post: PostProcess) -> np.ndarray:
     Returns:
       HxW bool mask.
     """
+    return refine(_blurred(prob, post) >= post.threshold, post)
+
+
+def mask_and_map(prob: np.ndarray, post: PostProcess) -> tuple[np.ndarray, np.ndarray]:
+    """The mask M of `apply` and the map m that soft outputs show, by one rule.
+
+    m is the blurred probability (1 - it with ``invert``), set to 0 where a mask step (dilate,
+    erode, min_area) removed a pixel of the thresholded mask, in the same (inverted or not)
+    space. With no mask steps m is the (blurred, inverted) probability itself.
+
+    Arguments:
+      prob: HxW probabilities (after prompt algebra).
+
+    Returns:
+      (HxW bool mask, HxW float32 map in [0, 1]).
+    """
+    prob = _blurred(prob, post)
+    thresholded = prob >= post.threshold
+    mask = refine(thresholded, post)
+    soft = np.subtract(np.float32(1.0), prob) if post.invert else prob
+    if post.dilate or post.erode or post.min_area > 1:
+        removed = (~thresholded if post.invert else thresholded) & ~mask
+        soft = np.where(removed, np.float32(0.0), soft)
+    return mask, soft
+
+
+def _blurred(prob: np.ndarray, post: PostProcess) -> np.ndarray:
+    """Returns: the HxW float32 probabilities, blurred by ``post.blur``."""
     prob = np.asarray(prob, dtype=np.float32)
     if prob.ndim != 2:
         raise ValueError(f"prob must be HxW, got shape {prob.shape}")
-    # blur
-    if post.blur > 0:
-        prob = gaussian_blur(prob, post.blur)
-    return refine(prob >= post.threshold, post)
+    return gaussian_blur(prob, post.blur) if post.blur > 0 else prob
 
 
 def refine(mask: np.ndarray, post: PostProcess) -> np.ndarray:
-    """The steps of `apply` after the threshold: dilate or erode, drop small components, invert.
+    """The steps of `apply` after the threshold: dilate, erode, drop small components, invert.
 
     Returns:
       HxW bool mask.
     """
-    # dilate / erode
-    if post.dilate > 0:
-        mask = dilate(mask, post.dilate)
-    elif post.dilate < 0:
-        mask = erode(mask, -post.dilate)
-    # drop small components
+    mask = erode(dilate(mask, post.dilate), post.erode)
     if post.min_area > 1:
         mask = remove_small_components(mask, post.min_area)
-    # invert
     return ~mask if post.invert else mask
 
 
@@ -174,9 +198,14 @@ def gaussian_blur(array: np.ndarray, sigma: float, *, radius: int | None = None)
     array = np.asarray(array, dtype=np.float32)
     if sigma <= 0:
         return array
-    kernel = torch.from_numpy(gaussian_kernel(sigma, radius))
-    r = (len(kernel) - 1) // 2
     *lead, h, w = array.shape
+    if radius is None:
+        radius = max(1, math.ceil(GAUSSIAN_TRUNCATE * sigma))
+    if radius >= min(h, w):  # wider than the image: fold the kernel onto the mirrored image instead of padding
+        planes = array.reshape(-1, h, w)
+        return _blur_folded(_blur_folded(planes, sigma, radius, 1), sigma, radius, 2).reshape(*lead, h, w)
+    kernel = torch.from_numpy(gaussian_kernel(sigma, radius))
+    r = radius
     padded = np.pad(array.reshape(-1, h, w), ((0, 0), (r, r), (r, r)), mode="reflect")
     out = np.empty((padded.shape[0], h, w), dtype=np.float32)
     with torch.no_grad():
@@ -184,6 +213,32 @@ def gaussian_blur(array: np.ndarray, sigma: float, *, radius: int | None = None)
         for i, plane in enumerate(torch.from_numpy(padded)):
             out[i] = _convolve_rows(_convolve_columns(plane, band), band).numpy()
     return out.reshape(*lead, h, w)
+
+
+def _blur_folded(planes: np.ndarray, sigma: float, radius: int, axis: int) -> np.ndarray:
+    """One blur pass along an axis for kernels wider than the image, exactly as unbounded mirror padding.
+
+    Mirror padding makes a signal of length n periodic with period 2(n - 1), so the kernel is
+    folded onto one period and applied as a circular convolution (FFT): memory and time follow
+    the image, not the radius. Past sigma = period the folded kernel is flat to within 1e-8, so
+    larger sigmas are computed as that one (the result is then the mirrored mean).
+
+    Returns:
+      float32 array of the same shape.
+    """
+    n = planes.shape[axis]
+    if n == 1:  # a mirrored single pixel is constant
+        return planes
+    period = 2 * (n - 1)
+    if sigma > period:
+        sigma, radius = period, math.ceil(GAUSSIAN_TRUNCATE * period)
+    taps = np.arange(-radius, radius + 1)
+    folded = np.bincount(taps % period, weights=gaussian_kernel(sigma, radius).astype(np.float64), minlength=period)
+    mirrored = np.take(planes, np.r_[0:n, n - 2 : 0 : -1], axis=axis)
+    shape = [1] * planes.ndim
+    shape[axis] = period // 2 + 1
+    spectrum = np.fft.rfft(mirrored, axis=axis) * np.fft.rfft(folded).reshape(shape)
+    return np.take(np.fft.irfft(spectrum, n=period, axis=axis), np.arange(n), axis=axis).astype(np.float32)
 
 
 def _band_matrix(kernel: torch.Tensor) -> torch.Tensor:
@@ -215,8 +270,12 @@ def _convolve_rows(plane: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
 
 
 def dilate(mask: np.ndarray, px: int) -> np.ndarray:
-    """Returns: the HxW bool mask grown by px pixels (square element, outside is background)."""
+    """Returns: the HxW bool mask grown by px pixels (square element, outside is background).
+
+    A radius past the image's size gives the result of the image's size, and is clamped to it.
+    """
     mask = np.asarray(mask, dtype=bool)
+    px = min(px, max(mask.shape))
     if px <= 0:
         return mask
     return _window_any(_window_any(mask, px, axis=0), px, axis=1)

@@ -15,6 +15,7 @@ from PIL import Image
 from clipseg_cli.checkpoints.loading import checkpoint_dir, load_directory
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, PREPROCESSOR_FILE
 from clipseg_cli.errors import ClipSegError
+from clipseg_cli.fingerprint import checkpoint_identity
 from clipseg_cli.imaging.decode import open_image
 from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.modeling import ClipSeg
@@ -50,6 +51,18 @@ class Segmenter:
         self._embeddings: dict[str, torch.Tensor] = {}
         self._trimmed = False
 
+    @property
+    def identity(self) -> dict[str, str]:
+        """What makes this Segmenter's outputs besides the inputs: weights, precision and device type.
+
+        A model not loaded by `from_pretrained` is named by its object id (never equal across runs).
+
+        Returns:
+            {"weights": ..., "precision": e.g. "float32", "device": e.g. "cpu"}.
+        """
+        weights = getattr(self.model, "checkpoint_identity", None) or f"in-memory model {id(self.model):x}"
+        return {"weights": weights, "precision": str(self.dtype).removeprefix("torch."), "device": self.device.type}
+
     @classmethod
     def from_pretrained(
         cls,
@@ -77,6 +90,7 @@ class Segmenter:
         dtype = resolve_precision(precision, torch_device)
         directory = checkpoint_dir(name, offline=offline, revision=revision, progress=progress)
         model = load_directory(directory, dtype).to(torch_device)
+        model.checkpoint_identity = checkpoint_identity(directory)  # read by Segmenter.identity
         if dtype != torch.float32:  # fp32 stays the reference computation, bit for bit
             from clipseg_cli.modeling.fastpath import speed_up
 

@@ -24,10 +24,13 @@ class Reporter:
         self.bar = tqdm(total=total, unit="img", file=self.stderr, dynamic_ncols=True, leave=False,
                         disable=quiet or not _is_terminal(self.stderr))
         self._last_image: str | None = None
+        self.redone: list[str] = []  # outputs that existed but were made from other inputs or settings
 
     def add(self, result) -> None:
         """Record one (image, prompt) result; errors are printed once per image."""
         self.counts[result.status] += 1
+        if result.reason and result.status != "skipped":
+            self.redone.append(f"{result.mask}: {result.reason}")
         if self.json_lines:
             print(json.dumps(result.to_json(), ensure_ascii=False), file=self.stdout, flush=True)
         if result.status == "failed" and result.image not in self.failed_images:
@@ -48,6 +51,9 @@ class Reporter:
             The exit code: 1 when any image failed, else 0.
         """
         self.bar.close()
+        if self.redone:  # even with --quiet: earlier files were replaced
+            print(f"clipseg: {len(self.redone)} existing output(s) were made from other inputs or settings; "
+                  f"redoing them (first: {self.redone[0]})", file=self.stderr)
         written, skipped, failed = self.counts["ok"], self.counts["skipped"], len(self.failed_images)
         self.info(f"{written} mask(s) written, {skipped} skipped (exist; --force redoes them), "
                   f"{failed} image(s) failed")

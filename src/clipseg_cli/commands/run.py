@@ -166,7 +166,7 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
     from clipseg_cli.postprocess import PostProcess
     from clipseg_cli.predictor import Segmenter
 
-    post = PostProcess(threshold=settings.threshold, blur=settings.blur, dilate=settings.dilate - settings.erode,
+    post = PostProcess(threshold=settings.threshold, blur=settings.blur, dilate=settings.dilate, erode=settings.erode,
                        min_area=settings.min_area, invert=settings.invert)
     plan = OutputPlan(overlay=settings.overlay, soft=settings.soft, cutout=settings.cutout, post=post)
     prompts, names = build_prompts(texts, settings)

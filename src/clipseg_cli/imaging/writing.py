@@ -12,6 +12,7 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from clipseg_cli.constants import TEMP_SUFFIX
 
@@ -40,16 +41,27 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         raise
 
 
-def save_png(image: Image.Image, path: Path, compress_level: int = 1) -> None:
-    """Save an image as PNG atomically, with fast compression by default."""
-    atomic_write(Path(path), lambda handle: image.save(handle, format="PNG", compress_level=compress_level))
+def save_png(image: Image.Image, path: Path, compress_level: int = 1, text: dict[str, str] | None = None) -> None:
+    """Save an image as PNG atomically, with fast compression by default.
+
+    Arguments:
+        text: key/value pairs stored as (UTF-8, uncompressed) iTXt chunks before the image data.
+    """
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_itxt(key, value)
+    atomic_write(Path(path), lambda handle: image.save(handle, format="PNG", compress_level=compress_level,
+                                                       pnginfo=info))
 
 
-def save_mask_png(mask: np.ndarray, path: Path) -> None:
+def save_mask_png(mask: np.ndarray, path: Path, text: dict[str, str] | None = None) -> None:
     """Save a boolean HxW mask as an 8-bit grey PNG (0/255), atomically.
 
     Masks are long runs of two values, so rows are stored unfiltered and deflated with zlib's
     run-length strategy: about 3x faster than Pillow's adaptive filtering, and half the size.
+
+    Arguments:
+        text: key/value pairs stored as (UTF-8, uncompressed) iTXt chunks before the image data.
     """
     _require_2d(mask, "mask")
     height, width = mask.shape
@@ -57,8 +69,11 @@ def save_mask_png(mask: np.ndarray, path: Path) -> None:
     np.multiply(mask, np.uint8(255), out=rows[:, 1:], casting="unsafe")
     deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale, not interlaced
-    png = b"".join((PNG_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", deflate.compress(rows) + deflate.flush()),
-                    _chunk(b"IEND", b"")))
+    # iTXt: keyword, 0, not compressed, method 0, no language, 0, no translated keyword, 0, text
+    texts = [_chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode())
+             for key, value in (text or {}).items()]
+    png = b"".join((PNG_SIGNATURE, _chunk(b"IHDR", header), *texts,
+                    _chunk(b"IDAT", deflate.compress(rows) + deflate.flush()), _chunk(b"IEND", b"")))
     atomic_write(Path(path), lambda handle: handle.write(png))
 
 

@@ -1,0 +1,167 @@
+"""What made an output: a short record stored in each PNG we write, so that a rerun reuses only
+outputs made from the same input file, prompt, weights, precision and settings.
+
+The record is an iTXt chunk (UTF-8 text) with the key ``clipseg`` before the image data (``exiftool`` and
+``identify -verbose`` show it): a JSON object of a few readable fields and a sha256 ``digest``
+of all of them. Reading it takes the first 16 KB of the file, never the pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+
+from PIL import Image
+
+from clipseg_cli.errors import ClipSegError
+
+PNG_KEY = "clipseg"
+RECORD_VERSION = 1
+_HEAD_BYTES = 1 << 14
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_READ_BLOCK = 1 << 20
+_SHOWN_PROMPT_CHARS = 200
+# Small files of a checkpoint that change the outputs (config, preprocessing, tokenizer).
+_CHECKPOINT_FILES = ("config.json", "preprocessor_config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+                     "special_tokens_map.json", "tokenizer.json")
+_WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
+# Record field -> the reason given when it differs, in the order they are compared.
+_REASONS = {"input": "input file changed", "prompt_sha256": "prompt changed", "weights": "weights changed",
+            "precision": "precision changed", "device": "device changed", "output": "output kind changed"}
+
+
+def file_sha256(path: Path) -> str:
+    """Returns: the hex sha256 of a file's bytes, read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(_READ_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def text_sha256(text: str) -> str:
+    """Returns: the hex sha256 of a text's UTF-8 bytes (lone surrogates kept)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def checkpoint_identity(directory: Path) -> str:
+    """What names a checkpoint's weights and files, cheaply (no pass over the weights).
+
+    The weights file's resolved path (in a hub cache a blob named by its sha256), its size and
+    modification time, and the bytes of the config, preprocessing and tokenizer files.
+
+    Returns:
+        24 hex characters.
+    """
+    digest = hashlib.sha256()
+    for name in _WEIGHTS_FILES:
+        path = Path(directory) / name
+        if path.is_file():
+            info = path.stat()
+            digest.update(f"{path.resolve()}\0{info.st_size}\0{info.st_mtime_ns}\0".encode("utf-8", "surrogatepass"))
+            break
+    for name in _CHECKPOINT_FILES:
+        path = Path(directory) / name
+        if path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:24]
+
+
+def prompt_key(prompt: object) -> str:
+    """A text that tells prompts apart: texts as they are, images by their pixels, means by their parts.
+
+    Returns:
+        ``text:...``, ``image:<sha256>`` or ``mean(...)``.
+    """
+    if isinstance(prompt, str):
+        return "text:" + prompt
+    if isinstance(prompt, Image.Image):
+        pixels = hashlib.sha256(f"{prompt.mode}:{prompt.size}:".encode() + prompt.tobytes()).hexdigest()
+        return "image:" + pixels
+    parts = getattr(prompt, "parts", None)
+    if parts is not None:
+        return "mean(" + ", ".join(prompt_key(part) for part in parts) + ")"
+    raise ClipSegError(f"a prompt must be a text, an image or a Mean, got {type(prompt).__name__}")
+
+
+def make_record(kind: str, *, input_sha256: str, prompt: str, prompt_text: str, model: Mapping[str, str],
+                settings: Mapping[str, object]) -> str:
+    """The record stored in one output file.
+
+    Arguments:
+        kind: mask, soft mask, overlay, cutout or soft cutout. prompt: the full description of
+            what was asked (prompt keys, negatives, union); prompt_text: the readable prompt.
+        model: weights, precision and device. settings: every option that changes the pixels.
+
+    Returns:
+        One line of JSON.
+    """
+    shown = prompt_text[:_SHOWN_PROMPT_CHARS].encode("utf-8", "backslashreplace").decode()  # undecodable bytes
+    record = {PNG_KEY: RECORD_VERSION, "output": kind, "input": input_sha256, "prompt": shown,
+              "prompt_sha256": text_sha256(prompt)[:32],
+              "weights": model["weights"], "precision": model["precision"], "device": model["device"],
+              "settings": dict(settings)}
+    record["digest"] = hashlib.sha256(_canonical(record).encode()).hexdigest()
+    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
+
+
+def stale_reason(path: Path, expected: str) -> str | None:
+    """Why an existing output must be redone, or None when its record matches ``expected``.
+
+    Returns:
+        None, or a short reason: "input file changed", "settings changed (threshold)", ...
+    """
+    try:
+        found = read_record(path)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if found is None:
+        return "written by another tool"
+    want = json.loads(expected)
+    if found.get("digest") == want["digest"]:
+        return None
+    for key, reason in _REASONS.items():
+        if found.get(key) != want[key]:
+            return reason
+    settings = found.get("settings") if isinstance(found.get("settings"), dict) else {}
+    changed = sorted(key for key in want["settings"].keys() | settings.keys()
+                     if settings.get(key) != want["settings"].get(key))
+    return f"settings changed ({', '.join(changed)})" if changed else "fingerprint does not match"
+
+
+def read_record(path: Path) -> dict | None:
+    """The record of a PNG we wrote, from the chunks before its image data.
+
+    Returns:
+        The record, or None when the file has none (not a PNG, another tool's, damaged).
+    """
+    with open(path, "rb") as stream:
+        head = stream.read(_HEAD_BYTES)
+    if not head.startswith(_PNG_SIGNATURE):
+        return None
+    offset = len(_PNG_SIGNATURE)
+    while offset + 8 <= len(head):
+        length, kind = struct.unpack(">I4s", head[offset : offset + 8])
+        data = head[offset + 8 : offset + 8 + length]
+        crc = head[offset + 8 + length : offset + 12 + length]
+        if kind in (b"IDAT", b"IEND") or len(crc) < 4:
+            return None
+        if kind == b"iTXt" and data.startswith(PNG_KEY.encode() + b"\0\0\0"):
+            if struct.unpack(">I", crc)[0] != zlib.crc32(kind + data):
+                return None
+            fields = data[len(PNG_KEY) + 3 :].split(b"\0", 2)  # language, translated keyword, text
+            try:
+                record = json.loads(fields[-1].decode())
+            except ValueError:
+                return None
+            return record if isinstance(record, dict) else None
+        offset += 12 + length
+    return None
+
+
+def _canonical(record: Mapping[str, object]) -> str:
+    return json.dumps(record, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
