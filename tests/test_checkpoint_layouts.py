@@ -162,6 +162,19 @@ def test_missing_tokenizer_is_a_setup_error(layout, files, request, tmp_path):
     assert all(name in lines[0] for name in ("tokenizer.json", "vocab.json", "merges.txt"))
 
 
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda d: (d / "tokenizer.json").write_text("{not json"), "cannot read the tokenizer files"),
+    (lambda d: edit_json(d / "config.json", lambda c: c["text_config"].update(vocab_size=500)),
+     r"the tokenizer \(522 tokens\) does not fit the text tower \(500 tokens\)"),
+])
+def test_unusable_tokenizer_is_refused(modern, tmp_path, damage, message):
+    directory = copy(modern, tmp_path / "bad")
+    damage(directory)
+    with pytest.raises(CheckpointError, match=message) as info:
+        Segmenter.from_pretrained(directory, device="cpu", precision="fp32")
+    assert str(info.value).startswith(str(directory)) and "\n" not in str(info.value)
+
+
 def test_disagreeing_preprocessing_files_are_refused(checkpoint, modern, tmp_path):
     directory = copy(modern, tmp_path / "both")
     shutil.copy(checkpoint / "preprocessor_config.json", directory)
