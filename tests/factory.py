@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor
+from transformers import AutoImageProcessor, CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor
 
 VOCAB_SIZE = 600
 MERGES = ["r e", "c a", "ca r</w>", "t r", "e e</w>", "tr ee</w>", "d o", "do g</w>"]
@@ -198,6 +198,9 @@ class Reference:
 
     def __init__(self, directory: Path) -> None:
         self.processor = CLIPSegProcessor.from_pretrained(directory)
+        if getattr(self.processor.image_processor, "backend", "pil") != "pil":  # torchvision is installed
+            pil = AutoImageProcessor.from_pretrained(directory, backend="pil")  # the published preprocessing
+            self.processor = CLIPSegProcessor(image_processor=pil, tokenizer=self.processor.tokenizer)
         self.model = CLIPSegForImageSegmentation.from_pretrained(directory).eval()
 
     def probabilities(self, image: Image.Image, prompts: list[str | Image.Image]) -> np.ndarray:

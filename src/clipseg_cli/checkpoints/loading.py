@@ -6,6 +6,7 @@ import json
 import mmap
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -13,6 +14,9 @@ from clipseg_cli.constants import CONFIG_FILE, MERGES_FILE, PICKLE_FILE, SAFETEN
 from clipseg_cli.errors import CheckpointError
 from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.modeling import ClipSeg, ClipSegConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
                       "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
@@ -166,7 +170,7 @@ def load_directory(directory: Path, dtype: torch.dtype = torch.float32) -> ClipS
     return model.eval().requires_grad_(False)
 
 
-def load_tokenizer(directory: Path, config: ClipSegConfig):
+def load_tokenizer(directory: Path, config: ClipSegConfig) -> PreTrainedTokenizerBase:
     """CLIP's BPE tokenizer of a checkpoint: tokenizer.json, or vocab.json with merges.txt.
 
     The same class and files as transformers' CLIPSegProcessor, so prompts get the same tokens.
@@ -195,7 +199,7 @@ def load_tokenizer(directory: Path, config: ClipSegConfig):
     return tokenizer
 
 
-def load_processing(directory: Path) -> tuple[Preprocessing, object]:
+def load_processing(directory: Path) -> tuple[Preprocessing, PreTrainedTokenizerBase]:
     """A checkpoint's image preprocessing and tokenizer, checked against its config.json.
 
     Returns:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from clipseg_cli.constants import (
     PROCESSOR_FILE,
 )
 from clipseg_cli.errors import CheckpointError
+
+Fail = Callable[[str], CheckpointError]  # makes the error for a bad setting, naming its file
 
 # What ViTImageProcessor uses for a key the checkpoint leaves out (transformers does the same).
 VIT_DEFAULTS: dict[str, Any] = {
@@ -163,7 +165,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _size(value: object, fail) -> tuple[int, int]:
+def _size(value: object, fail: Fail) -> tuple[int, int]:
     """(height, width) from ``size``: one number, or {"height", "width"}, each 1..MAX_MODEL_INPUT_SIZE."""
     if _is_int(value):
         value = {"height": value, "width": value}
@@ -176,13 +178,13 @@ def _size(value: object, fail) -> tuple[int, int]:
     return value["height"], value["width"]
 
 
-def _positive_number(value: object, name: str, fail) -> float:
+def _positive_number(value: object, name: str, fail: Fail) -> float:
     if not _is_number(value) or value <= 0:
         raise fail(f"{name} must be a positive number, got {value!r}")
     return float(value)
 
 
-def _channels(value: object, name: str, fail, positive: bool = False) -> tuple[float, float, float]:
+def _channels(value: object, name: str, fail: Fail, positive: bool = False) -> tuple[float, float, float]:
     """A per-channel statistic: one number for all channels, or three."""
     values = [value] * 3 if _is_number(value) else value
     if not isinstance(values, list) or len(values) != 3 or not all(_is_number(v) for v in values):
