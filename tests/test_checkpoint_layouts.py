@@ -21,7 +21,7 @@ from clipseg_cli.cli import main
 from clipseg_cli.errors import CheckpointError
 from factory import Reference, assert_prompts_differ, build_checkpoint, probe_image, save_modern_layout
 
-TEXTS = ["red car", "tree"]
+TEXTS = ["red car", "tree", "Zürich 犬 <|endoftext|>"]  # the last: bytes and a special token
 EXAMPLES = [probe_image(10, (40, 40)), probe_image(11, (90, 30))]
 IMAGE_SIZES = [(70, 50), (33, 91), (300, 200)]  # (width, height)
 TOLERANCE = 1e-4  # max absolute difference of probabilities, at fp32
@@ -100,7 +100,7 @@ def test_layout_matches_reference_pipeline(layout, request):
 def test_checkpoint_saved_at_another_size_runs_at_that_size(modern96):
     segmenter = Segmenter.from_pretrained(modern96, device="cpu", precision="fp32")
     assert segmenter.preprocessing.size == (96, 96)
-    assert segmenter.logits([probe_image(0)], TEXTS).shape == (1, 2, 96, 96)
+    assert segmenter.logits([probe_image(0)], TEXTS).shape == (1, len(TEXTS), 96, 96)
 
 
 # (file to edit, change, what the error says): settings the reference honours are honoured
