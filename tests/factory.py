@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
-from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer
+from transformers import AutoImageProcessor, CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor
 
 VOCAB_SIZE = 600
 MERGES = ["r e", "c a", "ca r</w>", "t r", "e e</w>", "tr ee</w>", "d o", "do g</w>"]
@@ -41,7 +42,7 @@ def byte_symbols() -> list[str]:
 
 
 def write_tokenizer(directory: Path) -> None:
-    """Write a tiny CLIP BPE vocabulary (every byte, a few merges) and its tokenizer config."""
+    """Write a tiny CLIP BPE vocabulary (every byte, a few merges) in the published layout (no tokenizer.json)."""
     symbols = byte_symbols()
     vocab = symbols + [s + "</w>" for s in symbols]
     vocab += ["".join(m.split()) for m in MERGES]
@@ -49,7 +50,13 @@ def write_tokenizer(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}), encoding="utf-8")
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n", encoding="utf-8")
-    CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt")).save_pretrained(directory)
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+               "pad_token": "<|endoftext|>"}
+    (directory / "special_tokens_map.json").write_text(json.dumps(special), encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text(json.dumps({  # as in the published checkpoints (2022)
+        **special, "add_prefix_space": False, "do_lower_case": True, "errors": "replace", "model_max_length": 77,
+        "processor_class": "CLIPSegProcessor", "tokenizer_class": "CLIPTokenizer",
+    }), encoding="utf-8")
 
 
 def small_config(**overrides) -> CLIPSegConfig:
@@ -122,6 +129,23 @@ def build_checkpoint(directory: Path, name: str = "plain", seed: int | None = No
     return directory
 
 
+def save_modern_layout(source: Path, target: Path) -> Path:
+    """Save a checkpoint again the way a user of today's transformers would: processor, then model.
+
+    Today's ``save_pretrained`` writes processor_config.json (the preprocessing nested under
+    ``image_processor``) and tokenizer.json. Files of the published layout it may still write
+    (preprocessor_config.json, vocab.json, merges.txt) are removed, so that only the new layout remains.
+
+    Returns:
+        ``target``.
+    """
+    CLIPSegProcessor.from_pretrained(source).save_pretrained(target)
+    CLIPSegForImageSegmentation.from_pretrained(source).save_pretrained(target, safe_serialization=True)
+    for name in ("preprocessor_config.json", "vocab.json", "merges.txt", "special_tokens_map.json"):
+        (target / name).unlink(missing_ok=True)
+    return target
+
+
 def calibrate_logits(model: CLIPSegForImageSegmentation, directory: Path) -> None:
     """Scale and shift the last upsampling layer so that logits centre on 0 and spread a few units.
 
@@ -163,3 +187,42 @@ def assert_prompts_differ(directory: Path) -> None:
             f"{directory}: {names[i]!r} and {names[j]!r} give maps too alike (mean difference "
             f"{mean_difference:.3f}, masks differ on {mask_difference:.1%}); the fixture cannot tell prompts apart"
         )
+
+
+class Reference:
+    """transformers' CLIPSeg pipeline for a checkpoint folder, wired as a user does it by hand.
+
+    CLIPSegProcessor + CLIPSegForImageSegmentation, logits upsampled bilinearly (align_corners=False)
+    to the image's size, then the sigmoid: what our Segmenter must equal to float precision.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.processor = CLIPSegProcessor.from_pretrained(directory)
+        if getattr(self.processor.image_processor, "backend", "pil") != "pil":  # torchvision is installed
+            pil = AutoImageProcessor.from_pretrained(directory, backend="pil")  # the published preprocessing
+            self.processor = CLIPSegProcessor(image_processor=pil, tokenizer=self.processor.tokenizer)
+        self.model = CLIPSegForImageSegmentation.from_pretrained(directory).eval()
+
+    def probabilities(self, image: Image.Image, prompts: list[str | Image.Image]) -> np.ndarray:
+        """Probability maps of ``image`` for text prompts and example images (``visual_prompt=``).
+
+        Returns:
+            float32 array PxHxW, in the order of ``prompts``.
+        """
+        texts = [p for p in prompts if isinstance(p, str)]
+        examples = [p for p in prompts if not isinstance(p, str)]
+        maps = {}
+        with torch.no_grad():
+            if texts:
+                inputs = self.processor(text=texts, images=[image] * len(texts), padding=True, return_tensors="pt")
+                maps.update(zip(map(id, texts), self._upsampled(inputs, image), strict=True))
+            if examples:
+                inputs = self.processor(images=[image] * len(examples), visual_prompt=examples, return_tensors="pt")
+                maps.update(zip(map(id, examples), self._upsampled(inputs, image), strict=True))
+        return np.stack([maps[id(p)] for p in prompts])
+
+    def _upsampled(self, inputs, image: Image.Image) -> np.ndarray:
+        logits = self.model(**inputs).logits
+        logits = logits.reshape(-1, 1, *logits.shape[-2:])
+        upsampled = F.interpolate(logits, size=(image.height, image.width), mode="bilinear", align_corners=False)
+        return torch.sigmoid(upsampled[:, 0]).numpy()

@@ -8,16 +8,23 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
 from clipseg_cli import ClipSeg, ClipSegError, Segmenter
+from clipseg_cli.engine import Engine
 from clipseg_cli.errors import CheckpointError
-from factory import CONFIGS, assert_prompts_differ, build_checkpoint
+from clipseg_cli.inputs import WorkItem
+from clipseg_cli.outputs import OutputPlan
+from clipseg_cli.predictor import probabilities
+from factory import CONFIGS, Reference, assert_prompts_differ, build_checkpoint, probe_image
 
 PROMPTS = ["red car", "tree", "a dog on the left"]
+# (width, height) of the images compared with the reference: the 300x200 one is shrunk, so the filter matters
+IMAGE_SIZES = [(70, 50), (33, 91), (300, 200)]
+EXAMPLES = [probe_image(10, (40, 40)), probe_image(11, (90, 30))]  # image prompts
+TOLERANCE = 1e-4  # max absolute difference of probabilities, at fp32
 
 
 def random_images(count: int, seed: int = 0) -> list[Image.Image]:
@@ -29,11 +36,11 @@ def random_images(count: int, seed: int = 0) -> list[Image.Image]:
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def pair(request, tmp_path_factory):
-    """(our model, the reference model, its processor) for one small checkpoint."""
+    """(our model, the reference model, its processor, the checkpoint folder) for one small checkpoint."""
     directory = build_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
     assert_prompts_differ(directory)
     reference = CLIPSegForImageSegmentation.from_pretrained(directory).eval()
-    return ClipSeg.from_pretrained(directory), reference, CLIPSegProcessor.from_pretrained(directory)
+    return ClipSeg.from_pretrained(directory), reference, CLIPSegProcessor.from_pretrained(directory), directory
 
 
 def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
@@ -44,7 +51,7 @@ def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("count", [1, 3])
 def test_text_prompts_match_reference(pair, count):
-    ours, reference, processor = pair
+    ours, reference, processor, _ = pair
     inputs = processor(text=PROMPTS[:count], images=random_images(count), padding=True, return_tensors="pt")
     with torch.no_grad():
         expected = reference(**inputs).logits
@@ -55,7 +62,7 @@ def test_text_prompts_match_reference(pair, count):
 
 
 def test_image_prompts_match_reference(pair):
-    ours, reference, processor = pair
+    ours, reference, processor, _ = pair
     images = random_images(2)
     inputs = processor(images=images, visual_prompt=random_images(2, seed=1), return_tensors="pt")
     with torch.no_grad():
@@ -65,7 +72,7 @@ def test_image_prompts_match_reference(pair):
 
 
 def test_text_prompts_stop_at_deepest_extracted_layer(pair):
-    ours, _, processor = pair
+    ours, _, processor, _ = pair
     ran = []
     hooks = [layer.register_forward_hook(lambda *_, i=i: ran.append(i))
              for i, layer in enumerate(ours.vision.encoder.layers)]
@@ -77,26 +84,48 @@ def test_text_prompts_stop_at_deepest_extracted_layer(pair):
     assert ran == list(range(max(ours.config.extract_layers) + 1))
 
 
-def reference_probabilities(directory, image: Image.Image, prompts: list[str]) -> np.ndarray:
-    """What a user wiring transformers by hand gets: processor, model, bilinear upsampling, sigmoid."""
-    processor = CLIPSegProcessor.from_pretrained(directory)
-    model = CLIPSegForImageSegmentation.from_pretrained(directory).eval()
-    inputs = processor(text=prompts, images=[image] * len(prompts), padding=True, return_tensors="pt")
-    with torch.no_grad():
-        logits = model(**inputs).logits
-    upsampled = F.interpolate(logits[:, None], size=(image.height, image.width), mode="bilinear")
-    return torch.sigmoid(upsampled[:, 0]).numpy()
+def assert_matches(got: np.ndarray, expected: np.ndarray, what: str) -> None:
+    assert got.dtype == np.float32 and got.shape == expected.shape, what
+    difference = float(np.abs(got - expected).max())
+    assert difference < TOLERANCE, f"{what}: max difference {difference:.2g} from the reference pipeline"
 
 
-def test_segmenter_predict_matches_reference_pipeline(checkpoint):
-    image = random_images(1)[0]
+def test_segmenter_matches_reference_pipeline(pair):
+    """Text and image prompts, one image at a time and three at once, equal transformers' pipeline."""
+    *_, directory = pair
+    reference = Reference(directory)
+    segmenter = Segmenter.from_pretrained(directory, device="cpu", precision="fp32")
+    images = [probe_image(i, size) for i, size in enumerate(IMAGE_SIZES)]
+    prompts = [*PROMPTS, *EXAMPLES]
+    expected = [reference.probabilities(image, prompts) for image in images]
+    for image, want in zip(images, expected, strict=True):
+        assert_matches(segmenter.predict(image, prompts), want, f"predict, {image.size} image")
+    for image, logits, want in zip(images, segmenter.logits(images, prompts), expected, strict=True):
+        assert_matches(probabilities(logits, image.size), want, f"logits of a batch of 3, {image.size} image")
+    single = segmenter.predict(np.asarray(images[0]), "tree")
+    assert single.shape == (1, images[0].height, images[0].width)
+    np.testing.assert_allclose(single[0], expected[0][1], atol=TOLERANCE)
+
+
+def test_engine_batches_match_reference_pipeline(checkpoint, tmp_path):
+    """Masks and statistics written by the batch engine (3 images a batch) follow the reference maps."""
+    paths = []
+    for i, size in enumerate(IMAGE_SIZES):
+        paths.append(tmp_path / f"image{i}.png")
+        probe_image(i, size).save(paths[-1])
     segmenter = Segmenter.from_pretrained(checkpoint, device="cpu", precision="fp32")
-    probs = segmenter.predict(image, PROMPTS)
-    assert probs.dtype == np.float32 and probs.shape == (3, image.height, image.width)
-    assert np.abs(probs - reference_probabilities(checkpoint, image, PROMPTS)).mean() < 0.01
-    single = segmenter.predict(np.asarray(image), "tree")
-    assert single.shape == (1, image.height, image.width)
-    np.testing.assert_allclose(single[0], probs[1], atol=1e-5)
+    engine = Engine(segmenter, PROMPTS, plan=OutputPlan(overlay=False), batch_size=3)
+    results = list(engine.run([WorkItem(path, tmp_path / "out", path.stem) for path in paths]))
+    assert [r.status for r in results] == ["ok"] * len(paths) * len(PROMPTS)
+    reference = Reference(checkpoint)
+    for result in results:
+        image = Image.open(result.image).convert("RGB")
+        want = reference.probabilities(image, [result.prompt])[0]
+        mask = np.asarray(Image.open(result.mask)) == 255
+        settled = np.abs(want - 0.4) > TOLERANCE  # pixels this close to the threshold may go either way
+        assert np.array_equal(mask[settled], (want >= 0.4)[settled]), result
+        assert mask.any(), result
+        assert abs(result.stats["mean_probability"] - want[mask].mean()) < TOLERANCE
 
 
 def test_segmenter_accepts_image_prompt_and_path(checkpoint, tmp_path):

@@ -9,10 +9,14 @@ MODEL_INPUT_SIZE = 352
 
 # Files of a checkpoint in the Hugging Face layout.
 CONFIG_FILE = "config.json"
-PREPROCESSOR_FILE = "preprocessor_config.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"  # the published (2022) layout
+PROCESSOR_FILE = "processor_config.json"  # today's save_pretrained: preprocessing under "image_processor"
 SAFETENSORS_FILE = "model.safetensors"
 PICKLE_FILE = "pytorch_model.bin"
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILE = "tokenizer.json"  # today's save_pretrained (fast tokenizer)
+VOCAB_FILE = "vocab.json"  # the published layout: CLIP BPE vocabulary and merges
+MERGES_FILE = "merges.txt"
+MAX_MODEL_INPUT_SIZE = 4096  # a larger preprocessor size is refused (one 4096x4096 batch already takes GBs)
 # What we fetch from the Hub: never the pickled weights.
 DOWNLOAD_PATTERNS = ("*.json", "*.txt", SAFETENSORS_FILE)
 

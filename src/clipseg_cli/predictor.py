@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipseg_cli.checkpoints.loading import checkpoint_dir, load_directory
-from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, PREPROCESSOR_FILE
+from clipseg_cli.checkpoints.loading import checkpoint_dir, load_directory, load_processing
+from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.fingerprint import checkpoint_identity
 from clipseg_cli.imaging.decode import open_image
@@ -84,22 +84,17 @@ class Segmenter:
         Returns:
             A ready Segmenter.
         """
-        from transformers import CLIPTokenizer
-
         torch_device = resolve_device(device)
         dtype = resolve_precision(precision, torch_device)
         directory = checkpoint_dir(name, offline=offline, revision=revision, progress=progress)
+        preprocessing, tokenizer = load_processing(directory)  # before the weights: fail fast
         model = load_directory(directory, dtype).to(torch_device)
         model.checkpoint_identity = checkpoint_identity(directory)  # read by Segmenter.identity
         if dtype != torch.float32:  # fp32 stays the reference computation, bit for bit
             from clipseg_cli.modeling.fastpath import speed_up
 
             speed_up(model, torch_device)
-        try:
-            tokenizer = CLIPTokenizer.from_pretrained(str(directory))
-        except (OSError, ValueError, TypeError) as exc:
-            raise ClipSegError(f"{directory}: cannot read the tokenizer files vocab.json/merges.txt ({exc})") from None
-        return cls(model, tokenizer, Preprocessing.from_file(directory / PREPROCESSOR_FILE), torch_device)
+        return cls(model, tokenizer, preprocessing, torch_device)
 
     @torch.inference_mode()
     def embed(self, prompts: Sequence[Prompt]) -> torch.Tensor:

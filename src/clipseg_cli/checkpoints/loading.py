@@ -6,12 +6,17 @@ import json
 import mmap
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from clipseg_cli.constants import CONFIG_FILE, PICKLE_FILE, SAFETENSORS_FILE
+from clipseg_cli.constants import CONFIG_FILE, MERGES_FILE, PICKLE_FILE, SAFETENSORS_FILE, TOKENIZER_FILE, VOCAB_FILE
 from clipseg_cli.errors import CheckpointError
+from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.modeling import ClipSeg, ClipSegConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
                       "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
@@ -163,6 +168,50 @@ def load_directory(directory: Path, dtype: torch.dtype = torch.float32) -> ClipS
         model = ClipSeg.build(config)
     fill(model, tensors, path)
     return model.eval().requires_grad_(False)
+
+
+def load_tokenizer(directory: Path, config: ClipSegConfig) -> PreTrainedTokenizerBase:
+    """CLIP's BPE tokenizer of a checkpoint: tokenizer.json, or vocab.json with merges.txt.
+
+    The same class and files as transformers' CLIPSegProcessor, so prompts get the same tokens.
+
+    Returns:
+        A transformers ``CLIPTokenizer``; raises CheckpointError naming the files looked for.
+    """
+    if not (directory / TOKENIZER_FILE).is_file() and not all(
+        (directory / name).is_file() for name in (VOCAB_FILE, MERGES_FILE)
+    ):
+        raise CheckpointError(
+            directory, f"no tokenizer: looked for {TOKENIZER_FILE}, or {VOCAB_FILE} with {MERGES_FILE}; copy the "
+            "checkpoint's tokenizer files beside its weights (or fetch them with: clipseg download-weights)",
+        )
+    from transformers import CLIPTokenizer
+
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception as exc:  # damaged tokenizer files raise many types
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise CheckpointError(directory, f"cannot read the tokenizer files ({reason})") from None
+    vocab = config.text["vocab_size"]
+    if len(tokenizer) > vocab or tokenizer.pad_token_id is None:
+        raise CheckpointError(directory, f"the tokenizer ({len(tokenizer)} tokens) does not fit the text tower "
+                              f"({vocab} tokens); the tokenizer files belong to another model")
+    return tokenizer
+
+
+def load_processing(directory: Path) -> tuple[Preprocessing, PreTrainedTokenizerBase]:
+    """A checkpoint's image preprocessing and tokenizer, checked against its config.json.
+
+    Returns:
+        (preprocessing, tokenizer).
+    """
+    config = read_config(directory)
+    preprocessing = Preprocessing.from_checkpoint(directory)
+    if min(preprocessing.size) < config.patch_size:
+        height, width = preprocessing.size
+        raise CheckpointError(directory, f"input size {height}x{width} of its preprocessing is smaller than one "
+                              f"patch ({config.patch_size} pixels, config.json)")
+    return preprocessing, load_tokenizer(directory, config)
 
 
 def checkpoint_dir(
