@@ -101,7 +101,8 @@ def test_json_results_come_in_input_order_with_skipped_and_failed_items_between(
         noise_png(folder / name, seed=i)
     out = tmp_path / "out"
     weights = ["--weights", checkpoint]
-    assert clipseg("batch", folder / names[1], folder / names[6], "-p", "car", "-o", out, *weights, "-q")[0] == 0
+    assert clipseg("batch", folder / names[1], folder / names[6], "-p", "car", "-p", "tree", "-o", out, *weights,
+                   "-q")[0] == 0
     for name in (names[2], names[9]):
         (folder / name).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # truncated: fails when decoded
 
@@ -205,6 +206,21 @@ def test_images_decoded_ahead_hold_at_most_twice_max_pixels(tmp_path: Path, chec
     # at most two images decoded ahead, plus the two being written; all eight took about 11 images' worth
     assert extra < 6 * image_bytes, f"{extra / image_bytes:.1f} images' worth"
     assert len(list((tmp_path / "out8").glob("*.mask.png"))) == 8
+
+
+def test_a_named_pipe_among_the_inputs_fails_without_blocking_the_run(tmp_path: Path, checkpoint: Path) -> None:
+    """Pixels are counted from headers before decoding; a FIFO is never opened (that would wait for a writer)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    noise_png(folder / "a.png")
+    os.mkfifo(folder / "b.png")
+    done = subprocess.run([sys.executable, "-m", "clipseg_cli", "batch", str(folder), "-p", "car", "-o",
+                           str(tmp_path / "out"), "--weights", str(checkpoint)], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {folder / 'b.png'}: not a regular file"]
+    assert (tmp_path / "out" / "a.car.mask.png").is_file()
 
 
 def test_prompt_image_counts_against_max_pixels(tmp_path: Path, checkpoint: Path) -> None:

@@ -107,6 +107,22 @@ def test_a_stop_signal_finishes_the_files_in_flight_and_the_summary_counts_them(
     assert {r["status"] for r in records} <= {"ok"}
 
 
+def test_a_run_started_with_sighup_ignored_keeps_ignoring_it(tmp_path: Path, checkpoint: Path) -> None:
+    """Like `nohup clipseg batch ...`: closing the terminal does not stop the run."""
+    folder = images(tmp_path / "many", 8)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "clipseg_cli", "batch", str(folder), "-p", "car", "-o", str(out),
+                                "--weights", str(checkpoint)], env=subprocess_env(), stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    deadline = time.monotonic() + 120
+    while not any(out.glob("*.mask.png")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGHUP)
+    stderr = process.communicate(timeout=120)[1].decode()
+    assert process.returncode == 0, stderr
+    assert len(list(out.glob("*.mask.png"))) == 8
+
+
 def test_signal_handlers_are_restored_after_a_command(tmp_path: Path, checkpoint: Path) -> None:
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     main(["batch", str(images(tmp_path / "few", 1)), "-p", "car", "-o", str(tmp_path / "out"), "--weights",

@@ -97,7 +97,8 @@ def _signals_stop_the_run() -> Iterator[list[int]]:
     """While the command runs, SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread.
 
     Yields the list of signals received; only the first one interrupts, later ones are ignored
-    while the run stops. The previous handlers are restored afterwards.
+    while the run stops. Signals ignored already (nohup) stay ignored; the previous handlers are
+    restored afterwards.
     """
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
@@ -109,7 +110,9 @@ def _signals_stop_the_run() -> Iterator[list[int]]:
         if len(received) == 1:
             raise KeyboardInterrupt
 
-    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    # a signal ignored by whoever started us stays ignored: `nohup clipseg ...` survives its terminal
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS
+                if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         yield received
     finally:

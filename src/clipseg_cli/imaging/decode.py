@@ -69,6 +69,7 @@ def header_pixels(path: str | os.PathLike[str]) -> int:
         The pixel count; 0 when the file cannot be read as an image (decoding it will say why).
     """
     try:
+        _check_file(os.fspath(path))  # never opens a FIFO, which would wait for a writer
         with Image.open(path) as img:
             width, height = img.size
     except Exception:  # any failure is reported by the decode itself
