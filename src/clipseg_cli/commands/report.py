@@ -36,8 +36,9 @@ class Reporter:
         if self.json_lines:
             record = {key: printable(value) if isinstance(value, str) else value
                       for key, value in result.to_json().items()}
-            try:
-                print(json.dumps(record, ensure_ascii=False), file=self.stdout, flush=True)
+            try:  # one write per line: a signal that interrupts it never leaves half a line
+                self.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                self.stdout.flush()
             except BrokenPipeError as exc:
                 self.json_lines = False
                 raise ReaderGone from exc
