@@ -24,7 +24,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TEMP_NAME_BYTES = 80  # of the destination's name: the temporary name stays under 143 bytes (eCryptfs's limit)
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 # Temporary names: .<name>.<host>-<pid>-<random>.clipseg-tmp, so that a later run can tell a dead
-# writer's leftovers from a live one's; .<name>.<random>.clipseg-tmp is how versions before 0.2 named them.
+# writer's leftovers from a live one's; .<name>.<random>.clipseg-tmp is how earlier versions named them.
 _HOST = hashlib.blake2s(socket.gethostname().encode("utf-8", "replace"), digest_size=4).hexdigest()
 _TEMP_NAME = re.compile(r"\.(?:.*)\.(?:(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})-)?[0-9a-f]{8}"
                         + re.escape(TEMP_SUFFIX), re.DOTALL)
