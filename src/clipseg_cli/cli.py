@@ -1,13 +1,18 @@
 """The ``clipseg`` command line: assembles the commands and turns errors into exit codes.
 
-Exit codes: 0 done, 1 some input failed, 2 usage or set-up error, 130 interrupted.
+Exit codes: 0 done, 1 some input failed, 2 usage or set-up error, 128 + N stopped by signal N
+(130 Ctrl-C, 129 SIGHUP, 143 SIGTERM), 141 stdout closed by its reader.
 Importing this module does not import torch, so ``--help`` and ``--version`` are instant.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from importlib.metadata import PackageNotFoundError, version
 
 import typer
@@ -16,9 +21,11 @@ from clipseg_cli import __version__
 from clipseg_cli.commands.batch import batch
 from clipseg_cli.commands.download import download_weights
 from clipseg_cli.commands.segment import segment
-from clipseg_cli.errors import ClipSegError
+from clipseg_cli.errors import ClipSegError, ReaderGone
 
 INTERRUPTED = 130  # the shell's code for a Ctrl-C
+READER_GONE = 128 + 13  # stdout closed by its reader (SIGPIPE), as shells report `yes | head -1`
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 app = typer.Typer(
     name="clipseg",
@@ -67,11 +74,50 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(argv: list[str] | None) -> int:
-    """Run the command line and map every outcome to an exit code."""
-    code = _dispatch(argv)
-    if code == INTERRUPTED:
+    """Run the command line and map every outcome to an exit code.
+
+    SIGTERM and SIGHUP stop a run like Ctrl-C: the files being written are finished, the summary
+    is printed, and the exit code is 128 + the signal's number.
+    """
+    with _signals_stop_the_run() as received:
+        try:
+            code = _dispatch(argv)
+        except KeyboardInterrupt:  # a signal just after the command ended
+            code = INTERRUPTED
+    if received:
+        code = 128 + received[0]
+        _error(f"stopped by {signal.Signals(received[0]).name}; finished outputs are complete, rerun to do the rest")
+    elif code == INTERRUPTED:
         _error("interrupted; finished outputs are complete, rerun to do the rest")
     return code
+
+
+@contextmanager
+def _signals_stop_the_run() -> Iterator[list[int]]:
+    """While the command runs, SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread.
+
+    Yields the list of signals received; only the first one interrupts, later ones are ignored
+    while the run stops. Signals ignored already (nohup) stay ignored; the previous handlers are
+    restored afterwards.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield received
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            raise KeyboardInterrupt
+
+    # a signal ignored by whoever started us stays ignored: `nohup clipseg ...` survives its terminal
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS
+                if signal.getsignal(signum) is not signal.SIG_IGN}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _dispatch(argv: list[str] | None) -> int:
@@ -85,9 +131,10 @@ def _dispatch(argv: list[str] | None) -> int:
     except ClipSegError as exc:
         _error(str(exc))
         return 2
-    except BrokenPipeError:  # e.g. `clipseg batch ... --json | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    except (ReaderGone, BrokenPipeError):  # e.g. `clipseg batch ... --json | head`: the reader is done, so are we
+        with suppress(OSError, ValueError):  # stdout is not a file in in-process tests
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return READER_GONE
     except Exception as exc:
         if os.environ.get("CLIPSEG_DEBUG"):
             raise
@@ -96,4 +143,6 @@ def _dispatch(argv: list[str] | None) -> int:
 
 
 def _error(message: str) -> None:
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    from clipseg_cli.commands.report import printable
+
+    print(printable(f"error: {' '.join(message.split())}"), file=sys.stderr)

@@ -28,3 +28,5 @@ DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2x MA
 OUTPUT_KINDS = ("mask", "overlay", "cutout")
 OUTPUT_SUFFIXES = tuple(f".{kind}.png" for kind in OUTPUT_KINDS)
 TEMP_SUFFIX = ".clipseg-tmp"  # files being written; renamed into place when complete
+# A temporary file this old is a leftover whatever wrote it; a dead writer's on this host goes at once.
+STALE_TEMP_SECONDS = 3600

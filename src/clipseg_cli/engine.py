@@ -21,7 +21,8 @@ import torch
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.fingerprint import file_sha256, make_record, prompt_key, stale_reason
-from clipseg_cli.imaging.decode import DecodedImage, open_image
+from clipseg_cli.imaging.decode import DecodedImage, header_pixels, open_image
+from clipseg_cli.imaging.writing import remove_stale_temps
 from clipseg_cli.inputs import FileSet, WorkItem
 from clipseg_cli.outputs import OutputPlan, label_for, output_paths, write_outputs
 from clipseg_cli.postprocess import mask_and_map, refine, stats
@@ -29,6 +30,7 @@ from clipseg_cli.predictor import Prompt, Segmenter, probabilities, upsample
 
 # Full-size float32 maps made at once per image being written (16 MB), or one map when larger.
 CHUNK_VALUES = 1 << 22
+_MAX_QUEUED = 8  # results waiting for an earlier, slower item: at most this many times the decode depth
 
 
 @dataclass
@@ -155,54 +157,107 @@ class Engine:
     def run(self, items: Iterable[WorkItem]) -> Iterator[Result]:
         """Process the items; results come in input order, as soon as each is written.
 
+        When the run is cut short (Ctrl-C, a signal, a closed stdout), `unreported` gives the
+        results that were written but not yet yielded.
+
         Returns:
             An iterator of one Result per (item, target).
         """
-        self.segmenter.embed(self.prompts + self.negatives)
-        if self.trim:
-            self.segmenter.drop_unused_layers()
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="clipseg-io")
+        self._slots: deque[_Slot] = deque()
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="clipseg-io")
         try:
-            yield from self._pipeline(iter(items), pool)
+            self.segmenter.embed(self.prompts + self.negatives)
+            if self.trim:
+                self.segmenter.drop_unused_layers()
+            yield from self._pipeline(iter(items), self._pool)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def unreported(self) -> list[Result]:
+        """After an interrupted `run`: the results of writes that finished but were not yielded yet.
+
+        Waits for the writes in flight (their files are then complete); cancels the others.
+
+        Returns:
+            Those results in input order (empty after a complete run, and on a second call).
+        """
+        slots: deque[_Slot] = getattr(self, "_slots", deque())
+        if slots:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        results = []
+        while slots:
+            for part in slots.popleft().parts:
+                if not isinstance(part, Future):
+                    results.extend(part)
+                elif part.done() and not part.cancelled():
+                    results.extend(part.result())
+        return results
 
     def _pipeline(self, items: Iterator[WorkItem], pool: ThreadPoolExecutor) -> Iterator[Result]:
-        decoding: deque[tuple[WorkItem, list[Result], Future]] = deque()  # with the planned results
-        ordered: deque[list[Result] | Future] = deque()  # results ready, or being written
+        """Decode ahead, run batches, write behind; yield each item's results once all are final, in input order.
+
+        Memory is bounded three ways: at most ``2 * batch_size + workers`` images decoding, decoded
+        images holding at most ``2 * max_pixels`` pixels in total (counted from their headers), and
+        at most ``batch_size + workers`` images being written.
+        """
+        depth = 2 * self.batch_size + self.workers
+        pixel_budget = 2 * self.max_pixels
+        ordered = self._slots  # one slot per item, in input order; open ones are still decoding
+        decoding: deque[tuple[WorkItem, list[Result], _Slot, Future]] = deque()
+        swept: set[os.PathLike[str]] = set()
+        held: tuple[WorkItem, list[Result], int] | None = None  # an item waiting for pixels to be freed
         exhausted = False
         while True:
-            while not exhausted and len(decoding) < 2 * self.batch_size + self.workers:
-                item = next(items, None)
-                planned = self._skipped(item) if item is not None else []
-                if item is None:
-                    exhausted = True
-                elif all(result.status != "pending" for result in planned):  # skipped, or failed
-                    ordered.append(planned)
-                else:
-                    decoding.append((item, planned, pool.submit(open_image, item.source, max_pixels=self.max_pixels,
-                                                                min_side=self.min_side)))
-            batch: list[tuple[WorkItem, list[Result], DecodedImage]] = []
-            while decoding and len(batch) < self.batch_size:
-                item, planned, future = decoding.popleft()
-                try:
-                    batch.append((item, planned, future.result()))
-                except Exception as exc:  # one bad image never stops the batch
-                    ordered.append(self._failed(item, exc))
-            if batch:
-                logits = self.segmenter.logits([decoded.image for *_, decoded in batch], self.prompts + self.negatives)
-                for (item, planned, decoded), image_logits in zip(batch, logits, strict=True):
-                    ordered.extend(pool.submit(self._finish, item, decoded, image_logits, part,
-                                               planned[part.start : part.stop]) for part in self.parts)
+            while (held or not exhausted) and len(decoding) < depth and len(ordered) < _MAX_QUEUED * depth:
+                if held is None:
+                    item = next(items, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    planned = self._skipped(item)
+                    if all(result.status != "pending" for result in planned):  # skipped, or failed
+                        ordered.append(_Slot([planned], open=False))
+                        continue
+                    held = (item, planned, min(header_pixels(item.source), self.max_pixels))
+                item, planned, pixels = held
+                if ordered and sum(slot.pixels for slot in ordered) + pixels > pixel_budget:
+                    break
+                held = None
+                if item.output_dir not in swept:  # once per folder, before our first write there
+                    swept.add(item.output_dir)
+                    remove_stale_temps(item.output_dir)
+                slot = _Slot([], pixels=pixels)
+                ordered.append(slot)
+                decoding.append((item, planned, slot, pool.submit(open_image, item.source,
+                                                                  max_pixels=self.max_pixels, min_side=self.min_side)))
+            self._run_batch(decoding, pool)
             # bounded memory: wait for the oldest write once more than batch_size + workers are in flight
-            writing = sum(isinstance(entry, Future) for entry in ordered)
-            while ordered and (isinstance(ordered[0], list) or ordered[0].done()
-                               or writing > self.batch_size + self.workers or (exhausted and not decoding)):
-                writing -= isinstance(ordered[0], Future)
-                head = ordered.popleft()
-                yield from head if isinstance(head, list) else head.result()
-            if exhausted and not decoding and not ordered:
+            writing = sum(slot.writes for slot in ordered)
+            while ordered and not ordered[0].open and (ordered[0].done() or not decoding
+                                                      or writing > self.batch_size + self.workers):
+                writing -= ordered[0].writes
+                results = ordered[0].results()
+                while results:  # each result leaves the slot as it is yielded: `unreported` sees the rest
+                    yield results.pop(0)
+                ordered.popleft()
+            if exhausted and held is None and not decoding and not ordered:
                 return
+
+    def _run_batch(self, decoding: deque[tuple[WorkItem, list[Result], _Slot, Future]],
+                   pool: ThreadPoolExecutor) -> None:
+        """Take up to batch_size decoded images, run the model on them and submit their writes to the pool."""
+        batch: list[tuple[WorkItem, list[Result], _Slot, DecodedImage]] = []
+        while decoding and len(batch) < self.batch_size:
+            item, planned, slot, future = decoding.popleft()
+            try:
+                batch.append((item, planned, slot, future.result()))
+            except Exception as exc:  # one bad image never stops the batch
+                slot.close([self._failed(item, exc)])
+        if batch:
+            logits = self.segmenter.logits([decoded.image for *_, decoded in batch], self.prompts + self.negatives)
+            for (item, planned, slot, decoded), image_logits in zip(batch, logits, strict=True):
+                slot.close([pool.submit(self._finish, item, decoded, image_logits, part,
+                                        planned[part.start : part.stop]) for part in self.parts])
 
     def _masks(self, logits: torch.Tensor, size: tuple[int, int], part: range
                ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
@@ -314,6 +369,39 @@ def map_chunks(indices: range, size: tuple[int, int]) -> Iterator[range]:
 def _vetoed(prob: np.ndarray, veto: np.ndarray | None) -> np.ndarray:
     """Returns: the HxW map, 0 where a negative prompt fires."""
     return prob if veto is None else np.where(veto, np.float32(0.0), prob)
+
+
+@dataclass
+class _Slot:
+    """One item's place in the output order: its results, or the futures that write them.
+
+    open: the image is still decoding, more parts will come. pixels: reserved for its decoded image.
+    """
+
+    parts: list[list[Result] | Future]
+    open: bool = True
+    pixels: int = 0
+
+    @property
+    def writes(self) -> int:
+        return sum(isinstance(part, Future) for part in self.parts)
+
+    def close(self, parts: list[list[Result] | Future]) -> None:
+        self.parts.extend(parts)
+        self.open = False
+
+    def done(self) -> bool:
+        return not self.open and all(part.done() for part in self.parts if isinstance(part, Future))
+
+    def results(self) -> list[Result]:
+        """Wait for the writes; the parts become one list of results, in target order.
+
+        Returns:
+            That list (the slot's own: take results from it as they are reported).
+        """
+        self.parts = [[result for part in self.parts
+                       for result in (part.result() if isinstance(part, Future) else part)]]
+        return self.parts[0]
 
 
 def _split(count: int, pieces: int) -> list[range]:

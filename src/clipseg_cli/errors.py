@@ -25,3 +25,10 @@ class ImageError(ClipSegError):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+class ReaderGone(Exception):
+    """Whoever reads stdout closed it (``--json | head -1``): the run stops quietly, exit code 141.
+
+    Not an OSError, so that the command-line parser does not turn it into exit code 1.
+    """

@@ -9,6 +9,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from clipseg_cli.errors import ReaderGone
+
 
 class Reporter:
     """Prints results as they come; stdout carries only JSON so that ``--json | jq`` works."""
@@ -27,22 +29,32 @@ class Reporter:
         self.redone: list[str] = []  # outputs that existed but were made from other inputs or settings
 
     def add(self, result) -> None:
-        """Record one (image, prompt) result; errors are printed once per image."""
+        """Record one (image, prompt) result; errors are printed once per image.
+
+        A closed stdout (``--json | head -1``) raises ReaderGone once; later results are only counted.
+        """
         self.counts[result.status] += 1
         if result.reason and result.status != "skipped":
             self.redone.append(f"{result.mask}: {result.reason}")
         if self.json_lines:
-            print(json.dumps(result.to_json(), ensure_ascii=False), file=self.stdout, flush=True)
+            record = {key: printable(value) if isinstance(value, str) else value
+                      for key, value in result.to_json().items()}
+            try:  # one write per line: a signal that interrupts it never leaves half a line
+                self.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                self.stdout.flush()
+            except BrokenPipeError as exc:
+                self.json_lines = False
+                raise ReaderGone from exc
         if result.status == "failed" and result.image not in self.failed_images:
             self.failed_images.add(result.image)
-            self.bar.write(f"error: {result.error}", file=self.stderr)
+            self.bar.write(printable(f"error: {result.error}"), file=self.stderr)
         if result.image != self._last_image:
             self._last_image = result.image
             self.bar.update(1)
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.bar.write(f"clipseg: {message}", file=self.stderr)
+            self.bar.write(printable(f"clipseg: {message}"), file=self.stderr)
 
     def close(self) -> int:
         """Close the bar and print the summary.
@@ -58,6 +70,23 @@ class Reporter:
         self.info(f"{written} mask(s) written, {skipped} skipped (exist; --force redoes them), "
                   f"{failed} image(s) failed")
         return 1 if failed else 0
+
+
+def printable(text: str) -> str:
+    """Text that encodes as UTF-8 whatever it holds: each byte of a file name that is not UTF-8
+    (decoded by Python as a lone surrogate) is written as ``\\xNN``, like Python's backslashreplace.
+
+    Returns:
+        `text` itself when it is valid Unicode already.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate no file name decodes to
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _is_terminal(stream: TextIO) -> bool:

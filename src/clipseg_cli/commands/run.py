@@ -88,7 +88,8 @@ def build_prompts(texts: list[str], settings: Settings) -> tuple[list, list[str]
         raise ClipSegError(f"give one --prompt-mask per --prompt-image ({len(refs)} images, {len(masks)} masks)")
     if refs:
         examples = [
-            prepare_visual_prompt(open_image(ref).image, open_image(mask).image if masks else None)
+            prepare_visual_prompt(open_image(ref, max_pixels=settings.max_pixels).image,
+                                  open_image(mask, max_pixels=settings.max_pixels).image if masks else None)
             for ref, mask in zip(refs, masks or [None] * len(refs), strict=True)
         ]
         prompts.append(Mean(tuple(examples)) if len(examples) > 1 else examples[0])
@@ -187,5 +188,7 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
         for result in engine.run(items):
             reporter.add(result)
     finally:
+        for result in engine.unreported():  # written before a Ctrl-C, a signal or a closed stdout
+            reporter.add(result)
         code = reporter.close()
     return code

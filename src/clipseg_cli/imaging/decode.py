@@ -62,6 +62,21 @@ def open_image(
     return _from_file(os.fspath(source), max_pixels, min_side)
 
 
+def header_pixels(path: str | os.PathLike[str]) -> int:
+    """Width x height of an image file from its header, without decoding a pixel.
+
+    Returns:
+        The pixel count; 0 when the file cannot be read as an image (decoding it will say why).
+    """
+    try:
+        _check_file(os.fspath(path))  # never opens a FIFO, which would wait for a writer
+        with Image.open(path) as img:
+            width, height = img.size
+    except Exception:  # any failure is reported by the decode itself
+        return 0
+    return width * height
+
+
 def to_rgb(image: Image.Image, label: str = IMAGE_LABEL) -> Image.Image:
     """Convert an image of any Pillow mode to 8-bit RGB, dropping alpha like `convert("RGB")`.
 

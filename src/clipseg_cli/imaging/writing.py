@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import secrets
+import socket
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -14,31 +18,93 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from clipseg_cli.constants import TEMP_SUFFIX
+from clipseg_cli.constants import STALE_TEMP_SECONDS, TEMP_SUFFIX
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-_TEMP_NAME_CHARS = 50  # keeps the temporary name under every file system's 255-byte limit
+_TEMP_NAME_BYTES = 80  # of the destination's name: the temporary name stays under 143 bytes (eCryptfs's limit)
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+# Temporary names: .<name>.<host>-<pid>-<random>.clipseg-tmp, so that a later run can tell a dead
+# writer's leftovers from a live one's; .<name>.<random>.clipseg-tmp is how earlier versions named them.
+_HOST = hashlib.blake2s(socket.gethostname().encode("utf-8", "replace"), digest_size=4).hexdigest()
+_TEMP_NAME = re.compile(r"\.(?:.*)\.(?:(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})-)?[0-9a-f]{8}"
+                        + re.escape(TEMP_SUFFIX), re.DOTALL)
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write a file through a temporary file in the same folder, then move it into place.
 
     The destination is either left as it was or fully replaced; on any exception, including
-    KeyboardInterrupt, the temporary file is removed and the exception re-raised.
+    KeyboardInterrupt, the temporary file is removed and the exception re-raised. An OSError of
+    the file system names `path` (never the temporary file), e.g. ``[Errno 21] Is a directory``.
     """
     path = Path(path)
-    temp, handle = _create_temp(path)
+    temp = None
     try:
+        temp, handle = _create_temp(path)
         with handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
+    except OSError as exc:
+        _remove(temp)
+        if exc.filename is not None and exc.filename != os.fspath(temp or ""):
+            raise  # about another file, e.g. the source `write` copies from
+        raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from exc
     except BaseException:
-        temp.unlink(missing_ok=True)
+        _remove(temp)
         raise
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Remove the temporary files that writers of ours left in `folder` when they were killed.
+
+    A file is stale when its writer ran on this host and is no longer alive, or when it is older
+    than STALE_TEMP_SECONDS (a live write takes seconds). Other files are never touched.
+
+    Returns:
+        The number of files removed.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # not there yet, or not readable: nothing of ours to clean
+        return 0
+    for entry in entries:
+        match = _TEMP_NAME.fullmatch(entry.name) if entry.name.endswith(TEMP_SUFFIX) else None
+        try:
+            if match and entry.is_file(follow_symlinks=False) and _is_stale(match, entry.stat().st_mtime):
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:  # gone already (another run cleaned it), or not ours to remove
+            continue
+    return removed
+
+
+def _is_stale(match: re.Match[str], mtime: float) -> bool:
+    """Whether a temporary file's writer is gone: dead on this host, or the file is too old for a live write."""
+    if time.time() - mtime > STALE_TEMP_SECONDS:
+        return True
+    return match["host"] == _HOST and not _is_alive(int(match["pid"]))
+
+
+def _is_alive(pid: int) -> bool:
+    """Whether a process of this host runs with that id (always True where we cannot tell)."""
+    if os.name != "posix" or pid <= 0:  # on Windows os.kill(pid, 0) would send Ctrl-C
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def _remove(temp: Path | None) -> None:
+    if temp is not None:
+        temp.unlink(missing_ok=True)
 
 
 def save_png(image: Image.Image, path: Path, compress_level: int = 1, text: dict[str, str] | None = None) -> None:
@@ -146,11 +212,14 @@ def cutout(image: Image.Image, alpha: np.ndarray) -> Image.Image:
 def _create_temp(path: Path) -> tuple[Path, BinaryIO]:
     """Create a new hidden temporary file next to `path`, with the default permissions.
 
+    Its name holds at most 80 bytes of `path`'s name, this host and this process (see remove_stale_temps).
+
     Returns:
         The temporary path and its open binary handle.
     """
+    prefix = path.name.encode("utf-8", "surrogatepass")[:_TEMP_NAME_BYTES].decode("utf-8", "ignore")
     while True:
-        name = f".{path.name[:_TEMP_NAME_CHARS]}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        name = f".{prefix}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
         temp = path.with_name(name)
         try:
             fd = os.open(temp, _OPEN_FLAGS, 0o666)
