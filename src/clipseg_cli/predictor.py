@@ -17,6 +17,7 @@ from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, PREPROCESSO
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.decode import open_image
 from clipseg_cli.imaging.preprocess import Preprocessing
+from clipseg_cli.imaging.visual_prompt import VisualPrompt, prepare_visual_prompt
 from clipseg_cli.modeling import ClipSeg
 from clipseg_cli.modeling.towers import trim_vision_tower
 from clipseg_cli.runtime import resolve_device, resolve_precision
@@ -26,10 +27,10 @@ from clipseg_cli.runtime import resolve_device, resolve_precision
 class Mean:
     """A prompt whose embedding is the mean of its parts' (text templates, several examples)."""
 
-    parts: tuple[str | Image.Image, ...]
+    parts: tuple[str | Image.Image | VisualPrompt, ...]
 
 
-Prompt = str | Image.Image | Mean  # a text, an example image, or the mean of several
+Prompt = str | Image.Image | VisualPrompt | Mean  # a text, an example image (with its mask), or a mean
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
@@ -109,7 +110,8 @@ class Segmenter:
             embedded = self.model.embed_text(tokens["input_ids"], tokens["attention_mask"])
             self._embeddings.update(zip(texts, embedded, strict=True))
         if images:
-            pixels = self.preprocessing([open_image(p).image for p in images.values()])
+            pixels = torch.stack([prepare_visual_prompt(p, self.preprocessing) if isinstance(p, VisualPrompt)
+                                  else self.preprocessing([open_image(p).image])[0] for p in images.values()])
             self._embeddings.update(zip(images, self.model.embed_image(self._to_model(pixels)), strict=True))
         return torch.stack([self._embeddings[key] for key in keys])
 
@@ -146,7 +148,7 @@ class Segmenter:
         Returns:
             float32 array (n_prompts, height, width) in [0, 1].
         """
-        prompts = [prompts] if isinstance(prompts, (str, Image.Image, Mean)) else list(prompts)
+        prompts = [prompts] if isinstance(prompts, (str, Image.Image, VisualPrompt, Mean)) else list(prompts)
         if not prompts:
             raise ClipSegError("give at least one prompt")
         decoded = open_image(image, max_pixels=max_pixels)
@@ -184,4 +186,6 @@ def _prompt_key(prompt: Prompt) -> str:
     if isinstance(prompt, Image.Image):
         digest = hashlib.sha1(prompt.tobytes()).hexdigest()
         return f"image:{prompt.mode}:{prompt.size}:{digest}"
+    if isinstance(prompt, VisualPrompt):
+        return prompt.key()
     raise ClipSegError(f"a prompt must be a text or a PIL image, got {type(prompt).__name__}")

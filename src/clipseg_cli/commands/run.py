@@ -77,7 +77,7 @@ def build_prompts(texts: list[str], settings: Settings) -> tuple[list, list[str]
         (prompts, names).
     """
     from clipseg_cli.imaging.decode import open_image
-    from clipseg_cli.imaging.visual_prompt import prepare_visual_prompt
+    from clipseg_cli.imaging.visual_prompt import visual_prompt
     from clipseg_cli.predictor import Mean
 
     for template in settings.template or []:
@@ -91,7 +91,7 @@ def build_prompts(texts: list[str], settings: Settings) -> tuple[list, list[str]
         raise ClipSegError(f"give one --prompt-mask per --prompt-image ({len(refs)} images, {len(masks)} masks)")
     if refs:
         examples = [
-            prepare_visual_prompt(open_image(ref).image, open_image(mask).image if masks else None)
+            visual_prompt(open_image(ref).image, open_image(mask).image) if mask else open_image(ref).image
             for ref, mask in zip(refs, masks or [None] * len(refs), strict=True)
         ]
         prompts.append(Mean(tuple(examples)) if len(examples) > 1 else examples[0])
