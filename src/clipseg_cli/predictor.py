@@ -77,11 +77,12 @@ class Segmenter:
         torch_device = resolve_device(device)
         dtype = resolve_precision(precision, torch_device)
         directory = checkpoint_dir(name, offline=offline, revision=revision, progress=progress)
-        model = load_directory(directory, dtype).to(torch_device)
+        model = load_directory(directory, torch.float32)  # fast precisions fold scales in fp32, then cast
         if dtype != torch.float32:  # fp32 stays the reference computation, bit for bit
             from clipseg_cli.modeling.fastpath import speed_up
 
-            speed_up(model, torch_device)
+            speed_up(model, torch_device, dtype)
+        model = model.to(torch_device)
         try:
             tokenizer = CLIPTokenizer.from_pretrained(str(directory))
         except (OSError, ValueError, TypeError) as exc:
