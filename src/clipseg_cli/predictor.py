@@ -189,4 +189,4 @@ def _prompt_key(prompt: Prompt) -> str:
         return f"image:{prompt.mode}:{prompt.size}:{digest}"
     if isinstance(prompt, VisualPrompt):
         return prompt.key()
-    raise ClipSegError(f"a prompt must be a text or a PIL image, got {type(prompt).__name__}")
+    raise ClipSegError(f"a prompt must be a text, a PIL image or a VisualPrompt, got {type(prompt).__name__}")
