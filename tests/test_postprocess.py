@@ -1,4 +1,4 @@
-"""Pixel-level tests of mask post-processing, prompt algebra and the visual prompt."""
+"""Pixel-level tests of mask post-processing and prompt algebra (the visual prompt: test_visual_prompt.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.imaging.visual_prompt import MEAN_RGB, prepare_visual_prompt
 from clipseg_cli.postprocess import (
     PostProcess,
     apply,
@@ -257,86 +256,6 @@ def test_full_resolution_mask_runs() -> None:
     assert mask.shape == (3000, 4000) and mask.dtype == bool
     assert 0.05 < stats(mask, prob)["coverage"] < 0.5
     assert apply(prob, PostProcess(threshold=0.6, erode=4, min_area=500)).sum() < mask.sum()
-
-
-# ---- visual prompt -----------------------------------------------------------------------------
-
-BACKGROUND = (200, 220, 240)
-OBJECT = (10, 250, 30)
-
-
-def example(w: int = 200, h: int = 120) -> tuple[Image.Image, np.ndarray]:
-    """A flat bright background with a 40x20 object at x 80..120, y 50..70."""
-    pixels = np.zeros((h, w, 3), np.uint8)
-    pixels[:] = BACKGROUND
-    mask = np.zeros((h, w), bool)
-    mask[50:70, 80:120] = True
-    pixels[mask] = OBJECT
-    return Image.fromarray(pixels), mask
-
-
-def test_visual_prompt_crops_with_context_and_pads_to_square() -> None:
-    image, mask = example()
-    prompt = prepare_visual_prompt(image, mask)
-    # box 40x20 + 10 % on each side -> 48x24, padded to 48x48 with the mean grey
-    assert prompt.mode == "RGB" and prompt.size == (48, 48)
-    out = np.asarray(prompt)
-    assert tuple(out[0, 0]) == MEAN_RGB and tuple(out[-1, -1]) == MEAN_RGB
-    content = out[12:36]  # (48 - 24) // 2 = 12 rows of padding above
-    assert np.all(content[2:22, 4:44] == OBJECT)  # the object, untouched, with context around it
-    ring = np.ones((24, 48), bool)
-    ring[2:22, 4:44] = False
-    assert ring.sum() > 0 and not np.any(np.all(content[ring] == OBJECT, axis=-1))
-
-
-def test_visual_prompt_darkens_background_and_keeps_object() -> None:
-    image, mask = example(w=300, h=300)
-    prompt = np.asarray(prepare_visual_prompt(image, mask, context=1.0)).astype(int)
-    original = np.asarray(image).astype(int)
-    crop = original[30:90, 40:160]  # box grown by 100 %: y 30..90, x 40..160; square pad 30 above
-    content = prompt[30:90]
-    fg = mask[30:90, 40:160]
-    assert np.array_equal(content[fg], crop[fg])
-    far = content[:5, :5]  # more than 3 sigma away from the object: blur leaves it flat
-    expected = np.rint(np.array(MEAN_RGB) + 0.1 * (np.array(BACKGROUND) - np.array(MEAN_RGB)))
-    assert np.all(far == expected)
-    assert np.all(content[~fg].sum(axis=-1) < crop[~fg].sum(axis=-1))
-
-
-def test_visual_prompt_blurs_background_near_object() -> None:
-    image, mask = example()
-    sharp = np.asarray(prepare_visual_prompt(image, mask, blur_sigma=0.0, darken=1.0))
-    blurred = np.asarray(prepare_visual_prompt(image, mask, blur_sigma=3.0, darken=1.0))
-    assert np.all(sharp[12:36][~mask[48:72, 76:124]] == BACKGROUND)
-    # the object's green bleeds into the background just outside it
-    assert blurred[12 + 1, 4 + 20, 1] > BACKGROUND[1] and blurred[12 + 1, 4 + 20, 0] < BACKGROUND[0]
-
-
-def test_visual_prompt_accepts_pil_and_integer_masks() -> None:
-    image, mask = example()
-    reference = prepare_visual_prompt(image, mask)
-    as_pil = Image.fromarray(mask.astype(np.uint8) * 255)
-    assert np.array_equal(np.asarray(prepare_visual_prompt(image, as_pil)), np.asarray(reference))
-    as_int = mask.astype(np.int64)
-    assert np.array_equal(np.asarray(prepare_visual_prompt(image, as_int)), np.asarray(reference))
-
-
-def test_visual_prompt_without_mask_returns_rgb_image() -> None:
-    image = Image.new("RGBA", (30, 20), (1, 2, 3, 4))
-    out = prepare_visual_prompt(image, None)
-    assert out.mode == "RGB" and out.size == (30, 20) and out.getpixel((0, 0)) == (1, 2, 3)
-
-
-def test_visual_prompt_rejects_empty_mask() -> None:
-    image, mask = example()
-    with pytest.raises(ClipSegError, match="prompt mask is empty"):
-        prepare_visual_prompt(image, np.zeros_like(mask))
-
-
-def test_visual_prompt_rejects_wrong_size_mask() -> None:
-    image, _ = example()
-    with pytest.raises(ClipSegError, match=r"100x50.*200x120"):
-        prepare_visual_prompt(image, np.ones((50, 100), bool))
 
 
 # ---- dilate then erode, clamped radii ----------------------------------------------------------

@@ -115,7 +115,7 @@ def test_image_prompt_is_cropped_blurred_and_darkened_around_its_mask(run, tmp_p
     from PIL import Image
 
     from clipseg_cli import Segmenter
-    from clipseg_cli.imaging.visual_prompt import prepare_visual_prompt
+    from clipseg_cli.imaging.visual_prompt import visual_prompt
     from clipseg_cli.imaging.writing import probability_to_image
 
     reference = save(noise((80, 60), seed=9), tmp_path / "ref.png")
@@ -127,7 +127,7 @@ def test_image_prompt_is_cropped_blurred_and_darkened_around_its_mask(run, tmp_p
     assert record["prompt"] == "image ref"
     segmenter = Segmenter.from_pretrained(checkpoint, device="cpu", precision="fp32")
     with Image.open(reference) as ref:
-        prepared = prepare_visual_prompt(ref.convert("RGB"), object_mask)
+        prepared = visual_prompt(ref, object_mask)
         raw = ref.convert("RGB")
     assert not segmenter.embed([prepared]).equal(segmenter.embed([raw]))
     expected = probability_to_image(segmenter.predict(tmp_path / "photo.png", [prepared])[0])

@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from clipseg_cli.errors import ClipSegError
+from clipseg_cli.imaging.visual_prompt import VisualPrompt
 
 PNG_KEY = "clipseg"
 RECORD_VERSION = 1
@@ -82,10 +83,12 @@ def prompt_key(prompt: object) -> str:
     if isinstance(prompt, Image.Image):
         pixels = hashlib.sha256(f"{prompt.mode}:{prompt.size}:".encode() + prompt.tobytes()).hexdigest()
         return "image:" + pixels
+    if isinstance(prompt, VisualPrompt):
+        return prompt.key()
     parts = getattr(prompt, "parts", None)
     if parts is not None:
         return "mean(" + ", ".join(prompt_key(part) for part in parts) + ")"
-    raise ClipSegError(f"a prompt must be a text, an image or a Mean, got {type(prompt).__name__}")
+    raise ClipSegError(f"a prompt must be a text, an image, a VisualPrompt or a Mean, got {type(prompt).__name__}")
 
 
 def make_record(kind: str, *, input_sha256: str, prompt: str, prompt_text: str, model: Mapping[str, str],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,10 @@ from PIL import Image
 from clipseg_cli.checkpoints.loading import checkpoint_dir, load_directory, load_processing
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.fingerprint import checkpoint_identity
+from clipseg_cli.fingerprint import checkpoint_identity, prompt_key
 from clipseg_cli.imaging.decode import open_image
 from clipseg_cli.imaging.preprocess import Preprocessing
+from clipseg_cli.imaging.visual_prompt import VisualPrompt, prepare_visual_prompt
 from clipseg_cli.modeling import ClipSeg
 from clipseg_cli.modeling.towers import trim_vision_tower
 from clipseg_cli.runtime import resolve_device, resolve_precision
@@ -27,10 +27,10 @@ from clipseg_cli.runtime import resolve_device, resolve_precision
 class Mean:
     """A prompt whose embedding is the mean of its parts' (text templates, several examples)."""
 
-    parts: tuple[str | Image.Image, ...]
+    parts: tuple[str | Image.Image | VisualPrompt, ...]
 
 
-Prompt = str | Image.Image | Mean  # a text, an example image, or the mean of several
+Prompt = str | Image.Image | VisualPrompt | Mean  # a text, an example image (with its mask), or a mean
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
@@ -88,12 +88,13 @@ class Segmenter:
         dtype = resolve_precision(precision, torch_device)
         directory = checkpoint_dir(name, offline=offline, revision=revision, progress=progress)
         preprocessing, tokenizer = load_processing(directory)  # before the weights: fail fast
-        model = load_directory(directory, dtype).to(torch_device)
+        model = load_directory(directory, torch.float32)  # fast precisions fold scales in fp32, then cast
         model.checkpoint_identity = checkpoint_identity(directory)  # read by Segmenter.identity
         if dtype != torch.float32:  # fp32 stays the reference computation, bit for bit
             from clipseg_cli.modeling.fastpath import speed_up
 
-            speed_up(model, torch_device)
+            speed_up(model, torch_device, dtype)
+        model = model.to(torch_device)
         return cls(model, tokenizer, preprocessing, torch_device)
 
     @torch.inference_mode()
@@ -106,7 +107,7 @@ class Segmenter:
         if any(isinstance(prompt, Mean) for prompt in prompts):
             return torch.stack([self.embed(p.parts).mean(0) if isinstance(p, Mean) else self.embed([p])[0]
                                 for p in prompts])
-        keys = [_prompt_key(prompt) for prompt in prompts]
+        keys = [prompt_key(prompt) for prompt in prompts]
         new = {key: p for key, p in zip(keys, prompts, strict=True) if key not in self._embeddings}
         texts = {key: p for key, p in new.items() if isinstance(p, str)}
         images = {key: p for key, p in new.items() if not isinstance(p, str)}
@@ -118,7 +119,8 @@ class Segmenter:
             embedded = self.model.embed_text(tokens["input_ids"], tokens["attention_mask"])
             self._embeddings.update(zip(texts, embedded, strict=True))
         if images:
-            pixels = self.preprocessing([open_image(p).image for p in images.values()])
+            pixels = torch.stack([prepare_visual_prompt(p, self.preprocessing) if isinstance(p, VisualPrompt)
+                                  else self.preprocessing([open_image(p).image])[0] for p in images.values()])
             self._embeddings.update(zip(images, self.model.embed_image(self._to_model(pixels)), strict=True))
         return torch.stack([self._embeddings[key] for key in keys])
 
@@ -155,7 +157,7 @@ class Segmenter:
         Returns:
             float32 array (n_prompts, height, width) in [0, 1].
         """
-        prompts = [prompts] if isinstance(prompts, (str, Image.Image, Mean)) else list(prompts)
+        prompts = [prompts] if isinstance(prompts, (str, Image.Image, VisualPrompt, Mean)) else list(prompts)
         if not prompts:
             raise ClipSegError("give at least one prompt")
         decoded = open_image(image, max_pixels=max_pixels)
@@ -185,12 +187,3 @@ def probabilities(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         float32 array PxHxW in [0, 1].
     """
     return torch.sigmoid_(upsample(logits, size)).numpy()
-
-
-def _prompt_key(prompt: Prompt) -> str:
-    if isinstance(prompt, str):
-        return "text:" + prompt
-    if isinstance(prompt, Image.Image):
-        digest = hashlib.sha1(prompt.tobytes()).hexdigest()
-        return f"image:{prompt.mode}:{prompt.size}:{digest}"
-    raise ClipSegError(f"a prompt must be a text or a PIL image, got {type(prompt).__name__}")

@@ -77,7 +77,7 @@ def build_prompts(texts: list[str], settings: Settings) -> tuple[list, list[str]
         (prompts, names).
     """
     from clipseg_cli.imaging.decode import open_image
-    from clipseg_cli.imaging.visual_prompt import prepare_visual_prompt
+    from clipseg_cli.imaging.visual_prompt import visual_prompt
     from clipseg_cli.predictor import Mean
 
     prompts: list = [Mean(tuple(t.replace("{}", text) for t in settings.template)) if settings.template else text
@@ -88,8 +88,9 @@ def build_prompts(texts: list[str], settings: Settings) -> tuple[list, list[str]
         raise ClipSegError(f"give one --prompt-mask per --prompt-image ({len(refs)} images, {len(masks)} masks)")
     if refs:
         examples = [
-            prepare_visual_prompt(open_image(ref, max_pixels=settings.max_pixels).image,
-                                  open_image(mask, max_pixels=settings.max_pixels).image if masks else None)
+            visual_prompt(open_image(ref, max_pixels=settings.max_pixels).image,
+                          open_image(mask, max_pixels=settings.max_pixels).image)
+            if mask else open_image(ref, max_pixels=settings.max_pixels).image
             for ref, mask in zip(refs, masks or [None] * len(refs), strict=True)
         ]
         prompts.append(Mean(tuple(examples)) if len(examples) > 1 else examples[0])

@@ -1,89 +1,179 @@
-"""The CLIPSeg paper's best visual prompt: crop, blur, highlight.
+"""The CLIPSeg paper's best visual prompt: crop, blur, highlight, step for step as the original code.
 
-This follows the original training code (timojl/clipseg, mask mode "crop_blur_highlight352",
-used for the published rd64-uni and rd64-uni-refined weights), which works on images already
-normalised with the ImageNet mean and std:
+The published weights (rd64-uni, rd64-uni-refined) were trained with the mask mode
+"crop_blur_highlight352" of timojl/clipseg (``datasets/phrasecut.py`` ``load_sample``, then
+``evaluation_utils.py`` ``img_preprocess`` with blur=3, center_context=0.1, bg_fac=0.1):
 
-- the whole example is blurred with a Gaussian (sigma 3, 15x15 kernel, mirrored border);
-- object pixels keep their values, background pixels become ``darken * blurred`` in normalised
-  space, i.e. ``mean + darken * (blurred - mean)`` in pixel space: the background keeps 10 % of
-  its contrast around the ImageNet mean grey (bright backgrounds get darker);
-- the result is cropped to the mask's bounding box grown by ``context`` times the box's extent
-  on each side (clipped to the image) and padded to a square with the mean grey (a normalised 0).
+1. the example is squashed to the model input size (bilinear, align_corners=True, on 0..255),
+   rescaled and normalised; its mask is squashed with nearest;
+2. the normalised image is blurred (OpenCV's 15x15 Gaussian, sigma 3, reflect-101 border);
+3. object pixels keep their values, background pixels become 0.1 x blurred (normalised space:
+   faded towards the mean colour);
+4. the result is cropped to the mask's box grown by 0.1 of its extent (truncated to integers),
+   padded to a square with 0 (the mean colour) and resized with nearest to the input size.
 
-The model's own preprocessing then resizes and normalises the returned image as for any image.
+The result is already the model's input: it goes to the image tower without further preprocessing.
 """
 
 from __future__ import annotations
 
-import math
+import hashlib
+from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from clipseg_cli.constants import IMAGE_MEAN
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.postprocess import gaussian_blur
+from clipseg_cli.imaging.preprocess import Preprocessing
 
-# The original blurs with a 15x15 kernel at sigma 3: half-width 7 = 7/3 sigma.
-_RADIUS_PER_SIGMA = 7 / 3
-# The normalised zero of the published checkpoints, as an RGB colour.
-MEAN_RGB = tuple(round(255 * m) for m in IMAGE_MEAN)
+CONTEXT = 0.1  # fraction of the object's extent kept around it on each side
+BLUR_KERNEL = 15  # cv2.GaussianBlur(img, (15, 15), 3)
+BLUR_SIGMA = 3.0
+BACKGROUND_FACTOR = 0.1  # bg_fac: background = 0.1 x blurred, in normalised space
 
 
-def prepare_visual_prompt(
-    image: Image.Image,
-    mask: Image.Image | np.ndarray | None,
-    *,
-    context: float = 0.1,
-    blur_sigma: float = 3.0,
-    darken: float = 0.1,
-) -> Image.Image:
-    """Turn an example image and the mask of its object into a visual prompt.
+@dataclass(frozen=True, eq=False)
+class VisualPrompt:
+    """An example image and the mask of its object: a prompt the Segmenter prepares at its own input size.
+
+    Build it with `visual_prompt`, which checks the mask.
+    """
+
+    image: Image.Image  # RGB
+    mask: np.ndarray  # HxW bool, same size as the image, not empty
+
+    def key(self) -> str:
+        """Returns: a string that identifies the image and mask (for the embedding cache)."""
+        digest = hashlib.sha1(self.image.tobytes())
+        digest.update(np.packbits(self.mask).tobytes())
+        return f"visual:{self.image.size}:{digest.hexdigest()}"
+
+
+def visual_prompt(image: Image.Image, mask: Image.Image | np.ndarray) -> VisualPrompt:
+    """Check an example image and its object's mask and pair them as a prompt.
 
     Arguments:
       image: the example, any mode (converted to RGB).
-      mask: the object's mask, same size as the image: a PIL image (foreground where its
-        grey value is >= 128) or an HxW array (bool; floats >= 0.5; integers > 0 when the
-        maximum is 1, else >= 128). None returns the image unchanged (as RGB).
-      context: fraction of the box's width (height) added left and right (above and below).
-      blur_sigma: Gaussian sigma in pixels for the background; 0 turns blurring off.
-      darken: factor on the background's deviation from the mean grey; 1 keeps it as is.
+      mask: the object's mask, same size as the image: a PIL image (foreground where its grey
+        value is >= 128) or an HxW array (bool; floats >= 0.5; integers > 0 when the maximum is 1,
+        else >= 128).
 
     Returns:
-      RGB image, square, of the cropped object with its background faded.
+      The prompt.
     """
-    if context < 0 or blur_sigma < 0 or darken < 0:
-        raise ClipSegError(f"context, blur_sigma and darken must be >= 0, got {context}, {blur_sigma}, {darken}")
     rgb = image.convert("RGB")
-    if mask is None:
-        return rgb
     fg = _foreground(mask)
     if fg.shape != (rgb.height, rgb.width):
         raise ClipSegError(
             f"prompt mask is {fg.shape[1]}x{fg.shape[0]} but the prompt image is "
             f"{rgb.width}x{rgb.height}; give a mask of the same size as its image"
         )
-    rows, cols = np.flatnonzero(fg.any(axis=1)), np.flatnonzero(fg.any(axis=0))
-    if len(rows) == 0:
+    if not fg.any():
         raise ClipSegError("prompt mask is empty: it must mark the object in the prompt image")
-    # crop box: bounding box grown by context on each side, clipped to the image
-    top, bottom = _grow(int(rows[0]), int(rows[-1]) + 1, context, rgb.height)
-    left, right = _grow(int(cols[0]), int(cols[-1]) + 1, context, rgb.width)
-    # blur only what the crop needs: the box plus the kernel's reach
-    radius = max(1, math.ceil(_RADIUS_PER_SIGMA * blur_sigma))
-    y0, y1 = max(0, top - radius), min(rgb.height, bottom + radius)
-    x0, x1 = max(0, left - radius), min(rgb.width, right + radius)
-    pixels = np.asarray(rgb)[y0:y1, x0:x1]
-    blurred = pixels.astype(np.float32)
-    if blur_sigma > 0:
-        blurred = gaussian_blur(blurred.transpose(2, 0, 1), blur_sigma, radius=radius).transpose(1, 2, 0)
-    # highlight: fade the background towards the mean grey
-    mean = np.asarray(MEAN_RGB, dtype=np.float32)
-    background = np.clip(np.rint(mean + darken * (blurred - mean)), 0, 255).astype(np.uint8)
-    prompt = np.where(fg[y0:y1, x0:x1, None], pixels, background)
-    crop = prompt[top - y0 : bottom - y0, left - x0 : right - x0]
-    return _pad_to_square(Image.fromarray(np.ascontiguousarray(crop)), MEAN_RGB)
+    return VisualPrompt(rgb, fg)
+
+
+def prepare_visual_prompt(prompt: VisualPrompt, preprocessing: Preprocessing) -> torch.Tensor:
+    """The model input for a visual prompt, as the original code computes it (see the module notes).
+
+    Arguments:
+      prompt: the example image and its object's mask.
+      preprocessing: the checkpoint's (input size, rescale factor, mean and std).
+
+    Returns:
+      3xHxW float32 tensor, normalised, at the model input size (H, W) = preprocessing.size.
+    """
+    size = preprocessing.size
+    pixels = torch.from_numpy(np.asarray(prompt.image, dtype=np.float32).transpose(2, 0, 1).copy())
+    image = F.interpolate(pixels[None], size, mode="bilinear", align_corners=True)[0] * preprocessing.rescale
+    mean, std = (torch.tensor(v, dtype=torch.float32)[:, None, None] for v in (preprocessing.mean, preprocessing.std))
+    image = (image - mean) / std
+    mask = F.interpolate(torch.from_numpy(prompt.mask)[None, None].float(), size, mode="nearest")[0, 0]
+    if not mask.any():
+        raise ClipSegError(f"prompt mask's object vanishes when squashed to the model's {size[1]}x{size[0]} input; "
+                           "mark a larger object")
+    highlighted = image * mask + BACKGROUND_FACTOR * gaussian_blur_cv2(image) * (1 - mask)
+    top, bottom, left, right = crop_box(mask, CONTEXT)
+    square = pad_to_square(highlighted[:, top:bottom, left:right])
+    return F.interpolate(square[None], size, mode="nearest")[0]
+
+
+def gaussian_kernel_cv2(size: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> torch.Tensor:
+    """OpenCV's ``getGaussianKernel``: exp(-(i - (size - 1) / 2)^2 / (2 sigma^2)), normalised to sum 1.
+
+    Returns:
+      float32 kernel of ``size`` values.
+    """
+    x = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    kernel = np.exp(-(x**2) / (2 * sigma**2))
+    return torch.from_numpy((kernel / kernel.sum()).astype(np.float32))
+
+
+def gaussian_blur_cv2(image: torch.Tensor) -> torch.Tensor:
+    """``cv2.GaussianBlur(image, (15, 15), 3)`` with its default border, reflect-101 (edge pixel not repeated).
+
+    Arguments:
+      image: CxHxW float32.
+
+    Returns:
+      CxHxW float32, blurred along rows then columns.
+    """
+    kernel = gaussian_kernel_cv2()
+    radius = (len(kernel) - 1) // 2
+    _, height, width = image.shape
+    # each pass is a product with an HxH (WxW) matrix holding the kernel at the reflected indices
+    rows, cols = _blur_matrix(kernel, radius, height), _blur_matrix(kernel, radius, width)
+    return rows @ image @ cols.T
+
+
+def _blur_matrix(kernel: torch.Tensor, radius: int, length: int) -> torch.Tensor:
+    """NxN matrix M with (M @ v)[i] = sum_k kernel[k] v[reflect101(i + k - radius)]."""
+    matrix = np.zeros((length, length))
+    for i in range(length):
+        for k, weight in enumerate(kernel.tolist()):
+            matrix[i, _reflect_101(i + k - radius, length)] += weight
+    return torch.from_numpy(matrix.astype(np.float32))
+
+
+def _reflect_101(index: int, length: int) -> int:
+    """OpenCV's BORDER_REFLECT_101 (``gfedcb|abcdefgh|gfedcba``) for any index."""
+    if length == 1:
+        return 0
+    period = 2 * (length - 1)
+    index %= period
+    return period - index if index >= length else index
+
+
+def crop_box(mask: torch.Tensor, context: float) -> tuple[int, int, int, int]:
+    """The original ``crop_mask``: the mask's box grown by ``context`` times its extent, truncated.
+
+    Arguments:
+      mask: HxW, non-empty.
+
+    Returns:
+      (top, bottom, left, right), bottom and right exclusive.
+    """
+    rows, cols = torch.nonzero(mask.any(dim=1))[:, 0], torch.nonzero(mask.any(dim=0))[:, 0]
+    top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    height, width = bottom - top, right - left
+    return (int(max(0, top - context * height)), int(min(mask.shape[0], bottom + context * height)),
+            int(max(0, left - context * width)), int(min(mask.shape[1], right + context * width)))
+
+
+def pad_to_square(image: torch.Tensor) -> torch.Tensor:
+    """The original ``pad_to_square``: pad the shorter side with 0, half before (rounded down), half after.
+
+    Arguments:
+      image: CxHxW.
+
+    Returns:
+      CxSxS with S = max(H, W).
+    """
+    height, width = image.shape[1:]
+    across, down = max(0, height - width), max(0, width - height)
+    return F.pad(image, (across // 2, across - across // 2, down // 2, down - down // 2))
 
 
 def _foreground(mask: Image.Image | np.ndarray) -> np.ndarray:
@@ -101,18 +191,3 @@ def _foreground(mask: Image.Image | np.ndarray) -> np.ndarray:
         return array >= 0.5
     return array > 0 if array.size and array.max() <= 1 else array >= 128
 
-
-def _grow(start: int, stop: int, context: float, limit: int) -> tuple[int, int]:
-    """Grow [start, stop) by context * (stop - start) on both sides, clipped to [0, limit)."""
-    margin = context * (stop - start)
-    return max(0, math.floor(start - margin)), min(limit, math.ceil(stop + margin))
-
-
-def _pad_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
-    """Centre the image on a square canvas of its longer side, filled with fill."""
-    side = max(image.size)
-    if image.width == image.height:
-        return image
-    canvas = Image.new("RGB", (side, side), fill)
-    canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
-    return canvas

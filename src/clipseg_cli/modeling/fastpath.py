@@ -50,30 +50,44 @@ def cpu_attention(
 AttentionInterface.register(CPU_ATTENTION, cpu_attention)
 
 
-def fold_quick_gelu(mlp: nn.Module) -> None:
-    """Turn fc2(quick_gelu(fc1 x)) into fc2'(silu(fc1' x)): one fused activation instead of three ops."""
-    with torch.no_grad():
-        mlp.fc1.weight.mul_(QUICK_GELU_SCALE)
-        mlp.fc1.bias.mul_(QUICK_GELU_SCALE)
-        mlp.fc2.weight.div_(QUICK_GELU_SCALE)
+def fold_quick_gelu(mlp: nn.Module, dtype: torch.dtype) -> None:
+    """Turn fc2(quick_gelu(fc1 x)) into fc2'(silu(fc1' x)): one fused activation instead of three ops.
+
+    The products are taken on the fp32 weights, then cast to ``dtype`` (one rounding, not two).
+    """
+    _fold(mlp.fc1, QUICK_GELU_SCALE, dtype, bias=True)
+    _fold(mlp.fc2, 1 / QUICK_GELU_SCALE, dtype, bias=False)
     mlp.activation_fn = nn.SiLU(inplace=True)
 
 
-def fold_query_scale(attention: nn.Module) -> None:
-    """Scale the query projection by 1/sqrt(head_dim) once, instead of every score matrix."""
-    with torch.no_grad():
-        attention.q_proj.weight.mul_(attention.scale)
-        attention.q_proj.bias.mul_(attention.scale)
+def fold_query_scale(attention: nn.Module, dtype: torch.dtype) -> None:
+    """Scale the query projection by 1/sqrt(head_dim) once, instead of every score matrix (fp32, then cast)."""
+    _fold(attention.q_proj, attention.scale, dtype, bias=True)
     attention.scale = 1.0
 
 
-def speed_up(model: ClipSeg, device: torch.device) -> None:
-    """Apply the fast-precision rewrites to the image tower, in place."""
+def _fold(linear: nn.Linear, factor: float, dtype: torch.dtype, *, bias: bool) -> None:
+    """Replace the fp32 weight (and bias) by (value * factor).to(dtype)."""
+    names = ("weight", "bias") if bias else ("weight",)
+    for name in names:
+        value = getattr(linear, name)
+        if value.dtype != torch.float32:
+            raise ValueError(f"fold scales into fp32 weights before casting them, got {value.dtype}")
+        setattr(linear, name, nn.Parameter((value * factor).to(dtype), requires_grad=False))
+
+
+def speed_up(model: ClipSeg, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+    """Apply the fast-precision rewrites to the image tower of an fp32 model, then cast the model to ``dtype``.
+
+    The scales are folded into the fp32 weights and each product rounded once to ``dtype``:
+    folding after the cast would round twice. One folded tensor at a time is held in fp32.
+    """
     vision = model.vision
     for layer in vision.encoder.layers:
         if vision.config.hidden_act == "quick_gelu":
-            fold_quick_gelu(layer.mlp)
+            fold_quick_gelu(layer.mlp, dtype)
         if device.type == "cpu":
-            fold_query_scale(layer.self_attn)
+            fold_query_scale(layer.self_attn, dtype)
     if device.type == "cpu":
         vision.config._attn_implementation = CPU_ATTENTION
+    model.to(dtype)
