@@ -98,3 +98,24 @@ def test_shortened_names_keep_a_readable_start_and_differ_by_their_end(tmp_path:
             assert re.fullmatch(r"b+-[0-9a-f]{6}\.car\.(mask|overlay|cutout)\.png", path.name)
     assert one["mask"] != two["mask"]
     assert output_paths(tmp_path, "photo", "car", plan)["mask"].name == "photo.car.mask.png"
+
+
+def test_an_example_image_with_another_mask_gets_another_name(tmp_path: Path, checkpoint: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    photo = save(noise(SIZE), tmp_path / "photo.png")
+    ref = save(noise((48, 40), seed=5), tmp_path / "ref.png")
+    names = []
+    for i, box in enumerate([(4, 4, 30, 20), (10, 12, 40, 36)]):
+        mask = np.zeros((40, 48), np.uint8)
+        mask[box[1] : box[3], box[0] : box[2]] = 255
+        Image.fromarray(mask).save(tmp_path / f"m{i}.png")
+        out = tmp_path / "out"
+        outcome = clipseg("segment", photo, "--prompt-image", ref, "--prompt-mask", tmp_path / f"m{i}.png",
+                          "-o", out, "--no-overlay", "--weights", checkpoint, "--json")
+        assert outcome.code == 0, outcome.stderr
+        (record,) = outcome.records()
+        assert record["status"] == "ok" and Path(record["mask"]).name.startswith("photo.image-ref-")
+        names.append(record["mask"])
+    assert names[0] != names[1]

@@ -147,7 +147,7 @@ class Engine:
         targets = []
         for name, key in zip(names, keys, strict=True):
             full_key = key + negative_key
-            hashed = "image:" in key or self.negatives
+            hashed = "image:" in key or "visual:" in key or bool(self.negatives)
             slug_text = name + (" not " + " ".join(negative_names) if self.negatives else "")
             label = label_for(slug_text, full_key if hashed else None)
             targets.append(Target(label, name, full_key, name + negative_text))
