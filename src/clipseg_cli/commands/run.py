@@ -7,12 +7,15 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import get_type_hints
+from typing import TYPE_CHECKING, get_type_hints
 
 from clipseg_cli.commands import options as o
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import WorkItem, folder_problem
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass
@@ -87,12 +90,11 @@ def build_prompts(texts: list[str], settings: Settings) -> tuple[list, list[str]
     if masks and len(masks) != len(refs):
         raise ClipSegError(f"give one --prompt-mask per --prompt-image ({len(refs)} images, {len(masks)} masks)")
     if refs:
-        examples = [
-            visual_prompt(open_image(ref, max_pixels=settings.max_pixels).image,
-                          open_image(mask, max_pixels=settings.max_pixels).image)
-            if mask else open_image(ref, max_pixels=settings.max_pixels).image
-            for ref, mask in zip(refs, masks or [None] * len(refs), strict=True)
-        ]
+        def decode(path: Path) -> Image.Image:
+            return open_image(path, max_pixels=settings.max_pixels).image
+
+        examples = [visual_prompt(decode(ref), decode(mask)) if mask else decode(ref)
+                    for ref, mask in zip(refs, masks or [None] * len(refs), strict=True)]
         prompts.append(Mean(tuple(examples)) if len(examples) > 1 else examples[0])
         names.append("image " + " ".join(ref.stem for ref in refs))
     if not prompts:
@@ -112,15 +114,12 @@ def check_texts(texts: list[str], settings: Settings) -> None:
 
 def check_text(option: str, text: str) -> None:
     """Refuse a text that is not valid UTF-8: argv bytes that are not arrive as surrogate escapes."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        try:
-            shown = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        except UnicodeEncodeError:
-            shown = text.encode("utf-8", "backslashreplace").decode()
+    from clipseg_cli.commands.report import printable
+
+    shown = printable(text)
+    if shown is not text:
         raise ClipSegError(f'{option} "{shown}" is not valid UTF-8 (the bad bytes are shown as \\xNN); '
-                           "give it as UTF-8 text (check the terminal's or the script's encoding)") from None
+                           "give it as UTF-8 text (check the terminal's or the script's encoding)")
 
 
 def check_output_dir(value: str | None) -> Path | None:
