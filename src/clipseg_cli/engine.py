@@ -25,7 +25,7 @@ from clipseg_cli.imaging.decode import DecodedImage, header_pixels, open_image
 from clipseg_cli.imaging.writing import remove_stale_temps
 from clipseg_cli.inputs import FileSet, WorkItem
 from clipseg_cli.outputs import OutputPlan, label_for, output_paths, write_outputs
-from clipseg_cli.postprocess import mask_and_map, refine, stats
+from clipseg_cli.postprocess import fires, mask_and_map, refine, stats, veto
 from clipseg_cli.predictor import Prompt, Segmenter, probabilities, upsample
 
 # Full-size float32 maps made at once per image being written (16 MB), or one map when larger.
@@ -268,20 +268,20 @@ class Engine:
         """
         post, count = self.plan.post, len(self.prompts)
         if self.union or self.negatives:  # the negatives' veto, and the union, need every map
-            veto = None
+            vetoed = None
             for chunk in map_chunks(range(count, count + len(self.negatives)), size):
-                fires = (probabilities(logits[chunk.start : chunk.stop], size) >= post.threshold).any(axis=0)
-                veto = fires if veto is None else np.logical_or(veto, fires, out=veto)
+                fired = fires(probabilities(logits[chunk.start : chunk.stop], size), post.threshold)
+                vetoed = fired if vetoed is None else np.logical_or(vetoed, fired, out=vetoed)
             if self.union:
                 union = None
                 for chunk in map_chunks(range(count), size):
                     top = probabilities(logits[chunk.start : chunk.stop], size).max(axis=0)
                     union = top if union is None else np.maximum(union, top, out=union)
-                yield mask_and_map(_vetoed(union, veto), post)
+                yield mask_and_map(veto(union, vetoed), post)
                 return
             for chunk in map_chunks(part, size):
                 for prob in probabilities(logits[chunk.start : chunk.stop], size):
-                    yield mask_and_map(_vetoed(prob, veto), post)
+                    yield mask_and_map(veto(prob, vetoed), post)
         elif self.stats or self.plan.needs_probabilities:
             for chunk in map_chunks(part, size):
                 for prob in probabilities(logits[chunk.start : chunk.stop], size):
@@ -364,11 +364,6 @@ def map_chunks(indices: range, size: tuple[int, int]) -> Iterator[range]:
     """
     step = max(1, CHUNK_VALUES // max(1, size[0] * size[1]))
     return (range(start, min(start + step, indices.stop)) for start in range(indices.start, indices.stop, step))
-
-
-def _vetoed(prob: np.ndarray, veto: np.ndarray | None) -> np.ndarray:
-    """Returns: the HxW map, 0 where a negative prompt fires."""
-    return prob if veto is None else np.where(veto, np.float32(0.0), prob)
 
 
 @dataclass

@@ -82,8 +82,31 @@ def combine(probs: np.ndarray, *, union: bool, negatives: np.ndarray | None, thr
     negatives = np.asarray(negatives, dtype=np.float32)
     if negatives.ndim != 3 or negatives.shape[1:] != probs.shape[1:]:
         raise ValueError(f"negatives must be MxHxW matching {probs.shape[1:]}, got {negatives.shape}")
-    vetoed = negatives.max(axis=0) >= threshold
-    return np.where(vetoed[None], np.float32(0.0), out)
+    return veto(out, fires(negatives, threshold))
+
+
+def fires(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Where any of several maps fires (the negative rule of `combine`).
+
+    Arguments:
+      probs: MxHxW probabilities (M >= 1).
+
+    Returns:
+      HxW bool, true where some map is >= threshold.
+    """
+    return (probs >= threshold).any(axis=0)
+
+
+def veto(prob: np.ndarray, vetoed: np.ndarray | None) -> np.ndarray:
+    """Set a map to 0 where a negative prompt fires.
+
+    Arguments:
+      prob: ...xHxW probabilities. vetoed: HxW bool from `fires`, or None for no negatives.
+
+    Returns:
+      The map (``prob`` itself without negatives).
+    """
+    return prob if vetoed is None else np.where(vetoed, np.float32(0.0), prob)
 
 
 def apply(prob: np.ndarray, post: PostProcess) -> np.ndarray:
