@@ -134,3 +134,19 @@ def test_the_fingerprint_is_a_readable_png_text_chunk(segment, photo: Path) -> N
         assert (stored["prompt"], stored["precision"], stored["device"]) == ("red car", "float32", "cpu")
         assert stored["settings"]["threshold"] == 0.5 and stored["settings"]["soft"] is True
         assert len(stored["digest"]) == 64
+
+
+def test_changed_preprocessing_of_the_modern_layout_redoes_the_outputs(photo: Path, tmp_path: Path,
+                                                                         checkpoint: Path) -> None:
+    from factory import save_modern_layout
+
+    modern = save_modern_layout(checkpoint, tmp_path / "modern")
+    args = ["segment", photo, "car", "-o", tmp_path / "out", "--weights", modern, "--json"]
+    assert clipseg(*args).records()[0]["status"] == "ok"
+    assert clipseg(*args).records()[0]["status"] == "skipped"
+    config_path = modern / "processor_config.json"
+    config = json.loads(config_path.read_text())
+    config["image_processor"]["image_mean"] = [0.5, 0.5, 0.5]  # same weights, other preprocessing
+    config_path.write_text(json.dumps(config))
+    (record,) = clipseg(*args).records()
+    assert (record["status"], record["reason"]) == ("ok", "weights changed")

@@ -17,19 +17,29 @@ from pathlib import Path
 
 from PIL import Image
 
+from clipseg_cli.constants import (
+    CONFIG_FILE,
+    MERGES_FILE,
+    PICKLE_FILE,
+    PREPROCESSOR_FILE,
+    PROCESSOR_FILE,
+    SAFETENSORS_FILE,
+    TOKENIZER_FILE,
+    VOCAB_FILE,
+)
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.visual_prompt import VisualPrompt
+from clipseg_cli.imaging.writing import PNG_SIGNATURE
 
 PNG_KEY = "clipseg"
 RECORD_VERSION = 1
 _HEAD_BYTES = 1 << 14
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _READ_BLOCK = 1 << 20
 _SHOWN_PROMPT_CHARS = 200
-# Small files of a checkpoint that change the outputs (config, preprocessing, tokenizer).
-_CHECKPOINT_FILES = ("config.json", "preprocessor_config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
-                     "special_tokens_map.json", "tokenizer.json")
-_WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
+# Small files of a checkpoint that change the outputs (config, preprocessing of both layouts, tokenizer).
+_CHECKPOINT_FILES = (CONFIG_FILE, PREPROCESSOR_FILE, PROCESSOR_FILE, VOCAB_FILE, MERGES_FILE, TOKENIZER_FILE,
+                     "tokenizer_config.json", "special_tokens_map.json")
+_WEIGHTS_FILES = (SAFETENSORS_FILE, PICKLE_FILE)  # the first present is the one loaded
 # Record field -> the reason given when it differs, in the order they are compared.
 _REASONS = {"input": "input file changed", "prompt_sha256": "prompt changed", "weights": "weights changed",
             "precision": "precision changed", "device": "device changed", "output": "output kind changed"}
@@ -144,9 +154,9 @@ def read_record(path: Path) -> dict | None:
     """
     with open(path, "rb") as stream:
         head = stream.read(_HEAD_BYTES)
-    if not head.startswith(_PNG_SIGNATURE):
+    if not head.startswith(PNG_SIGNATURE):
         return None
-    offset = len(_PNG_SIGNATURE)
+    offset = len(PNG_SIGNATURE)
     while offset + 8 <= len(head):
         length, kind = struct.unpack(">I4s", head[offset : offset + 8])
         data = head[offset + 8 : offset + 8 + length]
