@@ -187,7 +187,7 @@ def _target(path: Path, root: Path | None, output_dir: Path | None) -> Path:
 
 
 def folder_problem(folder: Path) -> str | None:
-    """Why outputs cannot be written in a folder, creating it (and its parents) where missing.
+    """Why outputs cannot be written in a folder (created later, with its parents, where missing).
 
     It must be a folder we can write in, or its nearest existing ancestor must be one. A test
     file is created and removed there, so that read-only mounts and immutable folders are found
