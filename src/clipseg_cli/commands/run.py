@@ -47,6 +47,8 @@ class Settings:
     template: o.Template = None
     prompt_image: o.PromptImage = None
     prompt_mask: o.PromptMask = None
+    refine: o.Refine = "none"
+    sam_weights: o.SamWeights = None
 
 
 def with_settings(command: Callable[..., None]) -> Callable[..., None]:
@@ -161,6 +163,9 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
     """
     check_texts(texts, settings)
     check_output_folders(items)
+    from clipseg_cli.refine import check_available, load_refiner
+
+    check_available(settings.refine)
     from clipseg_cli.commands.report import Reporter
     from clipseg_cli.engine import Engine
     from clipseg_cli.outputs import OutputPlan
@@ -175,11 +180,13 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
     segmenter = Segmenter.from_pretrained(settings.weights, device=settings.device, precision=settings.precision,
                                           offline=settings.offline or None, revision=settings.revision,
                                           progress=not settings.quiet)
+    refiner = load_refiner(settings.refine, sam_weights=settings.sam_weights, device=str(segmenter.device),
+                           offline=settings.offline or None, progress=not settings.quiet)
     engine = Engine(segmenter, prompts, plan=plan, names=names, negatives=settings.negative or [],
                     union=settings.union, batch_size=settings.batch_size, force=settings.force,
                     max_pixels=settings.max_pixels, trim=True, stats=settings.json,
                     protected=[item.source for item in items] + (settings.prompt_image or [])
-                    + (settings.prompt_mask or []))
+                    + (settings.prompt_mask or []), refiner=refiner)
     if settings.verbose:
         dtype = str(segmenter.dtype).removeprefix("torch.")
         reporter.info(f"device {segmenter.device}, precision {dtype} ({settings.precision} asked), "
