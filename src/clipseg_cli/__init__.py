@@ -2,9 +2,11 @@
 
 Public API::
 
-    from clipseg_cli import Segmenter
+    from PIL import Image
+    from clipseg_cli import Segmenter, refine_map
     seg = Segmenter.from_pretrained("CIDAS/clipseg-rd64-refined", device="cpu", precision="fp32")
     probs = seg.predict("photo.jpg", ["red car", "tree"])  # float32 (2, height, width) in [0, 1]
+    edges = refine_map(Image.open("photo.jpg"), probs[0], "guided")  # the map along the object's edges
 
 Names are imported lazily so that ``clipseg --help`` starts without importing torch.
 """
@@ -28,6 +30,7 @@ _EXPORTS = {
     "ClipSegConfig": "clipseg_cli.modeling",
     "Segmenter": "clipseg_cli.predictor",
     "PostProcess": "clipseg_cli.postprocess",
+    "refine_map": "clipseg_cli.refine",
     "available_models": "clipseg_cli.checkpoints.registry",
     "download": "clipseg_cli.checkpoints.download",
     "ClipSegError": "clipseg_cli.errors",
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
     from clipseg_cli.modeling import ClipSeg, ClipSegConfig
     from clipseg_cli.postprocess import PostProcess
     from clipseg_cli.predictor import Segmenter
+    from clipseg_cli.refine import refine_map
 
 
 def __getattr__(name: str):

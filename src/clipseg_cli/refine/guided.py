@@ -67,7 +67,8 @@ def guided_upsample(image: np.ndarray, guide: np.ndarray, coarse: np.ndarray, *,
     for _ in range(passes - 1):  # the middle passes stay at the reduced size
         coarse = np.clip(_apply(*_coefficients(guide, coarse, stats, radius), guide), 0.0, 1.0)
     a, b = _coefficients(guide, coarse, stats, radius)
-    full = image.astype(np.float32) * np.float32(1 / 255)
+    full = image.astype(np.float32)
+    full *= np.float32(1 / 255)
     return np.clip(_apply(cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR),
                           cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR), full), 0.0, 1.0)
 
@@ -111,8 +112,8 @@ def _coefficients(guide: np.ndarray, prob: np.ndarray, stats: tuple[np.ndarray, 
 
 
 def _apply(a: np.ndarray, b: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """Returns: HxW float32 a . I + b. a: HxWx3, b: HxW, image: HxWx3 float32."""
-    out = b.copy()
+    """Returns: HxW float32 a . I + b, computed in ``b`` (which the caller hands over).
+    a: HxWx3, b: HxW, image: HxWx3 float32."""
     for channel in range(3):
-        out += a[..., channel] * image[..., channel]
-    return out
+        b += a[..., channel] * image[..., channel]
+    return b
