@@ -128,6 +128,19 @@ def test_cli_refine_writes_the_api_mask_and_says_so_in_json(edge_photo: Path, ch
     assert (expected != api_mask(checkpoint, edge_photo, "none", PostProcess(dilate=1))).any()
 
 
+def test_batch_refines_the_union_once_after_the_prompt_algebra(edge_photo: Path, checkpoint: Path,
+                                                               tmp_path: Path) -> None:
+    done = clipseg("batch", edge_photo.parent, "-p", "car", "-p", "tree", "--union", "--refine", "guided", "--weights",
+                   checkpoint, "--precision", "fp32", "-o", tmp_path / "out", "--json", "--no-overlay")
+    assert done.code == 0, done.stderr
+    [record] = done.records()
+    assert record["refine"] == "guided"
+    probs = Segmenter.from_pretrained(str(checkpoint), device="cpu", precision="fp32").predict(edge_photo,
+                                                                                               ["car", "tree"])
+    expected = mask_and_map(refine_map(Image.open(edge_photo), probs.max(axis=0), "guided"), PostProcess())[0]
+    assert (read_mask(Path(record["mask"])) == expected).all()
+
+
 def test_matting_cutout_carries_the_estimated_foreground_colours(edge_photo: Path, checkpoint: Path,
                                                                  tmp_path: Path) -> None:
     done = clipseg("segment", edge_photo, "car", "--weights", checkpoint, "--precision", "fp32", "--refine",

@@ -15,7 +15,9 @@ per image and reused for every prompt of that image.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +85,23 @@ def _inner_points(region: np.ndarray, count: int) -> list[tuple[float, float]]:
     return found
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Load without transformers' progress bar and notes (e.g. its PIL fallback without torchvision):
+    our own progress and errors are what the user sees."""
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
 class SamRefiner:
     """A SAM checkpoint loaded once, turning CLIPSeg maps into SAM's masks (`refine`)."""
 
@@ -109,8 +128,9 @@ class SamRefiner:
 
         folder = locate(name, revision=revision, offline=offline, progress=progress)
         try:
-            model = SamModel.from_pretrained(folder).to(device).eval()
-            processor = SamProcessor.from_pretrained(folder)
+            with _quiet_transformers():
+                model = SamModel.from_pretrained(folder).to(device).eval()
+                processor = SamProcessor.from_pretrained(folder)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             summary = (str(exc).strip().splitlines() or [""])[0]
             raise ClipSegError(f"{name}: not a loadable SAM checkpoint ({type(exc).__name__}: {summary}); "
