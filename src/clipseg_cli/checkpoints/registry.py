@@ -39,7 +39,8 @@ REGISTRY: dict[str, CheckpointInfo] = {
 SAM_REGISTRY: dict[str, CheckpointInfo] = {
     info.hub_id: info
     for info in (
-        CheckpointInfo("nielsr/slimsam-50-uniform", "SlimSAM-50, for --refine sam (default)", 112),
+        CheckpointInfo("nielsr/slimsam-50-uniform", "SlimSAM-50 (SAM ViT-B at half width): what --refine sam uses",
+                       112),
         CheckpointInfo("facebook/sam-vit-base", "SAM ViT-B, for --refine sam --sam-weights sam-vit-base", 375),
     )
 }
