@@ -86,7 +86,8 @@ def matte(image: np.ndarray, prob: np.ndarray, *, band: float = BAND, solve_pixe
     import cv2
 
     h, w = prob.shape
-    inside = guided_refine(image, prob) >= 0.5
+    guided = guided_refine(image, prob)
+    inside = guided >= 0.5
     width = max(1, round(band * max(h, w)))
     # sure: farther than the band from the cut (distance transforms: time linear in pixels, any width)
     sure_fg = cv2.distanceTransform(inside.view(np.uint8), cv2.DIST_L2, 3) > width
@@ -95,14 +96,14 @@ def matte(image: np.ndarray, prob: np.ndarray, *, band: float = BAND, solve_pixe
     foreground = image.copy()
     unknown = ~(sure_fg | sure_bg)
     if not unknown.any() or not sure_fg.any() or not sure_bg.any():  # nothing to solve, or nothing to solve from
-        return Matte(np.where(unknown, guided_refine(image, prob), alpha), foreground)
+        return Matte(np.where(unknown, guided, alpha), foreground)
     rows, cols = np.flatnonzero(unknown.any(axis=1)), np.flatnonzero(unknown.any(axis=0))
     y0, y1 = max(0, rows[0] - width), min(h, rows[-1] + 1 + width)
     x0, x1 = max(0, cols[0] - width), min(w, cols[-1] + 1 + width)
     box = (slice(y0, y1), slice(x0, x1))
     solved = _solve(image[box], sure_fg[box], sure_bg[box], solve_pixels)
-    if solved is None:  # no sure pixels left at the reduced size: the guided map is the best estimate
-        return Matte(np.where(unknown, guided_refine(image, prob), alpha), foreground)
+    if solved is None:  # not solvable at the reduced size: the guided map is the best estimate
+        return Matte(np.where(unknown, guided, alpha), foreground)
     solved, colours = solved
     band_pixels = unknown[box]
     alpha[box][band_pixels] = solved[band_pixels]
@@ -119,7 +120,7 @@ def _solve(crop: np.ndarray, sure_fg: np.ndarray, sure_bg: np.ndarray, solve_pix
 
     Returns:
         (hxw float32 alpha, hxwx3 uint8 foreground colours), or None when the reduced trimap has
-        no sure foreground or no sure background.
+        no sure foreground or no sure background, or the solver's preconditioner fails.
     """
     import cv2
     from pymatting import estimate_alpha_cf, estimate_foreground_ml
@@ -136,7 +137,10 @@ def _solve(crop: np.ndarray, sure_fg: np.ndarray, sure_bg: np.ndarray, solve_pix
     if not (trimap == 1).any() or not (trimap == 0).any():
         return None
     pixels = small.astype(np.float64) / 255
-    alpha = estimate_alpha_cf(pixels, trimap.astype(np.float64), preconditioner=_quiet_ichol)
+    try:
+        alpha = estimate_alpha_cf(pixels, trimap.astype(np.float64), preconditioner=_quiet_ichol)
+    except ValueError:  # ichol found the system not positive definite even with its largest shift
+        return None
     alpha = np.clip(alpha, 0, 1).astype(np.float32)
     colours = estimate_foreground_ml(pixels, alpha.astype(np.float64))
     colours = np.clip(colours * 255 + 0.5, 0, 255).astype(np.uint8)
