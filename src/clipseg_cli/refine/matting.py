@@ -27,7 +27,7 @@ from clipseg_cli.refine.guided import guided_refine, guided_upsample
 # Half-width of the unknown band, as a fraction of the image's longest side.
 BAND = 1 / 60
 # The band's bounding box is reduced to at most this many pixels before solving.
-SOLVE_PIXELS = 60_000
+SOLVE_PIXELS = 25_000
 # Guided upsampling of the solved alpha: radius in reduced pixels, regularisation.
 UPSAMPLE_RADIUS = 2
 UPSAMPLE_EPS = 1e-4
