@@ -1,7 +1,7 @@
 """Mask post-processing and prompt algebra: pure numpy functions on probability maps.
 
 Conventions shared by every function here:
-- A map *fires* at a pixel where its value is ``>= threshold``. Thresholding in `apply` and the
+- A map *fires* at a pixel where its value is ``>= threshold``. Thresholding in `make_mask` and the
   negative rule in `combine` use this one comparison.
 - Dilation and erosion use a square (Chebyshev) structuring element: dilating by PX grows a
   k x k square to exactly (k + 2 PX) x (k + 2 PX); eroding by PX shrinks it by PX on each side.
@@ -30,7 +30,7 @@ _BLUR_BLOCK = 64
 
 @dataclass(frozen=True)
 class PostProcess:
-    """Settings for turning one probability map into a mask; see `apply` for the order of steps.
+    """Settings for turning one probability map into a mask; see `make_mask` for the order of steps.
 
     threshold: a pixel is foreground where its (blurred) probability is >= threshold, in (0, 1].
     blur: sigma in pixels of the Gaussian applied to the probability map first; 0 turns it off.
@@ -47,6 +47,11 @@ class PostProcess:
     invert: bool = False
 
     def __post_init__(self) -> None:
+        for name, kind in (("threshold", float), ("blur", float), ("dilate", int), ("erode", int), ("min_area", int)):
+            value = getattr(self, name)  # blur=2 and blur=2.0 must give one fingerprint
+            if kind is int and not float(value).is_integer():
+                raise ClipSegError(f"{name} must be a whole number of pixels, got {value}")
+            object.__setattr__(self, name, kind(value))
         if not 0.0 < self.threshold <= 1.0:
             raise ClipSegError(f"threshold must be in (0, 1], got {self.threshold}; pick e.g. 0.4")
         if not math.isfinite(self.blur) or self.blur < 0:
@@ -109,7 +114,7 @@ def veto(prob: np.ndarray, vetoed: np.ndarray | None) -> np.ndarray:
     return prob if vetoed is None else np.where(vetoed, np.float32(0.0), prob)
 
 
-def apply(prob: np.ndarray, post: PostProcess) -> np.ndarray:
+def make_mask(prob: np.ndarray, post: PostProcess) -> np.ndarray:
     """Turn one probability map into a mask.
 
     Steps, in this order: Gaussian blur of the probabilities (sigma `post.blur`, mirror padding),
@@ -123,11 +128,11 @@ def apply(prob: np.ndarray, post: PostProcess) -> np.ndarray:
     Returns:
       HxW bool mask.
     """
-    return refine(_blurred(prob, post) >= post.threshold, post)
+    return clean_mask(_blurred(prob, post) >= post.threshold, post)
 
 
 def mask_and_map(prob: np.ndarray, post: PostProcess) -> tuple[np.ndarray, np.ndarray]:
-    """The mask M of `apply` and the map m that soft outputs show, by one rule.
+    """The mask M of `make_mask` and the map m that soft outputs show, by one rule.
 
     m is the blurred probability (1 - it with ``invert``), set to 0 where a mask step (dilate,
     erode, min_area) removed a pixel of the thresholded mask, in the same (inverted or not)
@@ -141,7 +146,7 @@ def mask_and_map(prob: np.ndarray, post: PostProcess) -> tuple[np.ndarray, np.nd
     """
     prob = _blurred(prob, post)
     thresholded = prob >= post.threshold
-    mask = refine(thresholded, post)
+    mask = clean_mask(thresholded, post)
     soft = np.subtract(np.float32(1.0), prob) if post.invert else prob
     if post.dilate or post.erode or post.min_area > 1:
         removed = (~thresholded if post.invert else thresholded) & ~mask
@@ -157,8 +162,8 @@ def _blurred(prob: np.ndarray, post: PostProcess) -> np.ndarray:
     return gaussian_blur(prob, post.blur) if post.blur > 0 else prob
 
 
-def refine(mask: np.ndarray, post: PostProcess) -> np.ndarray:
-    """The steps of `apply` after the threshold: dilate, erode, drop small components, invert.
+def clean_mask(mask: np.ndarray, post: PostProcess) -> np.ndarray:
+    """The steps of `make_mask` after the threshold: dilate, erode, drop small components, invert.
 
     Returns:
       HxW bool mask.

@@ -1,4 +1,4 @@
-"""The part of ``segment`` and ``batch`` that is the same: load once, build prompts, run, report."""
+"""The options ``segment`` and ``batch`` share (Settings), turned into a library Job and executed with a report."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import WorkItem, folder_problem
 
 if TYPE_CHECKING:
-    from PIL import Image
+    from clipseg_cli.job import Job
 
 
 @dataclass
@@ -71,57 +71,6 @@ def with_settings(command: Callable[..., None]) -> Callable[..., None]:
     return run_command
 
 
-def build_prompts(texts: list[str], settings: Settings) -> tuple[list, list[str]]:
-    """Prompts for the engine and their names: texts (with templates), then the example images.
-
-    A template's only placeholder is ``{}``; other braces are literal text.
-
-    Returns:
-        (prompts, names).
-    """
-    from clipseg_cli.imaging.decode import open_image
-    from clipseg_cli.imaging.visual_prompt import visual_prompt
-    from clipseg_cli.predictor import Mean
-
-    prompts: list = [Mean(tuple(t.replace("{}", text) for t in settings.template)) if settings.template else text
-                     for text in texts]
-    names = list(texts)
-    refs, masks = settings.prompt_image or [], settings.prompt_mask or []
-    if masks and len(masks) != len(refs):
-        raise ClipSegError(f"give one --prompt-mask per --prompt-image ({len(refs)} images, {len(masks)} masks)")
-    if refs:
-        def decode(path: Path) -> Image.Image:
-            return open_image(path, max_pixels=settings.max_pixels).image
-
-        examples = [visual_prompt(decode(ref), decode(mask)) if mask else decode(ref)
-                    for ref, mask in zip(refs, masks or [None] * len(refs), strict=True)]
-        prompts.append(Mean(tuple(examples)) if len(examples) > 1 else examples[0])
-        names.append("image " + " ".join(ref.stem for ref in refs))
-    if not prompts:
-        raise ClipSegError("give at least one prompt (text, -p/--prompt, --prompts-file or --prompt-image)")
-    return prompts, names
-
-
-def check_texts(texts: list[str], settings: Settings) -> None:
-    """Refuse prompts, negatives and templates that are not valid UTF-8, and templates without one ``{}``."""
-    for option, values in (("prompt", texts), ("--negative", settings.negative), ("--template", settings.template)):
-        for text in values or []:
-            check_text(option, text)
-    for template in settings.template or []:
-        if template.count("{}") != 1:
-            raise ClipSegError(f"--template {template!r} must contain {{}} exactly once")
-
-
-def check_text(option: str, text: str) -> None:
-    """Refuse a text that is not valid UTF-8: argv bytes that are not arrive as surrogate escapes."""
-    from clipseg_cli.commands.report import printable
-
-    shown = printable(text)
-    if shown is not text:
-        raise ClipSegError(f'{option} "{shown}" is not valid UTF-8 (the bad bytes are shown as \\xNN); '
-                           "give it as UTF-8 text (check the terminal's or the script's encoding)")
-
-
 def check_output_dir(value: str | None) -> Path | None:
     """Refuse an --output-dir that is empty, or that we could not write in or create, before any work.
 
@@ -138,19 +87,23 @@ def check_output_dir(value: str | None) -> Path | None:
     return Path(value)
 
 
-def check_output_folders(items: list[WorkItem]) -> None:
-    """Refuse the run, before the model loads, when the outputs of an existing input could not be written.
+def job_of(texts: list[str], settings: Settings) -> Job:
+    """The library Job that the options ask for.
 
-    Raises:
-        ClipSegError: naming the first such folder.
+    Returns:
+        The Job; the model and the inputs are not part of it.
     """
-    checked: set[Path] = set()
-    for item in items:
-        if item.output_dir not in checked and item.source.exists():
-            checked.add(item.output_dir)
-            problem = folder_problem(item.output_dir)
-            if problem:
-                raise ClipSegError(f"output folder {item.output_dir}: {problem}")
+    from clipseg_cli.job import Job
+    from clipseg_cli.outputs import OutputPlan
+    from clipseg_cli.postprocess import PostProcess
+
+    post = PostProcess(threshold=settings.threshold, blur=settings.blur, dilate=settings.dilate, erode=settings.erode,
+                       min_area=settings.min_area, invert=settings.invert)
+    plan = OutputPlan(overlay=settings.overlay, soft=settings.soft, cutout=settings.cutout, post=post)
+    return Job(texts, templates=settings.template or (), prompt_images=settings.prompt_image or (),
+               prompt_masks=settings.prompt_mask or (), negatives=settings.negative or (), union=settings.union,
+               plan=plan, force=settings.force, max_pixels=settings.max_pixels, batch_size=settings.batch_size,
+               stats=settings.json)
 
 
 def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
@@ -159,33 +112,23 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
     Returns:
         The exit code: 0 all done, 1 some image failed.
     """
-    check_texts(texts, settings)
-    check_output_folders(items)
     from clipseg_cli.commands.report import Reporter
-    from clipseg_cli.engine import Engine
-    from clipseg_cli.outputs import OutputPlan
-    from clipseg_cli.postprocess import PostProcess
     from clipseg_cli.predictor import Segmenter
 
-    post = PostProcess(threshold=settings.threshold, blur=settings.blur, dilate=settings.dilate, erode=settings.erode,
-                       min_area=settings.min_area, invert=settings.invert)
-    plan = OutputPlan(overlay=settings.overlay, soft=settings.soft, cutout=settings.cutout, post=post)
-    prompts, names = build_prompts(texts, settings)
+    job = job_of(texts, settings)
+    job.check(items)
+    prompts = job.prompts()
     reporter = Reporter(len(items), json_lines=settings.json, quiet=settings.quiet)
     segmenter = Segmenter.from_pretrained(settings.weights, device=settings.device, precision=settings.precision,
                                           offline=settings.offline or None, revision=settings.revision,
                                           progress=not settings.quiet)
-    engine = Engine(segmenter, prompts, plan=plan, names=names, negatives=settings.negative or [],
-                    union=settings.union, batch_size=settings.batch_size, force=settings.force,
-                    max_pixels=settings.max_pixels, trim=True, stats=settings.json,
-                    protected=[item.source for item in items] + (settings.prompt_image or [])
-                    + (settings.prompt_mask or []))
+    engine = job.engine(segmenter, items, prompts=prompts, trim=True)
     if settings.verbose:
         dtype = str(segmenter.dtype).removeprefix("torch.")
         reporter.info(f"device {segmenter.device}, precision {dtype} ({settings.precision} asked), "
                       f"batch size {engine.batch_size}, {len(items)} image(s)")
     try:
-        for result in engine.run(items):
+        for result in engine.process(items):
             reporter.add(result)
     finally:
         for result in engine.unreported():  # written before a Ctrl-C, a signal or a closed stdout
