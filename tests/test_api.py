@@ -101,3 +101,10 @@ def test_each_python_example_writes_the_files_of_its_command(
             if name.endswith(".mask.png"):  # on the tiny model too, each example shows a real mask
                 values = set(np.unique(np.asarray(Image.open(io.BytesIO(content)))))
                 assert values == {0, 255}, f"{command}: {name} is all {values}; pick prompts the fixture tells apart"
+
+
+def test_every_public_name_resolves() -> None:
+    import clipseg_cli
+
+    missing = [name for name in clipseg_cli.__all__ if getattr(clipseg_cli, name, None) is None]
+    assert not missing, f"clipseg_cli.__all__ names what it cannot give: {missing}"

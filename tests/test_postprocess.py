@@ -287,6 +287,40 @@ def test_huge_radii_are_clamped_to_the_image_and_stay_exact() -> None:
     assert np.allclose(gaussian_blur(prob, 1e12), weights[0] @ prob @ weights[1], atol=1e-6)
 
 
+def mirrored_blur(prob: np.ndarray, sigma: float) -> np.ndarray:
+    """The blur written out in float64: mirror padding (edge pixel not repeated), a kernel to 4 sigma."""
+    kernel = gaussian_kernel(sigma).astype(np.float64)
+    padded = np.pad(prob.astype(np.float64), len(kernel) // 2, mode="reflect")
+    rows = np.apply_along_axis(np.convolve, 0, padded, kernel, "valid")
+    return np.apply_along_axis(np.convolve, 1, rows, kernel, "valid")
+
+
+def square_window_any(mask: np.ndarray, px: int, outside: bool) -> np.ndarray:
+    """Whether a (2 px + 1)^2 window holds a foreground pixel, written out with an integral image."""
+    padded = np.pad(mask, px, constant_values=outside).astype(np.int64)
+    integral = np.pad(padded.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    k, (h, w) = 2 * px + 1, mask.shape
+    sums = integral[k : k + h, k : k + w] - integral[:h, k : k + w] - integral[k : k + h, :w] + integral[:h, :w]
+    return sums > 0
+
+
+def test_blur_equals_the_mirrored_convolution() -> None:
+    prob = np.random.default_rng(5).random((2, 61, 47)).astype(np.float32)
+    for sigma in (0.5, 1.5, 4.0, 11.0):  # the last kernel is as wide as the image: the folded path
+        blurred = gaussian_blur(prob, sigma)
+        for plane, out in zip(prob, blurred, strict=True):
+            assert np.abs(out - mirrored_blur(plane, sigma)).max() < 1e-6, sigma
+
+
+@pytest.mark.parametrize("px", [1, 3, 96, 97, 140])  # both sides of OPENCV_MAX_RADIUS
+def test_dilate_and_erode_equal_the_square_window_at_every_radius(px: int) -> None:
+    sparse = np.random.default_rng(px).random((160, 230)) > 0.995  # specks to grow
+    dense = np.random.default_rng(px + 1).random((160, 230)) > 0.0002  # few holes: erosion reaches the border
+    for mask in (sparse, dense):
+        assert np.array_equal(dilate(mask, px), square_window_any(mask, px, outside=False))
+        assert np.array_equal(erode(mask, px), ~square_window_any(~mask, px, outside=False))
+
+
 @pytest.mark.parametrize("blur", [float("inf"), float("nan"), -1.0])
 def test_blur_must_be_a_finite_number(blur: float) -> None:
     with pytest.raises(ClipSegError, match="blur must be a finite number"):
