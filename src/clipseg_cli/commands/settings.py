@@ -61,14 +61,14 @@ def with_settings(command: Callable[..., None]) -> Callable[..., None]:
     names = {f.name for f in fields(Settings)}
 
     @functools.wraps(command)
-    def run_command(**kwargs) -> None:
+    def command_with_settings(**kwargs) -> None:
         settings = Settings(**{name: kwargs.pop(name) for name in names})
         command(settings=settings, **kwargs)
 
     parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
-    run_command.__signature__ = inspect.Signature(parameters)
-    run_command.__annotations__ = {p.name: p.annotation for p in parameters}
-    return run_command
+    command_with_settings.__signature__ = inspect.Signature(parameters)
+    command_with_settings.__annotations__ = {p.name: p.annotation for p in parameters}
+    return command_with_settings
 
 
 def check_output_dir(value: str | None) -> Path | None:
