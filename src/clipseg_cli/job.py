@@ -73,19 +73,21 @@ class Job:
                              prompt_masks=self.prompt_masks, max_pixels=self.max_pixels)
 
     def engine(self, segmenter: Segmenter, items: Sequence[WorkItem] = (), *,
-               prompts: tuple[list[Prompt], list[str]] | None = None, trim: bool = False) -> Engine:
+               prompts: tuple[list[Prompt], list[str]] | None = None, trim: bool = False,
+               protected: Iterable[PathLike] = ()) -> Engine:
         """The Engine that runs this job; the inputs and the prompt files are protected from being written.
 
         Arguments:
             items: the work items (their sources are protected). prompts: from `prompts`, when built
                 already. trim: free the text tower once the prompts are embedded (the segmenter then
-                takes no new prompts).
+                takes no new prompts). protected: more files never to write (e.g. the inputs of a
+                whole run when ``items`` are a part of it).
 
         Returns:
             The Engine; `Engine.process` runs it.
         """
         prompts, names = prompts or self.prompts()
-        protected = [item.source for item in items] + list(self.prompt_images) + list(self.prompt_masks)
+        protected = [*(item.source for item in items), *protected, *self.prompt_images, *self.prompt_masks]
         return Engine(segmenter, prompts, plan=self.plan, names=names, negatives=list(self.negatives),
                       union=self.union, batch_size=self.batch_size, force=self.force, max_pixels=self.max_pixels,
                       trim=trim, stats=self.stats, protected=protected)
