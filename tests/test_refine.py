@@ -20,6 +20,8 @@ from huggingface_hub import constants as hf_constants
 from PIL import Image
 
 from clipseg_cli.fingerprint import read_record
+from clipseg_cli.job import Job
+from clipseg_cli.outputs import OutputPlan
 from clipseg_cli.postprocess import PostProcess, mask_and_map
 from clipseg_cli.predictor import Segmenter
 from clipseg_cli.refine import refine_map
@@ -126,6 +128,19 @@ def test_cli_refine_writes_the_api_mask_and_says_so_in_json(edge_photo: Path, ch
     expected = api_mask(checkpoint, edge_photo, method, PostProcess(dilate=1))
     assert (read_mask(tmp_path / "out" / "edge.car.mask.png") == expected).all()
     assert (expected != api_mask(checkpoint, edge_photo, "none", PostProcess(dilate=1))).any()
+
+
+def test_a_job_with_refine_writes_the_files_of_the_cli(edge_photo: Path, checkpoint: Path, tmp_path: Path) -> None:
+    done = clipseg("segment", edge_photo, "car", "--weights", checkpoint, "--precision", "fp32", "--refine",
+                   "matting", "--cutout", "-o", tmp_path / "cli")
+    assert done.code == 0, done.stderr
+    segmenter = Segmenter.from_pretrained(str(checkpoint), device="cpu", precision="fp32")
+    job = Job(["car"], refine="matting", plan=OutputPlan(cutout=True))
+    assert [r.refine for r in job.segment(segmenter, [edge_photo], output_dir=tmp_path / "api")] == ["matting"]
+    files = sorted(p.name for p in (tmp_path / "cli").iterdir())
+    assert len(files) == 3 and files == sorted(p.name for p in (tmp_path / "api").iterdir())
+    for name in files:
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "api" / name).read_bytes()
 
 
 def test_batch_refines_the_union_once_after_the_prompt_algebra(edge_photo: Path, checkpoint: Path,
