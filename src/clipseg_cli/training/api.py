@@ -14,6 +14,7 @@ from pathlib import Path
 
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 from clipseg_cli.errors import ClipSegError
+from clipseg_cli.inputs import folder_problem
 from clipseg_cli.postprocess import PostProcess
 from clipseg_cli.training.evaluate import Outcome, evaluate_segmenter
 from clipseg_cli.training.manifest import Manifest, Record, check_files, read_manifest
@@ -133,6 +134,9 @@ def train(manifest: str | Path, *, weights: str | Path = DEFAULT_MODEL, out_dir:
 
     options = options or TrainOptions()
     out = Path(out_dir)
+    problem = folder_problem(out)
+    if problem:
+        raise ClipSegError(f"--output-dir {out}: {problem}")
     if not resume and out.exists() and any(out.iterdir()):
         hint = "continue it with --resume" if (out / STATE_FILE).is_file() else "give an empty or new folder"
         raise ClipSegError(f"--output-dir {out}: not empty; {hint}")

@@ -122,7 +122,7 @@ class Trainer:
             self._load_state()
         else:
             copy_processing_files(self.base, self.out_dir)
-            self._finish_epoch(0, None, time.perf_counter())  # the base model is epoch 0
+            self._finish_epoch(0, None, 0.0)  # the base model is epoch 0
         targets = Targets(self.data.train, self.data.entries, self.options.variants,
                           self.segmenter.preprocessing.size, self.activations.cache.folder)
         try:
@@ -130,7 +130,7 @@ class Trainer:
                 epoch = len(self.history)
                 started = time.perf_counter()
                 loss = self._train_epoch(epoch, targets)
-                self._finish_epoch(epoch, loss, started)
+                self._finish_epoch(epoch, loss, time.perf_counter() - started)
         finally:
             targets.close()
         return self._log_record()
@@ -200,13 +200,17 @@ class Trainer:
             score_image(scores, group, logits, entry.size, post)
         return scores.summary()
 
-    def _finish_epoch(self, epoch: int, loss: float | None, started: float) -> None:
-        """Validate, keep the checkpoint when it is the best so far, save the state and the log."""
+    def _finish_epoch(self, epoch: int, loss: float | None, seconds: float) -> None:
+        """Validate, keep the checkpoint when it is the best so far, save the state and the log.
+
+        Arguments:
+            seconds: how long the epoch's training took (without validation and saving).
+        """
         val = self.validate()
         miou = val["miou"] if val else None
         improved = epoch == 0 or (miou is not None and (self.best is None or miou > self.best)) or val is None
         self.history.append({"epoch": epoch, "steps": self.step, "loss": loss, "val": val,
-                             "seconds": round(time.perf_counter() - started, 3),
+                             "seconds": round(seconds, 3),
                              "image_tower_passes": self.activations.computed})
         if improved:
             self.best, self.best_epoch = miou, epoch
