@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: bench.py's, built if missing)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 8 records, 2 epochs")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     return parser.parse_args(argv)
@@ -77,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error")
     if args.quick:
         args.records, args.epochs = 8, 2
-    checkpoint = build_checkpoint(HERE / ".cache" / ("quick-rd64-refined" if args.quick else "full-rd64-refined"),
-                                  tiny=args.quick)
+    checkpoint = args.checkpoint or build_checkpoint(
+        HERE / ".cache" / ("quick-rd64-refined" if args.quick else "full-rd64-refined"), tiny=args.quick)
     from clipseg_cli.training.api import train
     from clipseg_cli.training.trainer import TrainOptions
 
