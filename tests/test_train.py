@@ -61,6 +61,10 @@ def test_training_lifts_val_miou_from_the_base_to_over_0_8(trained: Path, task: 
     assert log["data"]["manifest"] == str(task["train"]) and log["val"]["manifest"] == str(task["val"])
     assert log["options"]["lr"] == 1e-2 and log["base"]["weights"] == str(task["base"])
     assert log["epochs"][log["best_epoch"]]["val"]["miou"] == best
+    # the image tower ran once per (image, variant): validation images at epoch 0, training images
+    # (2 variants each) in epoch 1, never again
+    passes = [epoch["image_tower_passes"] for epoch in log["epochs"]]
+    assert passes[0] == 8 and passes[1] == passes[-1] == 8 + 48 * 2
     assert load_file(trained / "model.safetensors") and (trained / "resume.pt").is_file()
 
 
@@ -104,6 +108,13 @@ def test_same_seed_same_weights(task: dict[str, Path], capsys) -> None:
     a, b, c = weights(runs / "a"), weights(runs / "b"), weights(runs / "c")
     assert all(torch.equal(a[key], b[key]) for key in a)
     assert not all(torch.equal(a[key], c[key]) for key in a)
+    # run b found every activation in the cache that run a filled
+    assert json.loads((runs / "b" / "training.json").read_text())["epochs"][-1]["image_tower_passes"] == 0
+    # a cache of size 0 stores nothing on disk, and gives the same weights
+    assert main(train_args(task, "small", runs / "d", *options, "--cache-size", "0", "--cache-dir",
+                           str(runs / "empty-cache"))) == 0
+    assert not list((runs / "empty-cache").glob("*.npy"))
+    assert all(torch.equal(a[key], weights(runs / "d")[key]) for key in a)
     # --resume with other options is refused, naming what differs
     assert main(train_args(task, "small", runs / "a", *options, "--lr", "0.5", "--resume")) == 2
     assert "other options (lr differ)" in capsys.readouterr().err
