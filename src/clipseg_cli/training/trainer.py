@@ -150,7 +150,10 @@ class Trainer:
         batches = batches[: self.total_steps - self.step]
         self.decoder.train()
         losses = []
-        bar = tqdm(batches, desc=f"epoch {epoch}/{self.epochs}", unit="step", leave=False, disable=not self.progress)
+        last = self.history[-1]["val"] if self.history else None
+        shown = f" (val mIoU {last['miou']:.3f})" if last and last["miou"] is not None else ""
+        bar = tqdm(batches, desc=f"epoch {epoch}/{self.epochs}{shown}", unit="step", leave=False,
+                   disable=not self.progress)
         for batch in bar:
             losses.append(self._step(batch, variants[batch], targets))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
