@@ -89,7 +89,8 @@ def _run(evaluation, json_output: bool, per_record: bool, quiet: bool) -> None:
         if outcome.error:
             bar.write(printable(f"skipped: {outcome.error}"), file=sys.stderr)
         if per_record and json_output:
-            print(json.dumps(outcome.to_json(), ensure_ascii=False), flush=True)
+            line = {key: printable(v) if isinstance(v, str) else v for key, v in outcome.to_json().items()}
+            print(json.dumps(line, ensure_ascii=False), flush=True)
         elif per_record and outcome.iou is not None:
             print(printable(f"{outcome.iou:.4f}  {outcome.record.image}  {outcome.record.prompt}"), flush=True)
     bar.close()
