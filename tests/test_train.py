@@ -174,6 +174,15 @@ def test_bad_records_stop_training_unless_skip_bad(task: dict[str, Path], tmp_pa
     assert log["data"]["skipped"] == 1 and log["data"]["records"] + log["val"]["records"] == 6
 
 
+def test_mixed_precision_training_gives_a_checkpoint_that_loads(task: dict[str, Path], tmp_path: Path) -> None:
+    args = train_args(task, "small", tmp_path / "bf16", "--steps", "3")
+    args[args.index("fp32")] = "bf16"
+    assert main(args) == 0
+    log = json.loads((tmp_path / "bf16" / "training.json").read_text())
+    assert log["base"]["precision"] == "bfloat16" and all(np.isfinite(e["loss"]) for e in log["epochs"][1:])
+    assert load_file(tmp_path / "bf16" / "model.safetensors")["decoder.film_mul.weight"].dtype == torch.float32
+
+
 def test_a_used_output_folder_is_refused(task: dict[str, Path], tmp_path: Path, capsys) -> None:
     (tmp_path / "keep.txt").write_text("mine")
     assert main(train_args(task, "small", tmp_path, "--steps", "1")) == 2

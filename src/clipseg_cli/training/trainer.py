@@ -1,7 +1,8 @@
 """Fine-tune CLIPSeg's decoder on a manifest, with both CLIP towers frozen, as the paper trained it.
 
 Binary cross-entropy on the logits at the model's input size, AdamW, the learning rate decaying
-along a cosine from ``lr`` to ``lr / 10``. The frozen towers' outputs (image activations per
+along a cosine from ``lr`` to ``lr / 10``; fp32 weights, with bf16 products (autocast) when the
+towers run at a fast precision (the paper trained with amp). The frozen towers' outputs (image activations per
 augmentation variant, prompt embeddings) are computed once (`features`), so that after the first
 epoch an epoch costs the decoder alone. After each epoch the validation records are scored as
 ``clipseg eval`` scores them; the best checkpoint by validation mIoU is the one in OUT_DIR.
@@ -79,6 +80,15 @@ def split_by_image(records: Sequence[Record], fraction: float, seed: int) -> tup
     return train, val
 
 
+def mixed_precision(dtype: torch.dtype, device: torch.device) -> bool:
+    """Train the decoder in mixed bf16 precision when the image tower runs at a fast precision and the
+    device has bf16 (fp32 stays exact; fp16 would need loss scaling).
+    """
+    if dtype == torch.float32:
+        return False
+    return device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+
 def cosine_lr(step: int, total: int, lr: float) -> float:
     """The learning rate at ``step`` of ``total``: a cosine from lr down to lr * FINAL_LR_FACTOR."""
     final = lr * FINAL_LR_FACTOR
@@ -102,6 +112,7 @@ class Trainer:
         height, width = segmenter.preprocessing.size
         patch = segmenter.model.config.patch_size
         self.grid = (height // patch, width // patch)
+        self.mixed = mixed_precision(segmenter.dtype, segmenter.device)
         self.optimizer = torch.optim.AdamW(self.decoder.parameters(), lr=options.lr,
                                            weight_decay=options.weight_decay)
         per_epoch = max(1, math.ceil(len(data.train) / options.batch_size))
@@ -175,8 +186,9 @@ class Trainer:
                                                                                           strict=True)]))
         for group in self.optimizer.param_groups:
             group["lr"] = cosine_lr(self.step, self.total_steps, self.options.lr)
-        logits = self.decoder(list(features.unbind(1)), conditional, self.grid)
-        loss = F.binary_cross_entropy_with_logits(logits, truth.to(logits.device))
+        with self._autocast():
+            logits = self.decoder(list(features.unbind(1)), conditional, self.grid)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), truth.to(logits.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -199,9 +211,14 @@ class Trainer:
             entry = self.data.entries[str(group[0].image)]
             features = torch.from_numpy(np.array(self.activations.get(entry, 0))[None]).to(self.segmenter.device)
             conditional = torch.stack([self.data.embeddings[r.prompt] for r in group]).to(self.segmenter.device)
-            logits = self.decoder(list(features.unbind(1)), conditional, self.grid).float().cpu()
+            with self._autocast():
+                logits = self.decoder(list(features.unbind(1)), conditional, self.grid).float().cpu()
             score_image(scores, group, logits, entry.size, post)
         return scores.summary()
+
+    def _autocast(self) -> torch.autocast:
+        """bf16 matrix products with fp32 weights (mixed precision, as the paper's amp) unless fp32."""
+        return torch.autocast(self.segmenter.device.type, dtype=torch.bfloat16, enabled=self.mixed)
 
     def _finish_epoch(self, epoch: int, loss: float | None, seconds: float) -> None:
         """Validate, keep the checkpoint when it is the best so far, save the state and the log.
