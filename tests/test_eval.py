@@ -140,3 +140,18 @@ def test_eval_table_for_people(checkpoint: Path, tmp_path: Path, capsys) -> None
     out = capsys.readouterr().out
     for name in ("mIoU", "IoU (foreground)", "IoU (binary)", "AP", "best threshold"):
         assert name in out
+
+
+def test_one_image_tower_pass_per_image_for_all_its_prompts(checkpoint: Path, tmp_path: Path) -> None:
+    from clipseg_cli.postprocess import PostProcess
+    from clipseg_cli.training.api import evaluate
+
+    manifest = _write_records(tmp_path)  # a.png with two prompts, b.png with one
+    evaluation = evaluate(manifest, weights=checkpoint, device="cpu", precision="fp32", post=PostProcess())
+    model = evaluation.segmenter.model
+    calls = []
+    encode = model.encode_image
+    model.encode_image = lambda pixels: calls.append(pixels.shape[0]) or encode(pixels)  # counts, then runs
+    outcomes = list(evaluation.outcomes())
+    assert [o.record.image.name for o in outcomes] == ["a.png", "a.png", "b.png"]  # grouped by image
+    assert calls == [1, 1]
