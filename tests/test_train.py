@@ -81,7 +81,7 @@ def test_eval_of_the_saved_model_reports_the_training_number(trained: Path, task
 def test_the_saved_model_loads_in_transformers_with_our_logits(trained: Path, task: dict[str, Path]) -> None:
     from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-    from clipseg_cli import ClipSeg
+    from clipseg_cli import load_model
 
     processor = CLIPSegProcessor.from_pretrained(trained)
     reference = CLIPSegForImageSegmentation.from_pretrained(trained).eval()
@@ -90,8 +90,8 @@ def test_the_saved_model_loads_in_transformers_with_our_logits(trained: Path, ta
     inputs = processor(text=prompts, images=[image] * len(prompts), padding=True, return_tensors="pt")
     with torch.no_grad():
         expected = reference(**inputs).logits
-        ours = ClipSeg.from_pretrained(trained)(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
-                                                attention_mask=inputs["attention_mask"])
+        ours = load_model(trained)(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
+                                   attention_mask=inputs["attention_mask"])
         base = CLIPSegForImageSegmentation.from_pretrained(task["base"]).eval()(**inputs).logits
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-5)
     assert (expected - base).abs().mean() > 0.5, "the exported decoder must be the trained one"

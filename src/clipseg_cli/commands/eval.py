@@ -51,13 +51,12 @@ def eval_command(
 
     Exit code 1 when some records were skipped (each is named on stderr), 2 when none is usable.
     """
-    from clipseg_cli.commands.report import printable
+    from clipseg_cli.errors import printable
     from clipseg_cli.postprocess import PostProcess
+    from clipseg_cli.prompts import check_texts
     from clipseg_cli.training.api import evaluate
 
-    for text in template or []:
-        if text.count("{}") != 1:
-            raise ClipSegError(f"--template {text!r} must contain {{}} exactly once")
+    check_texts([], negatives=negative or [], templates=template or [])
     post = PostProcess(threshold=threshold, blur=blur, dilate=dilate, erode=erode, min_area=min_area, invert=invert)
     evaluation = evaluate(manifest, weights=weights, device=device, precision=precision, revision=revision,
                           offline=offline or None, post=post, templates=template or [], negatives=negative or [],
@@ -79,7 +78,7 @@ def _run(evaluation, json_output: bool, per_record: bool, quiet: bool) -> None:
     """Score every record, with a progress bar; print per-record lines and skipped records as they come."""
     from tqdm import tqdm
 
-    from clipseg_cli.commands.report import printable
+    from clipseg_cli.errors import printable
 
     records = evaluation.manifest.records
     bar = tqdm(total=len(records), unit="rec", file=sys.stderr, leave=False,

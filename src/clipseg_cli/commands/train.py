@@ -60,7 +60,7 @@ def train_command(
     quiet: o.Quiet = False,
 ) -> None:
     """Train the decoder on a manifest, both CLIP towers frozen; OUT_DIR is a checkpoint for --weights."""
-    from clipseg_cli.commands.report import printable
+    from clipseg_cli.errors import printable
     from clipseg_cli.training.api import train
     from clipseg_cli.training.trainer import TrainOptions
 

@@ -16,6 +16,7 @@ from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import folder_problem
 from clipseg_cli.postprocess import PostProcess
+from clipseg_cli.prompts import text_prompt
 from clipseg_cli.training.evaluate import Outcome, evaluate_segmenter
 from clipseg_cli.training.manifest import Manifest, Record, check_files, read_manifest
 from clipseg_cli.training.metrics import Scores
@@ -32,13 +33,6 @@ def default_cache_dir() -> Path:
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
-
-
-def text_prompt(text: str, templates: Sequence[str] = ()) -> object:
-    """A record's prompt for the Segmenter: the text, or the mean over the templates filled with it."""
-    from clipseg_cli.predictor import Mean
-
-    return Mean(tuple(t.replace("{}", text) for t in templates)) if templates else text
 
 
 class Evaluation:
