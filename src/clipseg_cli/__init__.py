@@ -32,6 +32,8 @@ The names, by what they are for:
   object's edges: ``--refine guided|matting|sam``), `load_refiner` (the same, loaded once for many images).
 - Files: `Job` (one CLI run), `OutputPlan` (which files, and the mask steps), `Engine` (batches and
   I/O threads, yielding `Result`), `collect` (inputs to `WorkItem`s, as the CLI names them).
+- Your own masks: `evaluate` (the paper's metrics on a manifest, ``clipseg eval``), `train` (fine-tune
+  the decoder, ``clipseg train``) with `TrainOptions`.
 
 Names are imported lazily so that ``clipseg --help`` starts without importing torch.
 """
@@ -75,6 +77,9 @@ _EXPORTS = {
     "collect": "clipseg_cli.inputs",
     "WorkItem": "clipseg_cli.inputs",
     "ClipSegError": "clipseg_cli.errors",
+    "evaluate": "clipseg_cli.training.api",
+    "train": "clipseg_cli.training.api",
+    "TrainOptions": "clipseg_cli.training.trainer",
 }
 __all__ = [*_EXPORTS, "__version__"]
 
@@ -93,6 +98,8 @@ if TYPE_CHECKING:
     from clipseg_cli.predictor import Segmenter
     from clipseg_cli.prompts import Average, build_prompts, example_prompt, text_prompt
     from clipseg_cli.refine import load_refiner, refine_map
+    from clipseg_cli.training.api import evaluate, train
+    from clipseg_cli.training.trainer import TrainOptions
 
 
 def __getattr__(name: str):
