@@ -21,6 +21,7 @@ from clipseg_cli import __version__
 from clipseg_cli.commands.batch import batch
 from clipseg_cli.commands.download import download_weights
 from clipseg_cli.commands.segment import segment
+from clipseg_cli.commands.shards import shards
 from clipseg_cli.errors import ClipSegError, ReaderGone
 
 INTERRUPTED = 130  # the shell's code for a Ctrl-C
@@ -38,6 +39,7 @@ app = typer.Typer(
 app.command("segment", no_args_is_help=True)(segment)
 app.command("batch", no_args_is_help=True)(batch)
 app.command("download-weights")(download_weights)
+app.command("shards", no_args_is_help=True)(shards)
 
 
 def _versions(value: bool) -> None:

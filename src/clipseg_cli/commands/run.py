@@ -17,6 +17,8 @@ from clipseg_cli.inputs import WorkItem, folder_problem
 if TYPE_CHECKING:
     from PIL import Image
 
+    from clipseg_cli.engine import Engine
+
 
 @dataclass
 class Settings:
@@ -153,15 +155,15 @@ def check_output_folders(items: list[WorkItem]) -> None:
                 raise ClipSegError(f"output folder {item.output_dir}: {problem}")
 
 
-def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
-    """Check the settings, prompts and output folders, then load the model once, run every item, report.
+def build_engine(texts: list[str], settings: Settings, protected: list[Path]) -> Engine:
+    """Load the model and set up the engine for a run (also what each Ray worker calls).
+
+    Arguments:
+        protected: files never written to (every input of the run).
 
     Returns:
-        The exit code: 0 all done, 1 some image failed.
+        The Engine, its prompts embedded on first use.
     """
-    check_texts(texts, settings)
-    check_output_folders(items)
-    from clipseg_cli.commands.report import Reporter
     from clipseg_cli.engine import Engine
     from clipseg_cli.outputs import OutputPlan
     from clipseg_cli.postprocess import PostProcess
@@ -171,24 +173,65 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
                        min_area=settings.min_area, invert=settings.invert)
     plan = OutputPlan(overlay=settings.overlay, soft=settings.soft, cutout=settings.cutout, post=post)
     prompts, names = build_prompts(texts, settings)
-    reporter = Reporter(len(items), json_lines=settings.json, quiet=settings.quiet)
     segmenter = Segmenter.from_pretrained(settings.weights, device=settings.device, precision=settings.precision,
                                           offline=settings.offline or None, revision=settings.revision,
                                           progress=not settings.quiet)
-    engine = Engine(segmenter, prompts, plan=plan, names=names, negatives=settings.negative or [],
-                    union=settings.union, batch_size=settings.batch_size, force=settings.force,
-                    max_pixels=settings.max_pixels, trim=True, stats=settings.json,
-                    protected=[item.source for item in items] + (settings.prompt_image or [])
-                    + (settings.prompt_mask or []))
-    if settings.verbose:
-        dtype = str(segmenter.dtype).removeprefix("torch.")
-        reporter.info(f"device {segmenter.device}, precision {dtype} ({settings.precision} asked), "
-                      f"batch size {engine.batch_size}, {len(items)} image(s)")
+    return Engine(segmenter, prompts, plan=plan, names=names, negatives=settings.negative or [],
+                  union=settings.union, batch_size=settings.batch_size, force=settings.force,
+                  max_pixels=settings.max_pixels, trim=True, stats=settings.json,
+                  protected=[*protected, *(settings.prompt_image or []), *(settings.prompt_mask or [])])
+
+
+def execute(items: list[WorkItem], texts: list[str], settings: Settings, *, protected: list[Path] | None = None,
+            ray: RayOptions | None = None, kept: list[str] | None = None) -> int:
+    """Check the settings, prompts and output folders, then load the model once, run every item, report.
+
+    Arguments:
+        protected: the inputs never written to (default: the items'; a shard gives every input of the run).
+        ray: run on a Ray cluster instead of here. kept: receives every result's JSON line.
+
+    Returns:
+        The exit code: 0 all done, 1 some image failed.
+    """
+    check_texts(texts, settings)
+    check_output_folders(items)
+    from clipseg_cli.commands.report import Reporter
+
+    protected = [item.source for item in items] if protected is None else protected
+    reporter = Reporter(len(items), json_lines=settings.json, quiet=settings.quiet, kept=kept)
+    if ray is None:
+        engine = build_engine(texts, settings, protected)
+        if settings.verbose:
+            dtype = str(engine.segmenter.dtype).removeprefix("torch.")
+            reporter.info(f"device {engine.segmenter.device}, precision {dtype} ({settings.precision} asked), "
+                          f"batch size {engine.batch_size}, {len(items)} image(s)")
+        results, unreported = engine.run(items), engine.unreported
+    else:
+        from clipseg_cli.checkpoints.loading import checkpoint_dir
+        from clipseg_cli.ray_batch import RayBatch
+
+        build_prompts(texts, settings)  # refuse bad prompts here, before Ray starts
+        checkpoint_dir(settings.weights, offline=settings.offline or None, revision=settings.revision,
+                       progress=not settings.quiet)  # downloaded once, here, with a progress bar
+        runner = RayBatch(functools.partial(build_engine, texts, settings, protected), address=ray.address,
+                          actors=ray.actors, gpus=settings.device == "cuda", batch_size=settings.batch_size,
+                          device=settings.device)
+        if settings.verbose:
+            reporter.info(f"Ray: {runner.describe()}, {len(items)} image(s)")
+        results, unreported = runner.run(items), runner.unreported
     try:
-        for result in engine.run(items):
+        for result in results:
             reporter.add(result)
     finally:
-        for result in engine.unreported():  # written before a Ctrl-C, a signal or a closed stdout
+        for result in unreported():  # written before a Ctrl-C, a signal or a closed stdout
             reporter.add(result)
         code = reporter.close()
     return code
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where ``--ray`` runs: address None starts a local Ray, ``auto`` joins this machine's cluster."""
+
+    address: str | None = None
+    actors: int | None = None
