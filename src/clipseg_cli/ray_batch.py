@@ -11,6 +11,8 @@ the Ray Data API in `clipseg_cli.ray_data`.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING
@@ -21,7 +23,10 @@ from clipseg_cli.inputs import WorkItem
 if TYPE_CHECKING:
     from clipseg_cli.engine import Engine, Result
 
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 IN_FLIGHT = 2  # chunks queued per actor, so that none waits for the driver between chunks
+MAX_BATCHES = 2  # model batches per chunk at most: a stopped run waits for the chunks in flight
+_STOP_SECONDS = 300  # how long a stopped run waits for them at most
 _AHEAD = 4  # finished chunks held for an earlier one, at most this many times the chunks in flight
 
 
@@ -61,12 +66,17 @@ class RayBatch:
 
         self.started = not ray.is_initialized()
         if self.started:
+            handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
                          logging_level=logging.ERROR, configure_logging=True)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 raise ClipSegError(f"--ray-address {address or '(local)'}: cannot start or join Ray ({exc}); "
                                    "check the address (ray status shows it) or leave it out for a local Ray") from None
+            finally:  # Ray's own handlers abort the process: Ctrl-C, SIGTERM and SIGHUP stop a run as ours do
+                for signum, handler in handlers.items():
+                    if handler is not None and threading.current_thread() is threading.main_thread():
+                        signal.signal(signum, handler)
         resources = ray.cluster_resources()
         cpus, gpu_count = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
         self.gpus = gpus or (device == "auto" and gpu_count > 0)
@@ -91,12 +101,13 @@ class RayBatch:
         return f"{len(self.actors)} actor(s) x {'1 GPU' if self.gpus else f'{self.threads} CPU'}"
 
     def chunk_size(self, total: int) -> int:
-        """Images per task: whole model batches, about 4 tasks per actor, at most 8 batches.
+        """Images per task: whole model batches, about 4 tasks per actor, at most `MAX_BATCHES` batches.
 
-        Small enough that the actors finish together, large enough that each decodes ahead.
+        Small enough that the actors finish together and a stopped run stops soon, large enough that
+        each decodes ahead.
         """
         batches = total // (len(self.actors) * 4 * self.batch_size)
-        return self.batch_size * max(1, min(8, batches))
+        return self.batch_size * max(1, min(MAX_BATCHES, batches))
 
     def run(self, items: Sequence[WorkItem]) -> Iterator[Result]:
         """Process the items on the actors; results come in input order as each chunk finishes.
@@ -123,9 +134,10 @@ class RayBatch:
                 if not self._pending:
                     return
                 [ready], _ = ray.wait(list(self._pending), num_returns=1)
-                index, actor = self._pending.pop(ready)
-                free.append(actor)
+                index, actor = self._pending[ready]
                 self._finished[index] = ray.get(ready)
+                del self._pending[ready]  # only now: a stop during ray.get leaves it to `unreported`
+                free.append(actor)
                 while reported in self._finished:
                     results = self._finished[reported]
                     while results:  # each leaves as it is yielded: `unreported` sees the rest
@@ -137,8 +149,9 @@ class RayBatch:
                 self.close()
 
     def unreported(self) -> list[Result]:
-        """After an interrupted `run`: stop the chunks in flight (each finishes the files it is writing)
-        and give the results that finished but were not yielded.
+        """After an interrupted `run`: let the actors finish the chunks they were given (at most
+        `IN_FLIGHT` x `MAX_BATCHES` model batches each, nothing new is started), then give the results
+        not yielded yet. Cancelling would be quicker, but would lose the report of files being written.
 
         Returns:
             Those results in input order.
@@ -146,14 +159,11 @@ class RayBatch:
         import ray
 
         if self._pending:
-            for ref in self._pending:
-                with suppress(ray.exceptions.RayError, ValueError):  # a task that ended meanwhile
-                    ray.cancel(ref)
-            ready, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=30)
-            for ref in ready:
-                index, _ = self._pending.pop(ref)
-                with suppress(ray.exceptions.RayError):  # cancelled: its files are complete, a rerun reports them
-                    self._finished[index] = ray.get(ref)
+            refs = list(self._pending)
+            finished, _ = ray.wait(refs, num_returns=len(refs), timeout=_STOP_SECONDS)
+            for ref in finished:
+                with suppress(ray.exceptions.RayError):  # a chunk that failed: a rerun reports its files
+                    self._finished[self._pending[ref][0]] = ray.get(ref)
             self._pending.clear()
             self.close()
         results = [result for index in sorted(self._finished) for result in self._finished[index]]
