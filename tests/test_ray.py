@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray
 
 from clipseg_cli.outputs import OutputPlan
-from clipseg_cli.ray_data import read_images, segment, write_masks
+from clipseg_cli.ray_data import SegmentBatch, read_images, segment, write_masks
 from test_cli import Outcome, clipseg
 from test_shard import files, make_folder, run_batch
 
@@ -89,3 +90,17 @@ def test_ray_data_api_writes_the_same_files(plain, checkpoint: Path, tmp_path: P
     assert [(Path(r["path"]).name, r["prompt"]) for r in failed] == [("broken.jpg", "car"), ("broken.jpg", "tree")]
     assert str(folder / "sub" / "broken.jpg") in failed[0]["error"]
     assert len(records) == 8 * 2
+
+
+def test_segment_batch_takes_local_paths_without_ray(plain, checkpoint: Path) -> None:
+    folder, expected, _ = plain
+    segmenter = SegmentBatch(checkpoint, ["car", "tree"], precision="fp32", plan=OutputPlan())
+    paths = [folder / "a.png", folder / "sub" / "deep" / "e.png"]
+    table = segmenter({"path": np.array([str(p) for p in paths]), "folder": np.array(["", "sub/deep"])})
+    rows = table.to_pylist()
+    assert [(Path(r["path"]).name, r["prompt"], r["status"]) for r in rows] == \
+        [("a.png", "car", "ok"), ("a.png", "tree", "ok"), ("e.png", "car", "ok"), ("e.png", "tree", "ok")]
+    for row in rows:
+        for kind in ("mask", "overlay"):
+            assert row[kind] == (expected / row[f"{kind}_name"]).read_bytes()
+        assert row["cutout"] is None and 0 <= row["coverage"] <= 1

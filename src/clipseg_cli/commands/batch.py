@@ -68,7 +68,7 @@ def batch(
              "or ray://HOST:10001.")] = None,
     ray_actors: Annotated[int | None, typer.Option(
         "--ray-actors", min=1, rich_help_panel=SCALE,
-        help="Ray workers, each with one model [default: one per GPU, else one per CPU].")] = None,
+        help="Ray workers, each with one model (default: one per GPU, else one per CPU).")] = None,
     *,
     settings: Settings,
 ) -> None:
