@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING
@@ -64,6 +65,7 @@ class RayBatch:
         """
         import ray
 
+        begun = time.perf_counter()
         self.started = not ray.is_initialized()
         if self.started:
             handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
@@ -90,6 +92,7 @@ class RayBatch:
         self.actors = [remote.remote(make_engine, threads) for _ in range(count)]
         self.threads = threads
         errors = [error for error in ray.get([actor.ready.remote() for actor in self.actors]) if error]
+        self.startup = time.perf_counter() - begun  # Ray (when started here) and the actors' models
         if errors:
             self.close()
             raise ClipSegError(errors[0])
@@ -97,8 +100,9 @@ class RayBatch:
         self._finished: dict[int, list[Result]] = {}
 
     def describe(self) -> str:
-        """Returns: e.g. ``2 actor(s) x 1 CPU``, for --verbose."""
-        return f"{len(self.actors)} actor(s) x {'1 GPU' if self.gpus else f'{self.threads} CPU'}"
+        """Returns: e.g. ``2 actor(s) x 1 CPU, ready in 6.2 s``, for --verbose."""
+        return (f"{len(self.actors)} actor(s) x {'1 GPU' if self.gpus else f'{self.threads} CPU'}, "
+                f"ready in {self.startup:.1f} s")
 
     def chunk_size(self, total: int) -> int:
         """Images per task: whole model batches, about 4 tasks per actor, at most `MAX_BATCHES` batches.
