@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import ray
 
-from clipseg_cli.outputs import OutputPlan
+from clipseg_cli.job import Job
 from clipseg_cli.ray_data import SegmentBatch, read_images, segment, write_masks
 from test_cli import Outcome, clipseg
 from test_shard import files, make_folder, run_batch
@@ -82,8 +82,8 @@ def test_bad_weights_on_ray_are_a_setup_error(plain, tmp_path: Path, local_ray: 
 def test_ray_data_api_writes_the_same_files(plain, checkpoint: Path, tmp_path: Path, local_ray: None) -> None:
     folder, expected, _ = plain
     images = read_images(str(folder))
-    masks = segment(images, checkpoint, ["car", "tree"], precision="fp32", plan=OutputPlan(), batch_size=3,
-                    concurrency=1, num_cpus=1)
+    masks = segment(images, checkpoint, Job(["car", "tree"]), precision="fp32", batch_size=3, concurrency=1,
+                    num_cpus=1)
     records = write_masks(masks, str(tmp_path / "api")).take_all()
     assert files(tmp_path / "api") == files(expected)
     failed = [record for record in records if record["status"] == "failed"]
@@ -94,7 +94,7 @@ def test_ray_data_api_writes_the_same_files(plain, checkpoint: Path, tmp_path: P
 
 def test_segment_batch_takes_local_paths_without_ray(plain, checkpoint: Path) -> None:
     folder, expected, _ = plain
-    segmenter = SegmentBatch(checkpoint, ["car", "tree"], precision="fp32", plan=OutputPlan())
+    segmenter = SegmentBatch(checkpoint, Job(["car", "tree"]), precision="fp32")
     paths = [folder / "a.png", folder / "sub" / "deep" / "e.png"]
     table = segmenter({"path": np.array([str(p) for p in paths]), "folder": np.array(["", "sub/deep"])})
     rows = table.to_pylist()

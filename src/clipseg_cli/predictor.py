@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +19,9 @@ from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.imaging.visual_prompt import VisualPrompt, prepare_visual_prompt
 from clipseg_cli.modeling import ClipSeg
 from clipseg_cli.modeling.towers import trim_vision_tower
+from clipseg_cli.prompts import Average, Prompt
 from clipseg_cli.runtime import resolve_device, resolve_precision
 
-
-@dataclass(frozen=True)
-class Mean:
-    """A prompt whose embedding is the mean of its parts' (text templates, several examples)."""
-
-    parts: tuple[str | Image.Image | VisualPrompt, ...]
-
-
-Prompt = str | Image.Image | VisualPrompt | Mean  # a text, an example image (with its mask), or a mean
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
@@ -104,8 +95,8 @@ class Segmenter:
         Returns:
             PxE tensor on the model's device and dtype.
         """
-        if any(isinstance(prompt, Mean) for prompt in prompts):
-            return torch.stack([self.embed(p.parts).mean(0) if isinstance(p, Mean) else self.embed([p])[0]
+        if any(isinstance(prompt, Average) for prompt in prompts):
+            return torch.stack([self.embed(p.parts).mean(0) if isinstance(p, Average) else self.embed([p])[0]
                                 for p in prompts])
         keys = [prompt_key(prompt) for prompt in prompts]
         new = {key: p for key, p in zip(keys, prompts, strict=True) if key not in self._embeddings}
@@ -157,7 +148,7 @@ class Segmenter:
         Returns:
             float32 array (n_prompts, height, width) in [0, 1].
         """
-        prompts = [prompts] if isinstance(prompts, (str, Image.Image, VisualPrompt, Mean)) else list(prompts)
+        prompts = [prompts] if isinstance(prompts, (str, Image.Image, VisualPrompt, Average)) else list(prompts)
         if not prompts:
             raise ClipSegError("give at least one prompt")
         decoded = open_image(image, max_pixels=max_pixels)

@@ -11,10 +11,11 @@ the Ray Data API in `clipseg_cli.ray_data`.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
@@ -22,7 +23,8 @@ from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import WorkItem
 
 if TYPE_CHECKING:
-    from clipseg_cli.engine import Engine, Result
+    from clipseg_cli.engine import Result
+    from clipseg_cli.job import Job, PathLike
 
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 IN_FLIGHT = 2  # chunks queued per actor, so that none waits for the driver between chunks
@@ -34,12 +36,15 @@ _AHEAD = 4  # finished chunks held for an earlier one, at most this many times t
 class _EngineActor:
     """One Engine in one Ray worker process (see `RayBatch`)."""
 
-    def __init__(self, make_engine: Callable[[], Engine], threads: int) -> None:
+    def __init__(self, job: Job, model: Mapping[str, object], protected: list, threads: int) -> None:
         import torch
+
+        from clipseg_cli.predictor import Segmenter
 
         torch.set_num_threads(threads)
         try:
-            self.engine, self.error = make_engine(), None
+            segmenter = Segmenter.from_pretrained(**model, progress=False)
+            self.engine, self.error = job.engine(segmenter, protected=protected, trim=True), None
         except ClipSegError as exc:  # reported by `ready`: a set-up error, exit code 2
             self.engine, self.error = None, str(exc)
 
@@ -47,22 +52,24 @@ class _EngineActor:
         """Returns: the set-up error, or None once the model is loaded."""
         return self.error
 
-    def run(self, items: list[WorkItem]) -> list[Result]:
-        return list(self.engine.run(items))
+    def process(self, items: list[WorkItem]) -> list[Result]:
+        return list(self.engine.process(items))
 
 
 class RayBatch:
     """Runs an Engine per actor over chunks of work items on Ray, yielding results in input order."""
 
-    def __init__(self, make_engine: Callable[[], Engine], *, address: str | None = None, actors: int | None = None,
-                 gpus: bool = False, batch_size: int | None = None, device: str = "auto") -> None:
+    def __init__(self, job: Job, model: Mapping[str, object], *, protected: Iterable[PathLike] = (),
+                 address: str | None = None, actors: int | None = None) -> None:
         """Arguments:
-        make_engine: builds the Engine in each actor (picklable: a module-level function or a partial of one).
+        job: what to segment and write. model: `Segmenter.from_pretrained`'s arguments (name, device,
+            precision, offline, revision), for each actor. protected: files never written (the inputs).
         address: None starts a local Ray (or joins RAY_ADDRESS / a cluster `ray start` began here);
             ``auto`` joins this machine's cluster; else ``ray://host:10001`` or ``host:6379``.
-        actors: how many (default: one per GPU when running on GPUs, else one per CPU).
-        gpus: one GPU per actor; also when `device` is auto and the cluster has GPUs.
+        actors: how many (default: one per GPU when running on GPUs, else one per CPU). Each takes
+            one GPU when the device is cuda, or auto and the cluster has GPUs.
         """
+        device = str(model.get("device", "auto"))
         import ray
 
         begun = time.perf_counter()
@@ -81,15 +88,16 @@ class RayBatch:
                         signal.signal(signum, handler)
         resources = ray.cluster_resources()
         cpus, gpu_count = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
-        self.gpus = gpus or (device == "auto" and gpu_count > 0)
+        self.gpus = device == "cuda" or (device == "auto" and gpu_count > 0)
         if self.gpus and gpu_count < 1:
             raise ClipSegError("--ray with --device cuda: the Ray cluster has no GPU; use --device cpu or auto")
         count = actors or (gpu_count if self.gpus else cpus)
         threads = 1 if self.gpus else max(1, cpus // count)
-        self.batch_size = batch_size or (16 if self.gpus else 4)
+        self.batch_size = job.batch_size or (16 if self.gpus else 4)
         remote = ray.remote(num_cpus=threads, num_gpus=1 if self.gpus else 0, max_restarts=1,
                             max_task_retries=1)(_EngineActor)
-        self.actors = [remote.remote(make_engine, threads) for _ in range(count)]
+        shared = ray.put([os.fspath(path) for path in protected])  # sent once, not once per actor
+        self.actors = [remote.remote(job, dict(model), shared, threads) for _ in range(count)]
         self.threads = threads
         errors = [error for error in ray.get([actor.ready.remote() for actor in self.actors]) if error]
         self.startup = time.perf_counter() - begun  # Ray (when started here) and the actors' models
@@ -113,7 +121,7 @@ class RayBatch:
         batches = total // (len(self.actors) * 4 * self.batch_size)
         return self.batch_size * max(1, min(MAX_BATCHES, batches))
 
-    def run(self, items: Sequence[WorkItem]) -> Iterator[Result]:
+    def process(self, items: Sequence[WorkItem]) -> Iterator[Result]:
         """Process the items on the actors; results come in input order as each chunk finishes.
 
         Returns:
@@ -133,7 +141,7 @@ class RayBatch:
                     if chunk is None:
                         break
                     actor = free.pop(0)
-                    self._pending[actor.run.remote(chunk)] = (submitted, actor)
+                    self._pending[actor.process.remote(chunk)] = (submitted, actor)
                     submitted += 1
                 if not self._pending:
                     return
@@ -153,7 +161,7 @@ class RayBatch:
                 self.close()
 
     def unreported(self) -> list[Result]:
-        """After an interrupted `run`: let the actors finish the chunks they were given (at most
+        """After an interrupted `process`: let the actors finish the chunks they were given (at most
         `IN_FLIGHT` x `MAX_BATCHES` model batches each, nothing new is started), then give the results
         not yielded yet. Cancelling would be quicker, but would lose the report of files being written.
 

@@ -1,10 +1,11 @@
 """Ray Data: segment the images of a Dataset, with the masks, names and PNG records of ``clipseg batch``.
 
     import ray
+    from clipseg_cli.job import Job
     from clipseg_cli.ray_data import read_images, segment, write_masks
 
     images = read_images("s3://bucket/photos")                      # path, bytes, folder, stem
-    masks = segment(images, "CIDAS/clipseg-rd64-refined", ["car", "tree"], batch_size=16,
+    masks = segment(images, "CIDAS/clipseg-rd64-refined", Job(["car", "tree"]), batch_size=16,
                     concurrency=4, num_gpus=1)                       # one row per (image, prompt)
     written = write_masks(masks, "s3://bucket/masks")                # one record per row, no bytes
 
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from clipseg_cli.constants import DEFAULT_MAX_PIXELS, OUTPUT_KINDS
+from clipseg_cli.constants import OUTPUT_KINDS
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import IMAGE_EXTENSIONS, WorkItem, is_own_output, output_stems
 
@@ -32,8 +33,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
-    from clipseg_cli.outputs import OutputPlan
-    from clipseg_cli.predictor import Prompt
+    from clipseg_cli.job import Job
 
 RECORD_COLUMNS = ("path", "prompt", "status", "error", "coverage", "bbox", "mean_probability",
                   *(f"{kind}_name" for kind in OUTPUT_KINDS))
@@ -58,19 +58,17 @@ class SegmentBatch:
     label.mask.png``) and ``mask``, ``overlay``, ``cutout``: PNG bytes (null when not written).
     """
 
-    def __init__(self, weights: str | Path, prompts: Sequence[Prompt], *, names: Sequence[str] | None = None,
-                 negatives: Sequence[Prompt] = (), union: bool = False, plan: OutputPlan | None = None,
-                 device: str = "auto", precision: str = "auto", batch_size: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, offline: bool | None = None,
-                 revision: str | None = None) -> None:
-        """Arguments: as `clipseg_cli.engine.Engine` and `Segmenter.from_pretrained` take them."""
-        from clipseg_cli.engine import Engine
+    def __init__(self, weights: str | Path, job: Job, *, device: str = "auto", precision: str = "auto",
+                 offline: bool | None = None, revision: str | None = None) -> None:
+        """Arguments:
+        weights, device, precision, offline, revision: as `Segmenter.from_pretrained` takes them.
+        job: the prompts, output plan and mask steps (`clipseg_cli.job.Job`, what the CLI's options make).
+        """
         from clipseg_cli.predictor import Segmenter
 
         segmenter = Segmenter.from_pretrained(weights, device=device, precision=precision, offline=offline,
                                               revision=revision, progress=False)
-        self.engine = Engine(segmenter, prompts, plan=plan, names=names, negatives=negatives, union=union,
-                             batch_size=batch_size, max_pixels=max_pixels, trim=True, stats=True)
+        self.engine = job.engine(segmenter, trim=True)
 
     def __call__(self, batch: dict) -> pa.Table:
         """Segment a batch of images (a dict of columns, Ray Data's default batch format).
@@ -96,7 +94,7 @@ class SegmentBatch:
                     source.parent.mkdir(parents=True)
                     source.write_bytes(data[index])
                 items.append(WorkItem(source, Path(tmp, "out", str(index)), stems[index] or Path(name).stem))
-            results = list(self.engine.run(items))
+            results = list(self.engine.process(items))
             for index, (path, item) in enumerate(zip(paths, items, strict=True)):
                 for result in results[index * targets : (index + 1) * targets]:
                     rows.append(_row(result, path, str(item.source), folders[index]))
@@ -114,16 +112,15 @@ def _row(result, path: str, source: str, folder: str) -> dict:
     return row
 
 
-def segment(dataset: ray.data.Dataset, weights: str | Path, prompts: Sequence[Prompt], *, batch_size: int = 16,
-            concurrency: int = 1, num_gpus: float = 0, num_cpus: float = 1, **options) -> ray.data.Dataset:
+def segment(dataset: ray.data.Dataset, weights: str | Path, job: Job, *, batch_size: int = 16,
+            concurrency: int = 1, num_gpus: float = 0, num_cpus: float = 1, **model) -> ray.data.Dataset:
     """``dataset.map_batches(SegmentBatch, ...)``: `concurrency` actors, each with `num_gpus` GPUs and
-    `num_cpus` CPUs, each holding one model; `options` go to `SegmentBatch`.
+    `num_cpus` CPUs, each holding one model; `model` (device, precision, ...) goes to `SegmentBatch`.
 
     Returns:
         The lazy dataset of output rows (see `SegmentBatch`).
     """
-    return dataset.map_batches(SegmentBatch, fn_constructor_kwargs={"weights": weights, "prompts": list(prompts),
-                                                                     **options},
+    return dataset.map_batches(SegmentBatch, fn_constructor_kwargs={"weights": weights, "job": job, **model},
                                batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus, num_cpus=num_cpus)
 
 

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from clipseg_cli.commands import options as o
-from clipseg_cli.commands.run import RayOptions, Settings, check_output_dir, execute, with_settings
+from clipseg_cli.commands.settings import RayOptions, Settings, check_output_dir, execute, with_settings
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import WorkItem, collect, no_images
 from clipseg_cli.shard import Shard, forget, is_done, marker_path, parse_shard, record, run_key, select

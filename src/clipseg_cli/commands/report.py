@@ -9,7 +9,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from clipseg_cli.errors import ReaderGone
+from clipseg_cli.errors import ReaderGone, printable
 
 
 class Reporter:
@@ -79,23 +79,6 @@ def json_line(result) -> str:
     """Returns: the JSON line of one result, ending in a newline, valid UTF-8 whatever the file names."""
     record = {key: printable(value) if isinstance(value, str) else value for key, value in result.to_json().items()}
     return json.dumps(record, ensure_ascii=False) + "\n"
-
-
-def printable(text: str) -> str:
-    """Text that encodes as UTF-8 whatever it holds: each byte of a file name that is not UTF-8
-    (decoded by Python as a lone surrogate) is written as ``\\xNN``, like Python's backslashreplace.
-
-    Returns:
-        `text` itself when it is valid Unicode already.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        try:
-            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        except UnicodeEncodeError:  # a surrogate no file name decodes to
-            return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 def _is_terminal(stream: TextIO) -> bool:
