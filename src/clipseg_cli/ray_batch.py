@@ -69,9 +69,9 @@ class RayBatch:
         actors: how many (default: one per GPU when running on GPUs, else one per CPU). Each takes
             one GPU when the device is cuda, or auto and the cluster has GPUs.
         """
-        device = str(model.get("device", "auto"))
         import ray
 
+        device = str(model.get("device", "auto"))
         begun = time.perf_counter()
         self.started = not ray.is_initialized()
         if self.started:
