@@ -94,8 +94,8 @@ class RayBatch:
         count = actors or (gpu_count if self.gpus else cpus)
         threads = 1 if self.gpus else max(1, cpus // count)
         self.batch_size = job.batch_size or (16 if self.gpus else 4)
-        remote = ray.remote(num_cpus=threads, num_gpus=1 if self.gpus else 0, max_restarts=1,
-                            max_task_retries=1)(_EngineActor)
+        # no restarts: a lost actor stops the run with an error, and a rerun skips what was written
+        remote = ray.remote(num_cpus=threads, num_gpus=1 if self.gpus else 0)(_EngineActor)
         shared = ray.put([os.fspath(path) for path in protected])  # sent once, not once per actor
         self.actors = [remote.remote(job, dict(model), shared, threads) for _ in range(count)]
         self.threads = threads
