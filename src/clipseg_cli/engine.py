@@ -144,6 +144,7 @@ class Engine:
         self.model_identity = segmenter.identity
         # maps that each depend on one prompt are written by several workers at once
         self.parts = _split(len(self.targets), 1 if union or self.negatives else workers)
+        self._swept: set[os.PathLike[str]] = set()  # output folders cleared of stale temporary files
 
     def _targets(self, names: list[str], union: bool) -> list[Target]:
         """One target per prompt (or one for the union), named by `label_for`.
@@ -220,7 +221,6 @@ class Engine:
         pixel_budget = 2 * self.max_pixels
         ordered = self._slots  # one slot per item, in input order; open ones are still decoding
         decoding: deque[tuple[WorkItem, list[Result], _Slot, Future]] = deque()
-        swept: set[os.PathLike[str]] = set()
         held: tuple[WorkItem, list[Result], int] | None = None  # an item waiting for pixels to be freed
         exhausted = False
         while True:
@@ -239,8 +239,8 @@ class Engine:
                 if ordered and sum(slot.pixels for slot in ordered) + pixels > pixel_budget:
                     break
                 held = None
-                if item.output_dir not in swept:  # once per folder, before our first write there
-                    swept.add(item.output_dir)
+                if item.output_dir not in self._swept:  # once per folder, before our first write there
+                    self._swept.add(item.output_dir)
                     remove_stale_temps(item.output_dir)
                 slot = _Slot([], pixels=pixels)
                 ordered.append(slot)
