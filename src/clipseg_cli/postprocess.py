@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from clipseg_cli.errors import ClipSegError
+
+if TYPE_CHECKING:  # the blur imports torch when it runs: a run without --blur never loads it
+    import torch
 
 # Gaussian kernels reach 4 sigma on each side (as scipy.ndimage does); weight beyond is < 1e-4.
 GAUSSIAN_TRUNCATE = 4.0
@@ -227,6 +230,8 @@ def gaussian_blur(array: np.ndarray, sigma: float, *, radius: int | None = None)
     if radius >= min(h, w):  # wider than the image: fold the kernel onto the mirrored image instead of padding
         planes = array.reshape(-1, h, w)
         return _blur_folded(_blur_folded(planes, sigma, radius, 1), sigma, radius, 2).reshape(*lead, h, w)
+    import torch
+
     kernel = torch.from_numpy(gaussian_kernel(sigma, radius))
     r = radius
     padded = np.pad(array.reshape(-1, h, w), ((0, 0), (r, r), (r, r)), mode="reflect")
@@ -266,6 +271,8 @@ def _blur_folded(planes: np.ndarray, sigma: float, radius: int, axis: int) -> np
 
 def _band_matrix(kernel: torch.Tensor) -> torch.Tensor:
     """Bx(B + K - 1) matrix whose row i holds the kernel at columns i .. i + K - 1."""
+    import torch
+
     band = torch.zeros(_BLUR_BLOCK, _BLUR_BLOCK + len(kernel) - 1)
     for i in range(_BLUR_BLOCK):
         band[i, i : i + len(kernel)] = kernel
@@ -277,7 +284,9 @@ def _convolve_columns(plane: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
     block, span = band.shape
     rows, cols = plane.shape[0] - (span - block), plane.shape[1]
     n_blocks = -(-rows // block)
-    plane = torch.nn.functional.pad(plane, (0, 0, 0, n_blocks * block - rows))
+    from torch.nn.functional import pad
+
+    plane = pad(plane, (0, 0, 0, n_blocks * block - rows))
     blocks = plane.as_strided((n_blocks, span, cols), (block * cols, cols, 1))
     return (band @ blocks).reshape(n_blocks * block, cols)[:rows]
 
@@ -287,7 +296,9 @@ def _convolve_rows(plane: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
     block, span = band.shape
     rows, cols = plane.shape[0], plane.shape[1] - (span - block)
     n_blocks = -(-cols // block)
-    plane = torch.nn.functional.pad(plane, (0, n_blocks * block - cols)).contiguous()
+    from torch.nn.functional import pad
+
+    plane = pad(plane, (0, n_blocks * block - cols)).contiguous()
     blocks = plane.as_strided((rows, n_blocks, span), (plane.shape[1], block, 1))
     return (blocks @ band.T).reshape(rows, n_blocks * block)[:, :cols]
 

@@ -181,8 +181,8 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
                     protected=[item.source for item in items] + (settings.prompt_image or [])
                     + (settings.prompt_mask or []))
     if settings.verbose:
-        dtype = str(segmenter.dtype).removeprefix("torch.")
-        reporter.info(f"device {segmenter.device}, precision {dtype} ({settings.precision} asked), "
+        reporter.info(f"device {segmenter.device_type}, precision {segmenter.precision} ({settings.precision} asked) "
+                      f"on {segmenter.backend}, "
                       f"batch size {engine.batch_size}, {len(items)} image(s)")
     try:
         for result in engine.run(items):

@@ -1,0 +1,97 @@
+"""Where graphs derived from a checkpoint live: one folder per (checkpoint content, our version, opset).
+
+The cache sits beside the Hugging Face cache that holds the checkpoints (``$HF_HOME/clipseg/onnx``,
+or ``$CLIPSEG_CACHE/onnx``), never in a checkpoint folder or a repository. A folder's name is a
+hash of everything that made its graphs, so a changed checkpoint, release or opset gets a fresh
+folder; the folders of an older state of the same checkpoint are removed when the new one is built.
+Every file is written to a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from clipseg_cli import __version__
+from clipseg_cli.errors import ClipSegError
+from clipseg_cli.fingerprint import checkpoint_identity
+from clipseg_cli.imaging.writing import atomic_write
+
+OPSET = 17
+CACHE_ENV = "CLIPSEG_CACHE"
+_SOURCE_FILE = "checkpoint.txt"  # the checkpoint folder an entry was made from
+
+
+class CacheUnwritable(ClipSegError):
+    """The graph cache cannot be written (read-only, full, not a folder)."""
+
+
+def cache_root() -> Path:
+    """Returns: ``$CLIPSEG_CACHE/onnx``, else ``$HF_HOME/clipseg/onnx`` (huggingface_hub's HF_HOME)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser() / "onnx"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME).expanduser() / "clipseg" / "onnx"
+
+
+def entry_dir(checkpoint: Path, root: Path | None = None) -> Path:
+    """The cache folder of a checkpoint's graphs: named by the checkpoint's identity, our version and the opset.
+
+    Returns:
+        ``root/<24 hex>`` (not created here).
+    """
+    key = f"{checkpoint_identity(checkpoint)}\0{__version__}\0opset {OPSET}"
+    return (root or cache_root()) / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def graph_path(entry: Path, graph: str, precision: str) -> Path:
+    """Returns: the file of one graph (``segment``, ``text``, ``visual``) in one precision (fp32, int8)."""
+    return entry / f"{graph}-{precision}.onnx"
+
+
+def prepare(entry: Path, checkpoint: Path) -> None:
+    """Create a checkpoint's entry (removing its stale ones) before anything is exported into it.
+
+    Raises CacheUnwritable, naming the folder, when that fails.
+    """
+    if entry.is_dir():
+        return
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+        _remove_stale(entry, checkpoint)
+        atomic_write(entry / _SOURCE_FILE, lambda handle: handle.write(_source(checkpoint).encode()))
+    except OSError as exc:
+        raise _unwritable(exc, entry) from None
+
+
+def store(path: Path, data: bytes) -> None:
+    """Write a graph atomically into its (prepared) entry; raises CacheUnwritable when that fails."""
+    try:
+        atomic_write(path, lambda handle: handle.write(data))
+    except OSError as exc:
+        raise _unwritable(exc, path) from None
+
+
+def _unwritable(exc: OSError, where: Path) -> CacheUnwritable:
+    return CacheUnwritable(f"cannot write the ONNX graph cache {exc.filename or where}: "
+                           f"{exc.strerror or exc} (set {CACHE_ENV} to a writable folder)")
+
+
+def _source(checkpoint: Path) -> str:
+    return os.fsdecode(Path(checkpoint).resolve())
+
+
+def _remove_stale(entry: Path, checkpoint: Path) -> None:
+    """Remove the other entries made from the same checkpoint folder (older weights, releases or opsets)."""
+    source = _source(checkpoint)
+    for other in entry.parent.iterdir():
+        if other == entry or not (other / _SOURCE_FILE).is_file():
+            continue
+        try:
+            if (other / _SOURCE_FILE).read_text(encoding="utf-8", errors="replace") == source:
+                shutil.rmtree(other, ignore_errors=True)
+        except OSError:
+            continue
