@@ -2,9 +2,9 @@
 
 The cache sits beside the Hugging Face cache that holds the checkpoints (``$HF_HOME/clipseg/onnx``,
 or ``$CLIPSEG_CACHE/onnx``), never in a checkpoint folder or a repository. A folder's name is a
-hash of everything that made its graphs, so a changed checkpoint, release or opset gets a fresh
-folder; the folders of an older state of the same checkpoint are removed when the new one is built.
-Every file is written to a temporary name and renamed into place when complete.
+hash of everything that made its graphs, so a changed checkpoint, release, opset, torch or
+onnxruntime gets a fresh folder; the folders of an older state of the same checkpoint are removed
+when the new one is built. Every file is written to a temporary name and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from importlib import metadata
 from pathlib import Path
 
 from clipseg_cli import __version__
@@ -38,13 +39,22 @@ def cache_root() -> Path:
 
 
 def entry_dir(checkpoint: Path, root: Path | None = None) -> Path:
-    """The cache folder of a checkpoint's graphs: named by the checkpoint's identity, our version and the opset.
+    """The cache folder of a checkpoint's graphs: named by the checkpoint's identity, our version, the opset
+    and the versions of what exports and quantizes them (torch, onnxruntime).
 
     Returns:
         ``root/<24 hex>`` (not created here).
     """
-    key = f"{checkpoint_identity(checkpoint)}\0{__version__}\0opset {OPSET}"
+    tools = " ".join(f"{name} {_version(name)}" for name in ("torch", "onnxruntime"))
+    key = f"{checkpoint_identity(checkpoint)}\0{__version__}\0opset {OPSET}\0{tools}"
     return (root or cache_root()) / hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "none"
 
 
 def graph_path(entry: Path, graph: str, precision: str) -> Path:
