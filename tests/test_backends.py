@@ -27,7 +27,11 @@ from test_cli import clipseg
 SRC = Path(__file__).resolve().parents[1] / "src"
 TEXTS = ["red car", "tree", "a dog on the left"]
 EXAMPLE = probe_image(10, (40, 40))
-RELATIVE = 1e-5  # fp32-class paths: max |ours - reference| / max |reference| on the logits
+RELATIVE = 1e-5  # max |ours - reference| / max |reference| on the logits
+# ONNX Runtime fp32 sums in another order than torch: on the tiny checkpoints (scaled so that prompts
+# matter, which also amplifies rounding) torch itself is up to 8e-6 from transformers; onnxruntime
+# 1.32 stays under 1e-5, 1.20.1 (our floor) reaches 1.6e-5 on config "layers".
+RELATIVE_ORT = 2e-5
 INT8_AGREEMENT = 0.95  # fraction of mask pixels (p >= 0.4) equal to fp32's on the tiny random checkpoints
 
 
@@ -59,8 +63,8 @@ def test_onnxruntime_logits_equal_the_reference(name, tmp_path_factory, checkpoi
     reference = Reference(directory)
     prompts = [*TEXTS, EXAMPLE] if name == "complex" else TEXTS  # the visual graph once: its export is slow
     images = [probe_image(0), probe_image(1, (33, 91))]
-    for image, logits in zip(images, ours.logits(images, prompts), strict=True):
-        assert relative_error(logits, reference_logits(reference, image, prompts)) < RELATIVE
+    expected = np.stack([reference_logits(reference, image, prompts) for image in images])
+    assert relative_error(ours.logits(images, prompts), expected) < RELATIVE_ORT  # over the batch, as test_model
 
 
 def test_int8_masks_agree_with_fp32(checkpoint):
