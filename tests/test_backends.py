@@ -139,6 +139,19 @@ def test_cache_is_keyed_by_the_checkpoint_and_rebuilt_when_stale(tmp_path, onnx_
     assert np.abs(fresh.predict(probe_image(0), TEXTS) - expected).max() > 0.1
 
 
+def test_text_embeddings_are_stored_with_the_graphs(tmp_path):
+    directory = build_checkpoint(tmp_path / "ckpt", "plain")
+    first = OrtSegmenter.load(directory, progress=False)
+    expected = first.predict(probe_image(0), TEXTS)
+    text_graph = graph_path(first.entry, "text", "fp32")
+    text_graph.write_bytes(b"damaged")  # only a prompt never seen before opens it (and exports it again)
+    again = OrtSegmenter.load(directory, progress=False)
+    assert np.array_equal(again.predict(probe_image(0), TEXTS[::-1]), expected[::-1])  # bit for bit
+    assert text_graph.read_bytes() == b"damaged"
+    new = again.predict(probe_image(0), "a new prompt")
+    assert text_graph.stat().st_size > 1000 and np.abs(new[0] - expected[0]).max() > 0.01
+
+
 def test_segment_on_onnxruntime_never_imports_torch(checkpoint, tmp_path):
     photo = tmp_path / "photo.jpg"
     probe_image(0, (160, 90)).save(photo)

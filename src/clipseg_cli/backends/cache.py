@@ -5,15 +5,20 @@ or ``$CLIPSEG_CACHE/onnx``), never in a checkpoint folder or a repository. A fol
 hash of everything that made its graphs, so a changed checkpoint, release, opset, torch or
 onnxruntime gets a fresh folder; the folders of an older state of the same checkpoint are removed
 when the new one is built. Every file is written to a temporary name and renamed into place when complete.
+Text prompts' embeddings are kept there too (``prompts/``, keyed by their token ids), so that a run
+with prompts seen before never opens the text graph.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 from importlib import metadata
 from pathlib import Path
+
+import numpy as np
 
 from clipseg_cli import __version__
 from clipseg_cli.errors import ClipSegError
@@ -88,6 +93,38 @@ def store(path: Path, data: bytes) -> None:
 def _unwritable(exc: OSError, where: Path) -> CacheUnwritable:
     return CacheUnwritable(f"cannot write the ONNX graph cache {exc.filename or where}: "
                            f"{exc.strerror or exc} (set {CACHE_ENV} to a writable folder)")
+
+
+def load_embedding(entry: Path, token_ids: np.ndarray) -> np.ndarray | None:
+    """A text prompt's embedding stored by an earlier run, or None.
+
+    Arguments:
+        token_ids: T int64 ids of the prompt (unpadded).
+
+    Returns:
+        E float32, or None when not stored (or unreadable).
+    """
+    try:
+        return np.load(_embedding_path(entry, token_ids), allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+
+
+def store_embedding(entry: Path, token_ids: np.ndarray, embedding: np.ndarray) -> None:
+    """Store a text prompt's embedding (E float32) atomically; a cache that refuses it only costs speed."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(embedding, dtype=np.float32), allow_pickle=False)
+    path = _embedding_path(entry, token_ids)
+    try:
+        path.parent.mkdir(exist_ok=True)
+        atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+    except OSError:
+        return  # the next run embeds the prompt again
+
+
+def _embedding_path(entry: Path, token_ids: np.ndarray) -> Path:
+    digest = hashlib.sha256(np.asarray(token_ids, dtype="<i8").tobytes()).hexdigest()[:32]
+    return entry / "prompts" / f"{digest}.npy"
 
 
 def _source(checkpoint: Path) -> str:

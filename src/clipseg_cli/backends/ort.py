@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipseg_cli.backends.cache import entry_dir, graph_path, prepare, store
+from clipseg_cli.backends.cache import entry_dir, graph_path, load_embedding, prepare, store, store_embedding
 from clipseg_cli.backends.tokenizer import ClipTokenizer
 from clipseg_cli.checkpoints.loading import check_processing
 from clipseg_cli.fingerprint import checkpoint_identity
@@ -53,7 +53,10 @@ class OrtSegmenter(Segmenter):
         """
         config, preprocessing = check_processing(directory)
         segmenter = cls(directory, precision, config, preprocessing, progress)
-        segmenter._ensure("segment", "text")
+        missing = [graph for graph in ("segment", "text") if not segmenter._file(graph).is_file()]
+        if missing:  # both at once: one load of the weights
+            segmenter._export(missing)
+        segmenter._ensure("segment")  # the text graph opens only for a prompt not embedded before
         return segmenter
 
     @property
@@ -67,8 +70,17 @@ class OrtSegmenter(Segmenter):
         super().drop_unused_layers()
 
     def _embed_texts(self, texts: list[str]) -> np.ndarray:
-        ids, mask = self.tokenizer(texts)
-        return self._run("text", input_ids=ids, attention_mask=mask)
+        """Each text alone (no padding, so a stored embedding equals a fresh one bit for bit), from the
+        cache entry's stored embeddings where this checkpoint embedded the same tokens before."""
+        rows = []
+        for text in texts:
+            ids, mask = self.tokenizer([text])
+            row = load_embedding(self.entry, ids[0])
+            if row is None:
+                row = self._run("text", input_ids=ids, attention_mask=mask)[0]
+                store_embedding(self.entry, ids[0], row)
+            rows.append(row)
+        return np.stack(rows)
 
     def _embed_images(self, pixels: np.ndarray) -> np.ndarray:
         return self._run("visual", pixel_values=pixels)
