@@ -144,7 +144,7 @@ def load_ours(ckpt: Path, prompts: list[str], precision: str, device: str, overl
     def run(paths: list[Path], out: Path) -> None:
         engine = Engine(seg, prompts=prompts, plan=OutputPlan(overlay=overlay), batch_size=None, force=True,
                         stats=False)
-        results = list(engine.run([WorkItem(source=p, output_dir=out, stem=p.stem) for p in paths]))
+        results = list(engine.process([WorkItem(source=p, output_dir=out, stem=p.stem) for p in paths]))
         bad = [f"{r.image} [{r.prompt}]: {r.status} {r.error or ''}" for r in results if r.status != "ok"]
         if bad:
             raise RuntimeError("ours did not write every output: " + "; ".join(bad[:3]))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from clipseg_cli import ClipSeg, Segmenter
+from clipseg_cli import Segmenter, load_model
 from clipseg_cli.cli import main
 from clipseg_cli.errors import CheckpointError
 from factory import Reference, assert_prompts_differ, build_checkpoint, probe_image, save_modern_layout
@@ -246,7 +246,7 @@ def test_bad_config_values_are_refused_naming_the_file(checkpoint, tmp_path, cha
     directory = copy(checkpoint, tmp_path / "bad")
     edit_json(directory / "config.json", change)
     with pytest.raises(CheckpointError, match=message) as info:
-        ClipSeg.from_pretrained(directory)
+        load_model(directory)
     assert str(info.value).startswith(str(directory / "config.json")) and "\n" not in str(info.value)
 
 

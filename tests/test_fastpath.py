@@ -8,7 +8,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from clipseg_cli import ClipSeg, Segmenter
+from clipseg_cli import Segmenter, load_model
 from clipseg_cli.modeling.fastpath import CPU_ATTENTION, QUICK_GELU_SCALE
 from factory import PROBE_TEXTS, probe_image
 
@@ -16,7 +16,7 @@ from factory import PROBE_TEXTS, probe_image
 @pytest.fixture(scope="module")
 def models(checkpoint):
     """(the fp32 model, a bf16 Segmenter on the CPU) of the same checkpoint."""
-    return ClipSeg.from_pretrained(checkpoint), Segmenter.from_pretrained(checkpoint, device="cpu", precision="bf16")
+    return load_model(checkpoint), Segmenter.from_pretrained(checkpoint, device="cpu", precision="bf16")
 
 
 def test_scales_are_folded_into_fp32_weights_then_cast(models) -> None:

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-from clipseg_cli import ClipSeg, ClipSegError, Segmenter
+from clipseg_cli import ClipSegError, Segmenter, load_model
 from clipseg_cli.engine import Engine
 from clipseg_cli.errors import CheckpointError
 from clipseg_cli.inputs import WorkItem
@@ -40,7 +40,7 @@ def pair(request, tmp_path_factory):
     directory = build_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
     assert_prompts_differ(directory)
     reference = CLIPSegForImageSegmentation.from_pretrained(directory).eval()
-    return ClipSeg.from_pretrained(directory), reference, CLIPSegProcessor.from_pretrained(directory), directory
+    return load_model(directory), reference, CLIPSegProcessor.from_pretrained(directory), directory
 
 
 def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
@@ -115,7 +115,7 @@ def test_engine_batches_match_reference_pipeline(checkpoint, tmp_path):
         probe_image(i, size).save(paths[-1])
     segmenter = Segmenter.from_pretrained(checkpoint, device="cpu", precision="fp32")
     engine = Engine(segmenter, PROMPTS, plan=OutputPlan(overlay=False), batch_size=3)
-    results = list(engine.run([WorkItem(path, tmp_path / "out", path.stem) for path in paths]))
+    results = list(engine.process([WorkItem(path, tmp_path / "out", path.stem) for path in paths]))
     assert [r.status for r in results] == ["ok"] * len(paths) * len(PROMPTS)
     reference = Reference(checkpoint)
     for result in results:
@@ -163,11 +163,11 @@ def test_pickled_weights_used_only_without_safetensors(checkpoint, tmp_path):
     tensors = load_file(directory / "model.safetensors")
     torch.save(tensors, directory / "pytorch_model.bin")
     (directory / "model.safetensors").unlink()
-    expected = ClipSeg.from_pretrained(checkpoint).decoder.film_mul.weight
-    assert torch.equal(ClipSeg.from_pretrained(directory).decoder.film_mul.weight, expected)
+    expected = load_model(checkpoint).decoder.film_mul.weight
+    assert torch.equal(load_model(directory).decoder.film_mul.weight, expected)
     torch.save({"garbage": torch.zeros(1)}, directory / "pytorch_model.bin")
     save_file(tensors, directory / "model.safetensors")  # safetensors wins over the .bin
-    assert torch.equal(ClipSeg.from_pretrained(directory).decoder.film_mul.weight, expected)
+    assert torch.equal(load_model(directory).decoder.film_mul.weight, expected)
 
 
 def edit_config(directory, **changes):
@@ -193,7 +193,7 @@ def test_loading_errors_name_the_file(checkpoint, tmp_path, damage, message):
     directory = copy_checkpoint(checkpoint, tmp_path / "bad")
     damage(directory)
     with pytest.raises(CheckpointError, match=message) as info:
-        ClipSeg.from_pretrained(directory)
+        load_model(directory)
     assert str(directory) in str(info.value) and "\n" not in str(info.value)
 
 
@@ -202,7 +202,7 @@ def test_truncated_safetensors(checkpoint, tmp_path):
     path = directory / "model.safetensors"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match=r"model\.safetensors: corrupt or truncated"):
-        ClipSeg.from_pretrained(directory)
+        load_model(directory)
 
 
 @pytest.mark.parametrize("change", ["drop", "extra"])
@@ -217,12 +217,12 @@ def test_state_dict_must_match_exactly(checkpoint, tmp_path, change):
         message = "unexpected tensor 'decoder.surprise'"
     save_file(tensors, directory / "model.safetensors")
     with pytest.raises(CheckpointError, match=message):
-        ClipSeg.from_pretrained(directory)
+        load_model(directory)
 
 
 def test_unknown_name_lists_choices():
     with pytest.raises(ClipSegError, match="CIDAS/clipseg-rd64-refined"):
-        ClipSeg.from_pretrained("no-such-model", offline=True)
+        load_model("no-such-model", offline=True)
 
 
 def test_fast_precision_agrees_with_fp32(checkpoint):
@@ -238,7 +238,7 @@ def test_fast_path_rewrites_compute_the_same_function(checkpoint):
     """The rewrites alone, in fp32, change nothing but rounding."""
     from clipseg_cli.modeling.fastpath import speed_up
 
-    model = ClipSeg.from_pretrained(checkpoint)
+    model = load_model(checkpoint)
     pixels = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         before = model.encode_image(pixels)

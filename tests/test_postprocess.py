@@ -11,12 +11,12 @@ from PIL import Image
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.postprocess import (
     PostProcess,
-    apply,
     combine,
     dilate,
     erode,
     gaussian_blur,
     gaussian_kernel,
+    make_mask,
     remove_small_components,
     stats,
 )
@@ -41,14 +41,14 @@ def box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
 @pytest.mark.parametrize("px", [1, 2, 5, 13])
 def test_dilate_grows_square_by_exactly_px(px: int) -> None:
     prob = square(60, 70, 20, 25, 8).astype(np.float32)
-    mask = apply(prob, PostProcess(threshold=0.5, dilate=px))
+    mask = make_mask(prob, PostProcess(threshold=0.5, dilate=px))
     assert np.array_equal(mask, square(60, 70, 20 - px, 25 - px, 8 + 2 * px))
 
 
 @pytest.mark.parametrize("px", [1, 3, 4])
 def test_erode_shrinks_square_by_exactly_px(px: int) -> None:
     prob = square(40, 40, 10, 12, 9).astype(np.float32)
-    mask = apply(prob, PostProcess(threshold=0.5, erode=px))
+    mask = make_mask(prob, PostProcess(threshold=0.5, erode=px))
     assert np.array_equal(mask, square(40, 40, 10 + px, 12 + px, 9 - 2 * px))
 
 
@@ -110,13 +110,13 @@ def test_min_area_after_dilate_merges_specks() -> None:
     specks = np.zeros((40, 40), np.float32)
     specks[20, 18] = specks[20, 22] = 1.0  # 1 pixel each, 4 apart
     post = PostProcess(threshold=0.5, dilate=2, min_area=30)
-    mask = apply(specks, post)
+    mask = make_mask(specks, post)
     # each speck grows to 5x5; the two overlap into one 5x9 blob of 45 pixels
     assert mask.sum() == 45 and box_of(mask) == (18, 16, 23, 25)
     # far-apart specks grow to 25 pixels each and are dropped
     far = np.zeros((40, 40), np.float32)
     far[5, 5] = far[30, 30] = 1.0
-    assert not apply(far, post).any()
+    assert not make_mask(far, post).any()
 
 
 # ---- threshold, invert, blur ---------------------------------------------------------------------
@@ -124,20 +124,20 @@ def test_min_area_after_dilate_merges_specks() -> None:
 
 def test_threshold_is_inclusive_and_invert_is_last() -> None:
     prob = np.array([[0.39, 0.4, 0.41]], np.float32)
-    assert apply(prob, PostProcess(threshold=0.4)).tolist() == [[False, True, True]]
-    assert apply(prob, PostProcess(threshold=0.4, invert=True)).tolist() == [[True, False, False]]
+    assert make_mask(prob, PostProcess(threshold=0.4)).tolist() == [[False, True, True]]
+    assert make_mask(prob, PostProcess(threshold=0.4, invert=True)).tolist() == [[True, False, False]]
 
 
 def test_invert_after_min_area() -> None:
     prob = (square(30, 30, 2, 2, 2) | square(30, 30, 10, 10, 8)).astype(np.float32)
-    mask = apply(prob, PostProcess(threshold=0.5, min_area=10, invert=True))
+    mask = make_mask(prob, PostProcess(threshold=0.5, min_area=10, invert=True))
     assert np.array_equal(mask, ~square(30, 30, 10, 10, 8))
 
 
 def test_blur_zero_is_identity() -> None:
     prob = np.random.default_rng(2).random((17, 23)).astype(np.float32)
     assert np.array_equal(gaussian_blur(prob, 0.0), prob)
-    assert np.array_equal(apply(prob, PostProcess(threshold=0.5)), prob >= 0.5)
+    assert np.array_equal(make_mask(prob, PostProcess(threshold=0.5)), prob >= 0.5)
 
 
 def test_blur_of_step_edge_is_monotone_and_symmetric() -> None:
@@ -163,8 +163,8 @@ def test_blur_preserves_constants_and_mass() -> None:
 def test_blur_then_threshold_smooths_a_notch() -> None:
     prob = square(40, 40, 10, 10, 20).astype(np.float32)
     prob[19:21, 10:14] = 0.0  # a thin notch cut into the square's left side
-    sharp = apply(prob, PostProcess(threshold=0.5))
-    smooth = apply(prob, PostProcess(threshold=0.5, blur=2.0))
+    sharp = make_mask(prob, PostProcess(threshold=0.5))
+    smooth = make_mask(prob, PostProcess(threshold=0.5, blur=2.0))
     assert not sharp[20, 11] and smooth[20, 12]
 
 
@@ -187,7 +187,7 @@ def test_union_of_disjoint_masks_is_their_sum() -> None:
     assert union.shape == (1, 30, 30) and union.dtype == np.float32
     assert np.array_equal(union[0], np.maximum(a, b))
     assert np.array_equal(union[0], a + b)  # disjoint: max equals sum
-    mask = apply(union[0], PostProcess(threshold=0.4))
+    mask = make_mask(union[0], PostProcess(threshold=0.4))
     assert np.array_equal(mask, (a >= 0.4) | (b >= 0.4))
     assert mask.sum() == 36 + 81
 
@@ -252,10 +252,10 @@ def test_full_resolution_mask_runs() -> None:
     xx, yy = np.arange(4000, dtype=np.float32), np.arange(3000, dtype=np.float32)[:, None]
     prob = 0.5 + 0.5 * np.sin(xx / 150) * np.cos(yy / 200)
     post = PostProcess(threshold=0.6, blur=3.0, dilate=4, min_area=500, invert=False)
-    mask = apply(prob, post)
+    mask = make_mask(prob, post)
     assert mask.shape == (3000, 4000) and mask.dtype == bool
     assert 0.05 < stats(mask, prob)["coverage"] < 0.5
-    assert apply(prob, PostProcess(threshold=0.6, erode=4, min_area=500)).sum() < mask.sum()
+    assert make_mask(prob, PostProcess(threshold=0.6, erode=4, min_area=500)).sum() < mask.sum()
 
 
 # ---- dilate then erode, clamped radii ----------------------------------------------------------
@@ -264,7 +264,7 @@ def test_full_resolution_mask_runs() -> None:
 def test_dilate_then_erode_is_a_closing() -> None:
     prob = square(40, 40, 10, 10, 16).astype(np.float32)
     prob[17:19, 17:19] = 0  # a 2x2 hole
-    closed = apply(prob, PostProcess(threshold=0.5, dilate=2, erode=2))
+    closed = make_mask(prob, PostProcess(threshold=0.5, dilate=2, erode=2))
     assert np.array_equal(closed, square(40, 40, 10, 10, 16))  # the hole is filled, the outline is where it was
 
 
@@ -285,6 +285,40 @@ def test_huge_radii_are_clamped_to_the_image_and_stay_exact() -> None:
     # a huge sigma is the mirrored image's mean (edge rows and columns count once, the others twice)
     weights = [np.r_[1, np.full(n - 2, 2), 1] / (2 * n - 2) for n in prob.shape]
     assert np.allclose(gaussian_blur(prob, 1e12), weights[0] @ prob @ weights[1], atol=1e-6)
+
+
+def mirrored_blur(prob: np.ndarray, sigma: float) -> np.ndarray:
+    """The blur written out in float64: mirror padding (edge pixel not repeated), a kernel to 4 sigma."""
+    kernel = gaussian_kernel(sigma).astype(np.float64)
+    padded = np.pad(prob.astype(np.float64), len(kernel) // 2, mode="reflect")
+    rows = np.apply_along_axis(np.convolve, 0, padded, kernel, "valid")
+    return np.apply_along_axis(np.convolve, 1, rows, kernel, "valid")
+
+
+def square_window_any(mask: np.ndarray, px: int, outside: bool) -> np.ndarray:
+    """Whether a (2 px + 1)^2 window holds a foreground pixel, written out with an integral image."""
+    padded = np.pad(mask, px, constant_values=outside).astype(np.int64)
+    integral = np.pad(padded.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    k, (h, w) = 2 * px + 1, mask.shape
+    sums = integral[k : k + h, k : k + w] - integral[:h, k : k + w] - integral[k : k + h, :w] + integral[:h, :w]
+    return sums > 0
+
+
+def test_blur_equals_the_mirrored_convolution() -> None:
+    prob = np.random.default_rng(5).random((2, 61, 47)).astype(np.float32)
+    for sigma in (0.5, 1.5, 4.0, 11.0):  # the last kernel is as wide as the image: the folded path
+        blurred = gaussian_blur(prob, sigma)
+        for plane, out in zip(prob, blurred, strict=True):
+            assert np.abs(out - mirrored_blur(plane, sigma)).max() < 1e-6, sigma
+
+
+@pytest.mark.parametrize("px", [1, 3, 96, 97, 140])  # both sides of OPENCV_MAX_RADIUS
+def test_dilate_and_erode_equal_the_square_window_at_every_radius(px: int) -> None:
+    sparse = np.random.default_rng(px).random((160, 230)) > 0.995  # specks to grow
+    dense = np.random.default_rng(px + 1).random((160, 230)) > 0.0002  # few holes: erosion reaches the border
+    for mask in (sparse, dense):
+        assert np.array_equal(dilate(mask, px), square_window_any(mask, px, outside=False))
+        assert np.array_equal(erode(mask, px), ~square_window_any(~mask, px, outside=False))
 
 
 @pytest.mark.parametrize("blur", [float("inf"), float("nan"), -1.0])

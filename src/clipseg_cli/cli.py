@@ -21,7 +21,7 @@ from clipseg_cli import __version__
 from clipseg_cli.commands.batch import batch
 from clipseg_cli.commands.download import download_weights
 from clipseg_cli.commands.segment import segment
-from clipseg_cli.errors import ClipSegError, ReaderGone
+from clipseg_cli.errors import ClipSegError, ReaderGone, printable
 
 INTERRUPTED = 130  # the shell's code for a Ctrl-C
 READER_GONE = 128 + 13  # stdout closed by its reader (SIGPIPE), as shells report `yes | head -1`
@@ -67,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit code (also passed to sys.exit when run as a program).
     """
-    code = run(argv)
+    code = invoke(argv)
     if argv is None:
         sys.exit(code)
     return code
 
 
-def run(argv: list[str] | None) -> int:
+def invoke(argv: list[str] | None) -> int:
     """Run the command line and map every outcome to an exit code.
 
     SIGTERM and SIGHUP stop a run like Ctrl-C: the files being written are finished, the summary
@@ -143,6 +143,4 @@ def _dispatch(argv: list[str] | None) -> int:
 
 
 def _error(message: str) -> None:
-    from clipseg_cli.commands.report import printable
-
     print(printable(f"error: {' '.join(message.split())}"), file=sys.stderr)

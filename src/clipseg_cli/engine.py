@@ -25,8 +25,9 @@ from clipseg_cli.imaging.decode import DecodedImage, header_pixels, open_image
 from clipseg_cli.imaging.writing import remove_stale_temps
 from clipseg_cli.inputs import FileSet, WorkItem
 from clipseg_cli.outputs import OutputPlan, label_for, output_paths, write_outputs
-from clipseg_cli.postprocess import fires, mask_and_map, refine, stats, veto
-from clipseg_cli.predictor import Prompt, Segmenter, probabilities, upsample
+from clipseg_cli.postprocess import clean_mask, fires, mask_and_map, stats, veto
+from clipseg_cli.predictor import Segmenter, probabilities, upsample
+from clipseg_cli.prompts import Prompt
 
 # Full-size float32 maps made at once per image being written (16 MB), or one map when larger.
 CHUNK_VALUES = 1 << 22
@@ -154,7 +155,7 @@ class Engine:
         taken = Counter(target.label for target in targets)  # names given through the API may repeat
         return [replace(t, label=label_for(t.prompt, t.key)) if taken[t.label] > 1 else t for t in targets]
 
-    def run(self, items: Iterable[WorkItem]) -> Iterator[Result]:
+    def process(self, items: Iterable[WorkItem]) -> Iterator[Result]:
         """Process the items; results come in input order, as soon as each is written.
 
         When the run is cut short (Ctrl-C, a signal, a closed stdout), `unreported` gives the
@@ -174,7 +175,7 @@ class Engine:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     def unreported(self) -> list[Result]:
-        """After an interrupted `run`: the results of writes that finished but were not yielded yet.
+        """After an interrupted `process`: the results of writes that finished but were not yielded yet.
 
         Waits for the writes in flight (their files are then complete); cancels the others.
 
@@ -214,7 +215,7 @@ class Engine:
                     if item is None:
                         exhausted = True
                         break
-                    planned = self._skipped(item)
+                    planned = self._plan(item)
                     if all(result.status != "pending" for result in planned):  # skipped, or failed
                         ordered.append(_Slot([planned], open=False))
                         continue
@@ -290,11 +291,12 @@ class Engine:
             cut = math.log(post.threshold / (1 - post.threshold))
             for chunk in map_chunks(part, size):
                 for upsampled in upsample(logits[chunk.start : chunk.stop], size):
-                    yield refine(np.asarray(upsampled >= cut), post), None
+                    yield clean_mask(np.asarray(upsampled >= cut), post), None
 
-    def _skipped(self, item: WorkItem) -> list[Result]:
-        """A result per target: 'skipped' where its files exist with a matching fingerprint (unless
-        forced), else 'pending', with the reason where an existing file did not match.
+    def _plan(self, item: WorkItem) -> list[Result]:
+        """Plan one item before decoding it: a result per target, 'skipped' where its files exist with
+        a matching fingerprint (unless forced), else 'pending' (to write), with the reason where an
+        existing file did not match.
 
         Every target 'failed' when one of the item's outputs would overwrite a protected file.
         """
@@ -336,7 +338,7 @@ class Engine:
 
         Arguments:
             logits: Pxhxw (torch or numpy), every prompt's then every negative's. part: the targets to write.
-            results: their planned results (from `_skipped`); the pending ones are written.
+            results: their planned results (from `_plan`); the pending ones are written.
         """
         try:
             targets = self.targets[part.start : part.stop]

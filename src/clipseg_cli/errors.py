@@ -32,3 +32,20 @@ class ReaderGone(Exception):
 
     Not an OSError, so that the command-line parser does not turn it into exit code 1.
     """
+
+
+def printable(text: str) -> str:
+    """Text that encodes as UTF-8 whatever it holds: each byte of a file name that is not UTF-8
+    (decoded by Python as a lone surrogate) is written as ``\\xNN``, like Python's backslashreplace.
+
+    Returns:
+        `text` itself when it is valid Unicode already.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate no file name decodes to
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

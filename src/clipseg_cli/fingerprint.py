@@ -83,7 +83,7 @@ def checkpoint_identity(directory: Path) -> str:
 
 
 def prompt_key(prompt: object) -> str:
-    """A text that tells prompts apart: texts as they are, images by their pixels, means by their parts.
+    """A text that tells prompts apart: texts as they are, images by their pixels, averages by their parts.
 
     Returns:
         ``text:...``, ``image:<sha256>`` or ``mean(...)``.
@@ -97,8 +97,8 @@ def prompt_key(prompt: object) -> str:
         return prompt.key()
     parts = getattr(prompt, "parts", None)
     if parts is not None:
-        return "mean(" + ", ".join(prompt_key(part) for part in parts) + ")"
-    raise ClipSegError(f"a prompt must be a text, an image, a VisualPrompt or a Mean, got {type(prompt).__name__}")
+        return "mean(" + ", ".join(prompt_key(part) for part in parts) + ")"  # "mean": the key of earlier runs
+    raise ClipSegError(f"a prompt must be a text, an image, a VisualPrompt or an Average, got {type(prompt).__name__}")
 
 
 def make_record(kind: str, *, input_sha256: str, prompt: str, prompt_text: str, model: Mapping[str, str],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,9 @@ from clipseg_cli.imaging.decode import open_image
 from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.imaging.upsample import sigmoid_, upsample_bilinear
 from clipseg_cli.imaging.visual_prompt import VisualPrompt, prepare_visual_prompt
+from clipseg_cli.prompts import Average, Prompt
 from clipseg_cli.runtime import RunPlan, plan_run
 
-
-@dataclass(frozen=True)
-class Mean:
-    """A prompt whose embedding is the mean of its parts' (text templates, several examples)."""
-
-    parts: tuple[str | Image.Image | VisualPrompt, ...]
-
-
-Prompt = str | Image.Image | VisualPrompt | Mean  # a text, an example image (with its mask), or a mean
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
@@ -113,8 +104,8 @@ class Segmenter:
         Returns:
             PxE embeddings (the backend's array type, dtype and device).
         """
-        if any(isinstance(prompt, Mean) for prompt in prompts):
-            return self._stack([self._mean(self.embed(p.parts)) if isinstance(p, Mean) else self.embed([p])[0]
+        if any(isinstance(prompt, Average) for prompt in prompts):
+            return self._stack([self._mean(self.embed(p.parts)) if isinstance(p, Average) else self.embed([p])[0]
                                 for p in prompts])
         keys = [prompt_key(prompt) for prompt in prompts]
         new = {key: p for key, p in zip(keys, prompts, strict=True) if key not in self._embeddings}
@@ -156,7 +147,7 @@ class Segmenter:
         Returns:
             float32 array (n_prompts, height, width) in [0, 1].
         """
-        prompts = [prompts] if isinstance(prompts, (str, Image.Image, VisualPrompt, Mean)) else list(prompts)
+        prompts = [prompts] if isinstance(prompts, (str, Image.Image, VisualPrompt, Average)) else list(prompts)
         if not prompts:
             raise ClipSegError("give at least one prompt")
         decoded = open_image(image, max_pixels=max_pixels)

@@ -1,10 +1,8 @@
-"""The table of published CLIPSeg checkpoints, each with its own preprocessing."""
+"""The table of published CLIPSeg checkpoints (their preprocessing is read from each checkpoint's files)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from clipseg_cli.constants import IMAGE_MEAN, IMAGE_STD, MODEL_INPUT_SIZE
 
 
 @dataclass(frozen=True)
@@ -14,9 +12,6 @@ class CheckpointInfo:
     hub_id: str
     description: str
     size_mb: int
-    image_size: int = MODEL_INPUT_SIZE
-    mean: tuple[float, float, float] = IMAGE_MEAN
-    std: tuple[float, float, float] = IMAGE_STD
 
 
 REGISTRY: dict[str, CheckpointInfo] = {

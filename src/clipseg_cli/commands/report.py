@@ -9,7 +9,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from clipseg_cli.errors import ReaderGone
+from clipseg_cli.errors import ReaderGone, printable
 
 
 class Reporter:
@@ -70,23 +70,6 @@ class Reporter:
         self.info(f"{written} mask(s) written, {skipped} skipped (exist; --force redoes them), "
                   f"{failed} image(s) failed")
         return 1 if failed else 0
-
-
-def printable(text: str) -> str:
-    """Text that encodes as UTF-8 whatever it holds: each byte of a file name that is not UTF-8
-    (decoded by Python as a lone surrogate) is written as ``\\xNN``, like Python's backslashreplace.
-
-    Returns:
-        `text` itself when it is valid Unicode already.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        try:
-            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        except UnicodeEncodeError:  # a surrogate no file name decodes to
-            return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from clipseg_cli.commands import options as o
-from clipseg_cli.commands.run import Settings, check_output_dir, execute, with_settings
+from clipseg_cli.commands.settings import Settings, check_output_dir, execute, with_settings
 from clipseg_cli.constants import OUTPUT_SUFFIXES, TEMP_SUFFIX
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import collect, is_own_output, no_images

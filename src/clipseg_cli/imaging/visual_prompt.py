@@ -21,6 +21,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -105,19 +106,6 @@ def prepare_visual_prompt(prompt: VisualPrompt, preprocessing: Preprocessing) ->
     return F.interpolate(square[None], size, mode="nearest")[0]
 
 
-def gaussian_kernel_cv2(size: int = BLUR_KERNEL, sigma: float = BLUR_SIGMA) -> torch.Tensor:
-    """OpenCV's ``getGaussianKernel``: exp(-(i - (size - 1) / 2)^2 / (2 sigma^2)), normalised to sum 1.
-
-    Returns:
-      float32 kernel of ``size`` values.
-    """
-    import torch
-
-    x = np.arange(size, dtype=np.float64) - (size - 1) / 2
-    kernel = np.exp(-(x**2) / (2 * sigma**2))
-    return torch.from_numpy((kernel / kernel.sum()).astype(np.float32))
-
-
 def gaussian_blur_cv2(image: torch.Tensor) -> torch.Tensor:
     """``cv2.GaussianBlur(image, (15, 15), 3)`` with its default border, reflect-101 (edge pixel not repeated).
 
@@ -125,34 +113,13 @@ def gaussian_blur_cv2(image: torch.Tensor) -> torch.Tensor:
       image: CxHxW float32.
 
     Returns:
-      CxHxW float32, blurred along rows then columns.
+      CxHxW float32.
     """
-    kernel = gaussian_kernel_cv2()
-    radius = (len(kernel) - 1) // 2
-    _, height, width = image.shape
-    # each pass is a product with an HxH (WxW) matrix holding the kernel at the reflected indices
-    rows, cols = _blur_matrix(kernel, radius, height), _blur_matrix(kernel, radius, width)
-    return rows @ image @ cols.T
-
-
-def _blur_matrix(kernel: torch.Tensor, radius: int, length: int) -> torch.Tensor:
-    """NxN matrix M with (M @ v)[i] = sum_k kernel[k] v[reflect101(i + k - radius)]."""
     import torch
 
-    matrix = np.zeros((length, length))
-    for i in range(length):
-        for k, weight in enumerate(kernel.tolist()):
-            matrix[i, _reflect_101(i + k - radius, length)] += weight
-    return torch.from_numpy(matrix.astype(np.float32))
-
-
-def _reflect_101(index: int, length: int) -> int:
-    """OpenCV's BORDER_REFLECT_101 (``gfedcb|abcdefgh|gfedcba``) for any index."""
-    if length == 1:
-        return 0
-    period = 2 * (length - 1)
-    index %= period
-    return period - index if index >= length else index
+    channels_last = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+    blurred = cv2.GaussianBlur(channels_last, (BLUR_KERNEL, BLUR_KERNEL), BLUR_SIGMA, borderType=cv2.BORDER_REFLECT_101)
+    return torch.from_numpy(blurred.reshape(channels_last.shape)).permute(2, 0, 1)
 
 
 def crop_box(mask: torch.Tensor, context: float) -> tuple[int, int, int, int]:

@@ -1,8 +1,9 @@
-"""ClipSeg: CLIP's frozen towers plus our decoder; the parts arrive already built."""
+"""ClipSeg: CLIP's frozen towers plus our decoder; the parts arrive already built.
+
+Loading a checkpoint into it is `clipseg_cli.checkpoints.loading.load_model`'s job (the model never imports its loader).
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -49,17 +50,6 @@ class ClipSeg(nn.Module):
             text_projection=nn.Linear(text_dim, config.projection_dim, bias=False),
             decoder=Decoder(config),
         )
-
-    @classmethod
-    def from_pretrained(cls, path_or_name: str | Path, **kwargs) -> ClipSeg:
-        """Load a checkpoint directory, a hub id in the local cache, or a registry alias.
-
-        Returns:
-            The model in eval mode, every tensor filled from the checkpoint.
-        """
-        from clipseg_cli.checkpoints.loading import load_model
-
-        return load_model(path_or_name, **kwargs)
 
     def encode_image(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """Backbone activations that the decoder reads, stopping at the deepest one.

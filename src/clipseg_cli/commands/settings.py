@@ -1,0 +1,137 @@
+"""The options ``segment`` and ``batch`` share (Settings), turned into a library Job and executed with a report."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, get_type_hints
+
+from clipseg_cli.commands import options as o
+from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
+from clipseg_cli.errors import ClipSegError
+from clipseg_cli.inputs import WorkItem, folder_problem
+
+if TYPE_CHECKING:
+    from clipseg_cli.job import Job
+
+
+@dataclass
+class Settings:
+    """Every option shared by ``segment`` and ``batch``: each field is a command-line option."""
+
+    weights: o.Weights = DEFAULT_MODEL
+    device: o.Device = "auto"
+    precision: o.Precision = "auto"
+    revision: o.Revision = None
+    offline: o.Offline = False
+    batch_size: o.BatchSize = None
+    overlay: o.Overlay = True
+    soft: o.Soft = False
+    cutout: o.Cutout = False
+    force: o.Force = False
+    json: o.Json = False
+    quiet: o.Quiet = False
+    verbose: o.Verbose = False
+    max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS
+    threshold: o.Threshold = DEFAULT_THRESHOLD
+    blur: o.Blur = 0.0
+    dilate: o.Dilate = 0
+    erode: o.Erode = 0
+    min_area: o.MinArea = 0
+    invert: o.Invert = False
+    union: o.Union = False
+    negative: o.Negative = None
+    template: o.Template = None
+    prompt_image: o.PromptImage = None
+    prompt_mask: o.PromptMask = None
+
+
+def with_settings(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command every option of Settings; it receives them as one ``settings`` argument.
+
+    The options are declared once (the fields above); typer reads the combined signature.
+    """
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"]
+    hints = get_type_hints(Settings, include_extras=True)
+    shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+              for f in fields(Settings)]
+    names = {f.name for f in fields(Settings)}
+
+    @functools.wraps(command)
+    def command_with_settings(**kwargs) -> None:
+        settings = Settings(**{name: kwargs.pop(name) for name in names})
+        command(settings=settings, **kwargs)
+
+    parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
+    command_with_settings.__signature__ = inspect.Signature(parameters)
+    command_with_settings.__annotations__ = {p.name: p.annotation for p in parameters}
+    return command_with_settings
+
+
+def check_output_dir(value: str | None) -> Path | None:
+    """Refuse an --output-dir that is empty, or that we could not write in or create, before any work.
+
+    Returns:
+        The folder as a Path, or None when none was given.
+    """
+    if value is None:
+        return None
+    if not value:
+        raise ClipSegError('--output-dir "" is empty; give a folder (-o . is the current one)')
+    problem = folder_problem(Path(value))
+    if problem:
+        raise ClipSegError(f"--output-dir {value}: {problem}")
+    return Path(value)
+
+
+def job_of(texts: list[str], settings: Settings) -> Job:
+    """The library Job that the options ask for.
+
+    Returns:
+        The Job; the model and the inputs are not part of it.
+    """
+    from clipseg_cli.job import Job
+    from clipseg_cli.outputs import OutputPlan
+    from clipseg_cli.postprocess import PostProcess
+
+    post = PostProcess(threshold=settings.threshold, blur=settings.blur, dilate=settings.dilate, erode=settings.erode,
+                       min_area=settings.min_area, invert=settings.invert)
+    plan = OutputPlan(overlay=settings.overlay, soft=settings.soft, cutout=settings.cutout, post=post)
+    return Job(texts, templates=settings.template or (), prompt_images=settings.prompt_image or (),
+               prompt_masks=settings.prompt_mask or (), negatives=settings.negative or (), union=settings.union,
+               plan=plan, force=settings.force, max_pixels=settings.max_pixels, batch_size=settings.batch_size,
+               stats=settings.json)
+
+
+def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
+    """Check the settings, prompts and output folders, then load the model once, run every item, report.
+
+    Returns:
+        The exit code: 0 all done, 1 some image failed.
+    """
+    from clipseg_cli.commands.report import Reporter
+    from clipseg_cli.predictor import Segmenter
+
+    job = job_of(texts, settings)
+    job.check(items)
+    prompts = job.prompts()
+    reporter = Reporter(len(items), json_lines=settings.json, quiet=settings.quiet)
+    segmenter = Segmenter.from_pretrained(settings.weights, device=settings.device, precision=settings.precision,
+                                          offline=settings.offline or None, revision=settings.revision,
+                                          progress=not settings.quiet)
+    engine = job.engine(segmenter, items, prompts=prompts, trim=True)
+    if settings.verbose:
+        reporter.info(f"device {segmenter.device_type}, precision {segmenter.precision} ({settings.precision} asked) "
+                      f"on {segmenter.backend}, "
+                      f"batch size {engine.batch_size}, {len(items)} image(s)")
+    try:
+        for result in engine.process(items):
+            reporter.add(result)
+    finally:
+        for result in engine.unreported():  # written before a Ctrl-C, a signal or a closed stdout
+            reporter.add(result)
+        code = reporter.close()
+    return code

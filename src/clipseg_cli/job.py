@@ -1,0 +1,125 @@
+"""Job: everything a ``clipseg segment`` or ``clipseg batch`` run asks for, as plain Python values.
+
+The command line parses its options into a Job; a notebook builds one directly. Either way the
+same code builds the prompts, checks the output folders and runs the `Engine`, so the files
+written (names, pixels, fingerprints, skip rules) are the same::
+
+    job = Job(["red car"], plan=OutputPlan(post=PostProcess(blur=2, dilate=8)))
+    for result in job.segment(segmenter, ["photo.jpg"], output_dir="masks"):
+        print(result.status, result.mask)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clipseg_cli.constants import DEFAULT_MAX_PIXELS
+from clipseg_cli.engine import Engine, Result
+from clipseg_cli.errors import ClipSegError
+from clipseg_cli.inputs import WorkItem, collect, folder_problem
+from clipseg_cli.outputs import OutputPlan
+from clipseg_cli.predictor import Segmenter
+from clipseg_cli.prompts import Prompt, build_prompts, check_texts
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to segment and what to write, for any number of images (one CLI run of segment or batch).
+
+    texts: the text prompts (``segment IMAGE PROMPT...``, ``-p``). templates: ``--template``, each
+        text's embedding is the average over them. prompt_images, prompt_masks: ``--prompt-image``
+        and ``--prompt-mask`` files (one prompt, the examples averaged). negatives: ``--negative``.
+        union: ``--union``, one mask for all prompts.
+    plan: the files to write and the mask steps (``--overlay``, ``--soft``, ``--cutout``,
+        ``--threshold``, ``--blur``, ...). force: ``--force``, redo outputs that exist.
+    max_pixels: ``--max-pixels``. batch_size: ``--batch-size`` (None: 4 on CPU, 16 on GPU).
+    stats: give each result the mask's coverage, box and mean probability (``--json`` does).
+    """
+
+    texts: Sequence[str] = ()
+    templates: Sequence[str] = ()
+    prompt_images: Sequence[PathLike] = ()
+    prompt_masks: Sequence[PathLike] = ()
+    negatives: Sequence[str] = ()
+    union: bool = False
+    plan: OutputPlan = field(default_factory=OutputPlan)
+    force: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    batch_size: int | None = None
+    stats: bool = True
+
+    def check(self, items: Sequence[WorkItem] = ()) -> None:
+        """Refuse, before any model loads, texts that are not UTF-8, templates without one ``{}``, and
+        output folders of existing inputs that could not be written.
+
+        Raises:
+            ClipSegError: naming the first problem.
+        """
+        check_texts(self.texts, negatives=self.negatives, templates=self.templates)
+        check_output_folders(items)
+
+    def prompts(self) -> tuple[list[Prompt], list[str]]:
+        """The prompts and their names (the example images are decoded and checked here).
+
+        Returns:
+            (prompts, names), as `clipseg_cli.prompts.build_prompts` gives them.
+        """
+        return build_prompts(self.texts, templates=self.templates, prompt_images=self.prompt_images,
+                             prompt_masks=self.prompt_masks, max_pixels=self.max_pixels)
+
+    def engine(self, segmenter: Segmenter, items: Sequence[WorkItem] = (), *,
+               prompts: tuple[list[Prompt], list[str]] | None = None, trim: bool = False,
+               protected: Iterable[PathLike] = ()) -> Engine:
+        """The Engine that runs this job; the inputs and the prompt files are protected from being written.
+
+        Arguments:
+            items: the work items (their sources are protected). prompts: from `prompts`, when built
+                already. trim: free the text tower once the prompts are embedded (the segmenter then
+                takes no new prompts). protected: more files never to write (e.g. the inputs of a
+                whole run when ``items`` are a part of it).
+
+        Returns:
+            The Engine; `Engine.process` runs it.
+        """
+        prompts, names = prompts or self.prompts()
+        protected = [*(item.source for item in items), *protected, *self.prompt_images, *self.prompt_masks]
+        return Engine(segmenter, prompts, plan=self.plan, names=names, negatives=list(self.negatives),
+                      union=self.union, batch_size=self.batch_size, force=self.force, max_pixels=self.max_pixels,
+                      trim=trim, stats=self.stats, protected=protected)
+
+    def segment(self, segmenter: Segmenter, inputs: Iterable[PathLike], output_dir: PathLike | None = None, *,
+                recursive: bool = False) -> Iterator[Result]:
+        """Segment image files and folders and write the outputs, as ``clipseg batch`` (or ``segment``
+        without ``output_dir``: the outputs then go beside each image).
+
+        Arguments:
+            inputs: image files and folders. output_dir: the outputs mirror the input tree there.
+            recursive: walk subfolders of input folders.
+
+        Returns:
+            An iterator of one Result per (image, prompt), in input order, as each is written.
+        """
+        items = collect([os.fspath(path) for path in inputs], output_dir=None if output_dir is None
+                        else Path(output_dir), recursive=recursive)
+        self.check(items)
+        yield from self.engine(segmenter, items).process(items)
+
+
+def check_output_folders(items: Sequence[WorkItem]) -> None:
+    """Refuse a run, before the model loads, when the outputs of an existing input could not be written.
+
+    Raises:
+        ClipSegError: naming the first such folder.
+    """
+    checked: set[Path] = set()
+    for item in items:
+        if item.output_dir not in checked and item.source.exists():
+            checked.add(item.output_dir)
+            problem = folder_problem(item.output_dir)
+            if problem:
+                raise ClipSegError(f"output folder {item.output_dir}: {problem}")
