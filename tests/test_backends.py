@@ -15,7 +15,6 @@ from PIL import Image
 from transformers import CLIPTokenizer
 
 from clipseg_cli.backends.cache import entry_dir, graph_path
-from clipseg_cli.backends.ort import OrtSegmenter
 from clipseg_cli.backends.tokenizer import ClipTokenizer
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.upsample import sigmoid_, upsample_bilinear
@@ -33,6 +32,10 @@ RELATIVE = 1e-5  # max |ours - reference| / max |reference| on the logits
 # 1.32 stays under 1e-5, 1.20.1 (our floor) reaches 1.6e-5 on config "layers".
 RELATIVE_ORT = 2e-5
 INT8_AGREEMENT = 0.95  # fraction of mask pixels (p >= 0.4) equal to fp32's on the tiny random checkpoints
+
+
+def on_onnxruntime(directory: Path) -> Segmenter:
+    return Segmenter.from_pretrained(directory, device="cpu", backend="onnxruntime", progress=False)
 
 
 def relative_error(ours: np.ndarray, theirs: np.ndarray) -> float:
@@ -58,8 +61,8 @@ def reference_logits(reference: Reference, image, prompts: list) -> np.ndarray:
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_onnxruntime_logits_equal_the_reference(name, tmp_path_factory, checkpoint):
     directory = checkpoint if name == "complex" else build_checkpoint(tmp_path_factory.mktemp(name), name)
-    ours = Segmenter.from_pretrained(directory, device="cpu", backend="onnxruntime", progress=False)
-    assert isinstance(ours, OrtSegmenter) and ours.exact
+    ours = on_onnxruntime(directory)
+    assert ours.backend == "onnxruntime" and ours.exact
     reference = Reference(directory)
     prompts = [*TEXTS, EXAMPLE] if name == "complex" else TEXTS  # the visual graph once: its export is slow
     images = [probe_image(0), probe_image(1, (33, 91))]
@@ -122,30 +125,31 @@ def test_plan_picks_the_runtime(monkeypatch):
 
 def test_cache_is_keyed_by_the_checkpoint_and_rebuilt_when_stale(tmp_path, onnx_cache):
     directory = build_checkpoint(tmp_path / "ckpt", "plain")
-    first = OrtSegmenter.load(directory, progress=False)
-    graph = graph_path(first.entry, "segment", "fp32")
-    assert graph.is_file() and first.entry.parent == onnx_cache / "onnx"
-    assert not [p for p in first.entry.iterdir() if p.name.startswith(".")]  # no temporary file left
+    first = on_onnxruntime(directory)
+    graph = graph_path(first.runner.entry, "segment", "fp32")
+    assert graph.is_file() and first.runner.entry.parent == onnx_cache / "onnx"
+    assert not [p for p in first.runner.entry.iterdir() if p.name.startswith(".")]  # no temporary file left
     expected = first.predict(probe_image(0), TEXTS)
     built = graph.stat().st_mtime_ns
-    assert OrtSegmenter.load(directory, progress=False).entry == first.entry and graph.stat().st_mtime_ns == built
+    assert on_onnxruntime(directory).runner.entry == first.runner.entry and graph.stat().st_mtime_ns == built
 
     graph.write_bytes(b"not a graph")  # damaged: exported again
-    assert np.array_equal(OrtSegmenter.load(directory, progress=False).predict(probe_image(0), TEXTS), expected)
+    assert np.array_equal(on_onnxruntime(directory).predict(probe_image(0), TEXTS), expected)
 
     build_checkpoint(directory, "plain", seed=5)  # new weights in the same folder: a new entry, the old one gone
-    fresh = OrtSegmenter.load(directory, progress=False)
-    assert fresh.entry != first.entry and not first.entry.exists() and fresh.entry == entry_dir(directory)
+    fresh = on_onnxruntime(directory)
+    old, new = first.runner.entry, fresh.runner.entry
+    assert new != old and not old.exists() and new == entry_dir(directory)
     assert np.abs(fresh.predict(probe_image(0), TEXTS) - expected).max() > 0.1
 
 
 def test_text_embeddings_are_stored_with_the_graphs(tmp_path):
     directory = build_checkpoint(tmp_path / "ckpt", "plain")
-    first = OrtSegmenter.load(directory, progress=False)
+    first = on_onnxruntime(directory)
     expected = first.predict(probe_image(0), TEXTS)
-    text_graph = graph_path(first.entry, "text", "fp32")
+    text_graph = graph_path(first.runner.entry, "text", "fp32")
     text_graph.write_bytes(b"damaged")  # only a prompt never seen before opens it (and exports it again)
-    again = OrtSegmenter.load(directory, progress=False)
+    again = on_onnxruntime(directory)
     assert np.array_equal(again.predict(probe_image(0), TEXTS[::-1]), expected[::-1])  # bit for bit
     assert text_graph.read_bytes() == b"damaged"
     new = again.predict(probe_image(0), "a new prompt")
@@ -155,7 +159,7 @@ def test_text_embeddings_are_stored_with_the_graphs(tmp_path):
 def test_segment_on_onnxruntime_never_imports_torch(checkpoint, tmp_path):
     photo = tmp_path / "photo.jpg"
     probe_image(0, (160, 90)).save(photo)
-    OrtSegmenter.load(checkpoint, progress=False)  # the graphs in the cache
+    on_onnxruntime(checkpoint)  # the graphs in the cache
     probe = ("import sys\nfrom clipseg_cli.cli import main\ncode = main(sys.argv[1:])\n"
              "loaded = [m for m in ('torch', 'transformers.models.clip.modeling_clip') if m in sys.modules]\n"
              "print('loaded:', loaded, file=sys.stderr)\nsys.exit(3 if loaded and code == 0 else code)\n")

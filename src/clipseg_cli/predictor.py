@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -21,42 +21,59 @@ from clipseg_cli.imaging.visual_prompt import VisualPrompt, prepare_visual_promp
 from clipseg_cli.prompts import Average, Prompt
 from clipseg_cli.runtime import RunPlan, plan_run
 
+if TYPE_CHECKING:
+    from clipseg_cli.backends import Runner
+
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
 class Segmenter:
-    """Runs a ClipSeg on images for any number of prompts; `from_pretrained` picks the runtime.
+    """Runs a ClipSeg on images for any number of prompts, on the runtime `from_pretrained` picked.
 
     The image tower runs once per image whatever the number of prompts, and each prompt's
-    embedding is computed once per Segmenter. Subclasses (`backends.pytorch.TorchSegmenter`,
-    `backends.ort.OrtSegmenter`) run the model; embeddings and logits are their arrays (torch
-    tensors or numpy arrays).
+    embedding is computed once per Segmenter. The model runs in a runner of `backends`
+    (`TorchRunner` or `OrtRunner`); embeddings and logits are its arrays (torch tensors or numpy).
     """
 
-    backend = ""  # torch or onnxruntime
-    precision = ""  # fp32, bf16, fp16 or int8
-    device_type = "cpu"
-
-    def __init__(self, preprocessing: Preprocessing) -> None:
+    def __init__(self, runner: Runner, preprocessing: Preprocessing) -> None:
+        self.runner = runner
         self.preprocessing = preprocessing
         self._embeddings: dict[str, Any] = {}
         self._trimmed = False
 
     @property
+    def backend(self) -> str:
+        """Returns: torch or onnxruntime."""
+        return self.runner.backend
+
+    @property
+    def precision(self) -> str:
+        """Returns: fp32, bf16, fp16 or int8."""
+        return self.runner.precision
+
+    @property
+    def device_type(self) -> str:
+        """Returns: cpu, cuda or mps."""
+        return self.runner.device_type
+
+    @property
     def exact(self) -> bool:
         """Whether this runs the fp32 class of computation (the reference's masks); False for bf16, fp16, int8."""
-        return self.precision == "fp32"
+        return self.runner.precision == "fp32"
+
+    @property
+    def model(self):
+        """The torch ClipSeg module (torch runner only)."""
+        return self.runner.model
 
     @property
     def identity(self) -> dict[str, str]:
         """What makes this Segmenter's outputs besides the inputs: weights, precision and device type.
 
-        A model not loaded by `from_pretrained` is named by its object id (never equal across runs).
-
         Returns:
             {"weights": ..., "precision": e.g. "float32" (torch) or "float32-onnxruntime", "device": e.g. "cpu"}.
         """
-        raise NotImplementedError
+        return self.runner.identity
 
     @classmethod
     def from_pretrained(
@@ -79,34 +96,35 @@ class Segmenter:
             backend: auto, torch or onnxruntime (auto: see `runtime.plan_run`).
 
         Returns:
-            A ready Segmenter (a TorchSegmenter or an OrtSegmenter).
+            A ready Segmenter.
         """
         plan = plan_run(device, precision, backend)
         directory = checkpoint_dir(name, offline=offline, revision=revision, progress=progress)
         if plan.backend == "onnxruntime":
             from clipseg_cli.backends.cache import CacheUnwritable
-            from clipseg_cli.backends.ort import OrtSegmenter
+            from clipseg_cli.backends.ort import OrtRunner
 
             try:
-                return OrtSegmenter.load(directory, plan.precision, progress)
+                return cls(*OrtRunner.load(directory, plan.precision, progress))
             except CacheUnwritable as exc:
                 if plan.precision != "fp32" or backend == "onnxruntime":
                     raise
                 print(f"clipseg: {exc}; running fp32 with torch instead", file=sys.stderr)
                 plan = RunPlan("torch", plan.device, "fp32")
-        from clipseg_cli.backends.pytorch import TorchSegmenter
+        from clipseg_cli.backends.pytorch import TorchRunner
 
-        return TorchSegmenter.load(directory, plan.device, plan.precision)
+        return cls(*TorchRunner.load(directory, plan.device, plan.precision))
 
     def embed(self, prompts: Sequence[Prompt]) -> Any:
         """Prompt embeddings, from the cache where this Segmenter has seen the prompt before.
 
         Returns:
-            PxE embeddings (the backend's array type, dtype and device).
+            PxE embeddings (the runner's array type, dtype and device).
         """
+        runner = self.runner
         if any(isinstance(prompt, Average) for prompt in prompts):
-            return self._stack([self._mean(self.embed(p.parts)) if isinstance(p, Average) else self.embed([p])[0]
-                                for p in prompts])
+            return runner.stack([self.embed(p.parts).mean(0) if isinstance(p, Average) else self.embed([p])[0]
+                                 for p in prompts])
         keys = [prompt_key(prompt) for prompt in prompts]
         new = {key: p for key, p in zip(keys, prompts, strict=True) if key not in self._embeddings}
         texts = {key: p for key, p in new.items() if isinstance(p, str)}
@@ -114,18 +132,19 @@ class Segmenter:
         if (texts or images) and self._trimmed:
             raise ClipSegError("new prompts after drop_unused_layers(); embed every prompt before trimming")
         if texts:
-            self._embeddings.update(zip(texts, self._embed_texts(list(texts.values())), strict=True))
+            self._embeddings.update(zip(texts, runner.embed_texts(list(texts.values())), strict=True))
         if images:
             pixels = np.stack([prepare_visual_prompt(p, self.preprocessing).numpy() if isinstance(p, VisualPrompt)
                                else self.preprocessing.to_array(open_image(p).image) for p in images.values()])
-            self._embeddings.update(zip(images, self._embed_images(pixels), strict=True))
-        return self._stack([self._embeddings[key] for key in keys])
+            self._embeddings.update(zip(images, runner.embed_images(pixels), strict=True))
+        return runner.stack([self._embeddings[key] for key in keys])
 
     def drop_unused_layers(self) -> None:
         """Free what only new prompts would need (the text tower, image layers past the deepest one read).
 
         Only the prompts already embedded can be used afterwards.
         """
+        self.runner.drop_unused()
         self._trimmed = True
 
     def logits(self, images: Sequence[Image.Image], prompts: Sequence[Prompt]) -> Any:
@@ -138,7 +157,7 @@ class Segmenter:
             BxPxhxw float32 logits on the CPU (a torch tensor or a numpy array; `probabilities` takes both).
         """
         conditional = self.embed(prompts)
-        return self._logits(self.preprocessing.to_batch(images), conditional)
+        return self.runner.logits(self.preprocessing.to_batch(images), conditional)
 
     def predict(self, image: ImageInput, prompts: Sequence[Prompt] | Prompt,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -152,27 +171,6 @@ class Segmenter:
             raise ClipSegError("give at least one prompt")
         decoded = open_image(image, max_pixels=max_pixels)
         return probabilities(self.logits([decoded.image], prompts)[0], decoded.size)
-
-    # what a backend provides
-    def _embed_texts(self, texts: list[str]) -> Any:
-        """Returns: PxE embeddings of texts."""
-        raise NotImplementedError
-
-    def _embed_images(self, pixels: np.ndarray) -> Any:
-        """Arguments: pixels Px3xHxW float32, normalised. Returns: PxE embeddings."""
-        raise NotImplementedError
-
-    def _logits(self, pixels: np.ndarray, conditional: Any) -> Any:
-        """Arguments: pixels Bx3xHxW float32; conditional PxE. Returns: BxPxhxw float32 logits on the CPU."""
-        raise NotImplementedError
-
-    def _stack(self, rows: list) -> Any:
-        """Returns: rows (each E) stacked into PxE."""
-        return np.stack(rows)
-
-    def _mean(self, rows: Any) -> Any:
-        """Returns: the mean of PxE rows (E)."""
-        return rows.mean(0)
 
 
 def upsample(logits: Any, size: tuple[int, int]) -> Any:

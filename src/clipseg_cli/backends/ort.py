@@ -1,4 +1,4 @@
-"""The Segmenter on ONNX Runtime: graphs exported from the checkpoint once, then no torch at all.
+"""The model on ONNX Runtime: graphs exported from the checkpoint once, then no torch at all.
 
 With the graphs in the cache, loading reads only the checkpoint's small files (config,
 preprocessing, tokenizer) and the graphs: neither torch nor transformers is imported. The first
@@ -18,24 +18,24 @@ from clipseg_cli.checkpoints.loading import check_processing
 from clipseg_cli.fingerprint import checkpoint_identity
 from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.modeling.config import ClipSegConfig
-from clipseg_cli.predictor import Segmenter
 
 PRECISIONS = ("fp32", "int8")  # int8: dynamic quantization of the segment graph; the prompt towers stay fp32
 
 
-class OrtSegmenter(Segmenter):
-    """A Segmenter running exported graphs with ONNX Runtime on the CPU."""
+class OrtRunner:
+    """Exported graphs run by ONNX Runtime on the CPU (a `backends.Runner`)."""
 
     backend = "onnxruntime"
+    device_type = "cpu"
 
     def __init__(self, directory: Path, precision: str, config: ClipSegConfig, preprocessing: Preprocessing,
                  progress: bool = True) -> None:
-        super().__init__(preprocessing)
         if precision not in PRECISIONS:
             raise ValueError(f"ONNX Runtime runs {' or '.join(PRECISIONS)}, not {precision}")
         self.directory = directory
         self.precision = precision
         self.config = config
+        self.preprocessing = preprocessing
         self.progress = progress
         self.entry = entry_dir(directory)
         self.weights = checkpoint_identity(directory)
@@ -43,33 +43,33 @@ class OrtSegmenter(Segmenter):
         self._sessions: dict[str, object] = {}
 
     @classmethod
-    def load(cls, directory: Path, precision: str = "fp32", progress: bool = True) -> OrtSegmenter:
+    def load(cls, directory: Path, precision: str = "fp32", progress: bool = True) -> tuple[OrtRunner, Preprocessing]:
         """Open a checkpoint folder's graphs, exporting them first when the cache has none for it.
 
         Raises CacheUnwritable when they must be exported and cannot be stored.
 
         Returns:
-            A ready OrtSegmenter.
+            (the runner, the checkpoint's preprocessing).
         """
         config, preprocessing = check_processing(directory)
-        segmenter = cls(directory, precision, config, preprocessing, progress)
-        missing = [graph for graph in ("segment", "text") if not segmenter._file(graph).is_file()]
+        runner = cls(directory, precision, config, preprocessing, progress)
+        missing = [graph for graph in ("segment", "text") if not runner._file(graph).is_file()]
         if missing:  # both at once: one load of the weights
-            segmenter._export(missing)
-        segmenter._ensure("segment")  # the text graph opens only for a prompt not embedded before
-        return segmenter
+            runner._export(missing)
+        runner._ensure("segment")  # the text graph opens only for a prompt not embedded before
+        return runner, preprocessing
 
     @property
     def identity(self) -> dict[str, str]:
         precision = {"fp32": "float32", "int8": "int8"}[self.precision]
         return {"weights": self.weights, "precision": f"{precision}-onnxruntime", "device": "cpu"}
 
-    def drop_unused_layers(self) -> None:
+    def drop_unused(self) -> None:
+        """Close the sessions of the prompt graphs."""
         self._sessions.pop("text", None)
         self._sessions.pop("visual", None)
-        super().drop_unused_layers()
 
-    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Each text alone (no padding, so a stored embedding equals a fresh one bit for bit), from the
         cache entry's stored embeddings where this checkpoint embedded the same tokens before."""
         rows = []
@@ -82,11 +82,14 @@ class OrtSegmenter(Segmenter):
             rows.append(row)
         return np.stack(rows)
 
-    def _embed_images(self, pixels: np.ndarray) -> np.ndarray:
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
         return self._run("visual", pixel_values=pixels)
 
-    def _logits(self, pixels: np.ndarray, conditional: np.ndarray) -> np.ndarray:
+    def logits(self, pixels: np.ndarray, conditional: np.ndarray) -> np.ndarray:
         return self._run("segment", pixel_values=pixels, conditional=np.ascontiguousarray(conditional, np.float32))
+
+    def stack(self, rows: list) -> np.ndarray:
+        return np.stack(rows)
 
     def _run(self, graph: str, **inputs: np.ndarray) -> np.ndarray:
         self._ensure(graph)

@@ -1,4 +1,4 @@
-"""The Segmenter on torch: the reference computation in fp32, bf16 and fp16 rewrites, GPUs."""
+"""The model on torch: the reference computation in fp32, bf16 and fp16 rewrites, GPUs."""
 
 from __future__ import annotations
 
@@ -12,17 +12,15 @@ from clipseg_cli.fingerprint import checkpoint_identity
 from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.modeling import ClipSeg
 from clipseg_cli.modeling.towers import trim_vision_tower
-from clipseg_cli.predictor import Segmenter
 from clipseg_cli.runtime import resolve_device, torch_dtype
 
 
-class TorchSegmenter(Segmenter):
-    """A Segmenter whose model is our ClipSeg module on a torch device."""
+class TorchRunner:
+    """Our ClipSeg module on a torch device (a `backends.Runner`)."""
 
     backend = "torch"
 
-    def __init__(self, model: ClipSeg, tokenizer, preprocessing: Preprocessing, device: torch.device) -> None:
-        super().__init__(preprocessing)
+    def __init__(self, model: ClipSeg, tokenizer, device: torch.device) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -37,11 +35,11 @@ class TorchSegmenter(Segmenter):
         return {"weights": weights, "precision": str(self.dtype).removeprefix("torch."), "device": self.device.type}
 
     @classmethod
-    def load(cls, directory: Path, device: str, precision: str) -> TorchSegmenter:
+    def load(cls, directory: Path, device: str, precision: str) -> tuple[TorchRunner, Preprocessing]:
         """Load a checkpoint folder on ``device`` (cpu, cuda, mps) in ``precision`` (fp32, bf16, fp16).
 
         Returns:
-            A ready TorchSegmenter.
+            (the runner, the checkpoint's preprocessing).
         """
         torch_device = resolve_device(device)
         dtype = torch_dtype(precision)
@@ -53,31 +51,31 @@ class TorchSegmenter(Segmenter):
 
             speed_up(model, torch_device, dtype)
         model = model.to(torch_device)
-        return cls(model, tokenizer, preprocessing, torch_device)
+        return cls(model, tokenizer, torch_device), preprocessing
 
-    def drop_unused_layers(self) -> None:
+    def drop_unused(self) -> None:
+        """Free the text tower and the image layers past the deepest extracted one."""
         self.model.text = None
         trim_vision_tower(self.model.vision, max(self.model.config.extract_layers) + 1)
-        super().drop_unused_layers()
 
     @torch.inference_mode()
-    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_text_tokens,
                                 return_tensors="pt").to(self.device)
         return self.model.embed_text(tokens["input_ids"], tokens["attention_mask"])
 
     @torch.inference_mode()
-    def _embed_images(self, pixels: np.ndarray) -> torch.Tensor:
+    def embed_images(self, pixels: np.ndarray) -> torch.Tensor:
         return self.model.embed_image(self._to_model(pixels))
 
     @torch.inference_mode()
-    def _logits(self, pixels: np.ndarray, conditional: torch.Tensor) -> torch.Tensor:
+    def logits(self, pixels: np.ndarray, conditional: torch.Tensor) -> torch.Tensor:
         activations = self.model.encode_image(self._to_model(pixels))
         batch = pixels.shape[0]
-        logits = self.model.decode(activations, conditional.repeat(batch, 1), self.preprocessing.size)
+        logits = self.model.decode(activations, conditional.repeat(batch, 1), tuple(pixels.shape[-2:]))
         return logits.float().cpu().view(batch, conditional.shape[0], *logits.shape[-2:])
 
-    def _stack(self, rows: list) -> torch.Tensor:
+    def stack(self, rows: list) -> torch.Tensor:
         return torch.stack(rows)
 
     def _to_model(self, pixels: np.ndarray) -> torch.Tensor:
