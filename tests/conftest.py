@@ -30,3 +30,21 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = build_checkpoint(tmp_path_factory.mktemp("checkpoint"), "complex")
     assert_prompts_differ(directory)
     return directory
+
+
+# ---- ONNX graph cache (src/clipseg_cli/backends/cache.py) ---------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Graphs exported during the tests go to a session folder (subprocesses inherit it), never the user's cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("clipseg-cache")
+    previous = os.environ.get("CLIPSEG_CACHE")
+    os.environ["CLIPSEG_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("CLIPSEG_CACHE", None)
+    else:
+        os.environ["CLIPSEG_CACHE"] = previous

@@ -18,9 +18,9 @@ LAYERS = [
     ["clipseg_cli.modeling", "clipseg_cli.imaging", "clipseg_cli.runtime", "clipseg_cli.inputs"],
     ["clipseg_cli.postprocess", "clipseg_cli.fingerprint"],
     ["clipseg_cli.checkpoints"],  # the loader builds the model: modeling never imports it
+    ["clipseg_cli.backends"],  # the runtimes a Segmenter runs the model on (torch, ONNX Runtime)
     ["clipseg_cli.outputs", "clipseg_cli.prompts", "clipseg_cli.refine"],
     ["clipseg_cli.predictor"],
-    ["clipseg_cli.backends"],  # Segmenters of other runtimes build on predictor's
     ["clipseg_cli.engine"],
     ["clipseg_cli.job", "clipseg_cli.shard", "clipseg_cli.ray_batch", "clipseg_cli.ray_data",
      "clipseg_cli.training"],

@@ -14,10 +14,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS
 from clipseg_cli.errors import ClipSegError
@@ -76,9 +75,9 @@ class Target:
     text: str = ""  # the prompt with its negatives, for people reading a fingerprint
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Images per model call: small on CPUs (little to gain, memory to lose), larger on GPUs."""
-    return 4 if device.type == "cpu" else 16
+def default_batch_size(device_type: str) -> int:
+    """Images per model call: small on CPUs (little to gain, memory to lose), larger on GPUs (cuda, mps)."""
+    return 4 if device_type == "cpu" else 16
 
 
 class Engine:
@@ -124,7 +123,7 @@ class Engine:
         names = [name for _, name in distinct.values()]
         self.negatives = list({prompt_key(p): p for p in negatives}.values())
         self.plan = plan or OutputPlan()
-        self.batch_size = batch_size or default_batch_size(segmenter.device)
+        self.batch_size = batch_size or default_batch_size(segmenter.device_type)
         self.force = force
         self.max_pixels = max_pixels
         self.workers = workers
@@ -135,7 +134,7 @@ class Engine:
         self.targets = self._targets(names, union)
         # fp32 is the reference path: decode at full size. Faster precisions may decode JPEGs at
         # reduced scale, still at least twice the model's input size, when only the mask is needed.
-        exact = segmenter.dtype == torch.float32 or self.plan.needs_full_image or refiner is not None
+        exact = segmenter.exact or self.plan.needs_full_image or refiner is not None
         self.min_side = None if exact else 2 * max(segmenter.preprocessing.size)
         self.union = union
         self.settings = {**self.plan.settings(), "decode": "full" if self.min_side is None else f"min {self.min_side}"}
@@ -275,7 +274,7 @@ class Engine:
                 slot.close([pool.submit(self._finish, item, decoded, image_logits, part,
                                         planned[part.start : part.stop]) for part in self.parts])
 
-    def _masks(self, logits: torch.Tensor, image: Image.Image, size: tuple[int, int], part: range
+    def _masks(self, logits: Any, image: Image.Image, size: tuple[int, int], part: range
                ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
         """(mask M, map m or None, foreground colours or None) for each target of ``part``, at the
         image's size (see `_mask_and_map`).
@@ -307,7 +306,7 @@ class Engine:
             cut = math.log(post.threshold / (1 - post.threshold))
             for chunk in map_chunks(part, size):
                 for upsampled in upsample(logits[chunk.start : chunk.stop], size):
-                    yield clean_mask((upsampled >= cut).numpy(), post), None, None
+                    yield clean_mask(np.asarray(upsampled >= cut), post), None, None
 
     def _mask_and_map(self, prob: np.ndarray, image: Image.Image
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -361,14 +360,14 @@ class Engine:
         targets = self.targets if part is None else self.targets[part.start : part.stop]
         return [Result(str(item.source), t.prompt, "failed", error=" ".join(error.split())) for t in targets]
 
-    def _finish(self, item: WorkItem, decoded: DecodedImage, logits: torch.Tensor, part: range,
+    def _finish(self, item: WorkItem, decoded: DecodedImage, logits: Any, part: range,
                 results: list[Result]) -> list[Result]:
         """Upsample, combine, post-process and write some of one image's maps (in a worker thread).
 
         Each written file carries its result's fingerprint record; statistics come from M and m.
 
         Arguments:
-            logits: Pxhxw, every prompt's then every negative's. part: the targets to write.
+            logits: Pxhxw (torch or numpy), every prompt's then every negative's. part: the targets to write.
             results: their planned results (from `_plan`); the pending ones are written.
         """
         try:

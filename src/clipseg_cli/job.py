@@ -83,7 +83,7 @@ class Job:
 
         offline: never download the SAM checkpoint (None: as HF_HUB_OFFLINE says).
         """
-        return load_refiner(self.refine, sam_weights=self.sam_weights, device=str(segmenter.device),
+        return load_refiner(self.refine, sam_weights=self.sam_weights, device=segmenter.device_type,
                             offline=offline, progress=progress)
 
     def engine(self, segmenter: Segmenter, items: Sequence[WorkItem] = (), *,

@@ -1,58 +1,79 @@
-"""Segmenter: the model loaded once, prompts embedded once, numpy in and numpy out."""
+"""Segmenter: the model loaded once, prompts embedded once, numpy in and numpy out; the runtime picked at load."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from clipseg_cli.checkpoints.loading import checkpoint_dir, load_directory, load_processing
+from clipseg_cli.checkpoints.loading import checkpoint_dir
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.fingerprint import checkpoint_identity, prompt_key
+from clipseg_cli.fingerprint import prompt_key
 from clipseg_cli.imaging.decode import open_image
 from clipseg_cli.imaging.preprocess import Preprocessing
+from clipseg_cli.imaging.upsample import sigmoid_, upsample_bilinear
 from clipseg_cli.imaging.visual_prompt import VisualPrompt, prepare_visual_prompt
-from clipseg_cli.modeling import ClipSeg
-from clipseg_cli.modeling.towers import trim_vision_tower
 from clipseg_cli.prompts import Average, Prompt
-from clipseg_cli.runtime import resolve_device, resolve_precision
+from clipseg_cli.runtime import RunPlan, plan_run
+
+if TYPE_CHECKING:
+    from clipseg_cli.backends import Runner
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
 class Segmenter:
-    """Runs a ClipSeg on images for any number of prompts.
+    """Runs a ClipSeg on images for any number of prompts, on the runtime `from_pretrained` picked.
 
     The image tower runs once per image whatever the number of prompts, and each prompt's
-    embedding is computed once per Segmenter.
+    embedding is computed once per Segmenter. The model runs in a runner of `backends`
+    (`TorchRunner` or `OrtRunner`); embeddings and logits are its arrays (torch tensors or numpy).
     """
 
-    def __init__(self, model: ClipSeg, tokenizer, preprocessing: Preprocessing, device: torch.device) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
+    def __init__(self, runner: Runner, preprocessing: Preprocessing) -> None:
+        self.runner = runner
         self.preprocessing = preprocessing
-        self.device = device
-        self.dtype = next(model.decoder.parameters()).dtype
-        self.max_text_tokens = model.config.text["max_position_embeddings"]
-        self._embeddings: dict[str, torch.Tensor] = {}
+        self._embeddings: dict[str, Any] = {}
         self._trimmed = False
+
+    @property
+    def backend(self) -> str:
+        """Returns: torch or onnxruntime."""
+        return self.runner.backend
+
+    @property
+    def precision(self) -> str:
+        """Returns: fp32, bf16, fp16 or int8."""
+        return self.runner.precision
+
+    @property
+    def device_type(self) -> str:
+        """Returns: cpu, cuda or mps."""
+        return self.runner.device_type
+
+    @property
+    def exact(self) -> bool:
+        """Whether this runs the fp32 class of computation (the reference's masks); False for bf16, fp16, int8."""
+        return self.runner.precision == "fp32"
+
+    @property
+    def model(self):
+        """The torch ClipSeg module (torch runner only)."""
+        return self.runner.model
 
     @property
     def identity(self) -> dict[str, str]:
         """What makes this Segmenter's outputs besides the inputs: weights, precision and device type.
 
-        A model not loaded by `from_pretrained` is named by its object id (never equal across runs).
-
         Returns:
-            {"weights": ..., "precision": e.g. "float32", "device": e.g. "cpu"}.
+            {"weights": ..., "precision": e.g. "float32" (torch) or "float32-onnxruntime", "device": e.g. "cpu"}.
         """
-        weights = getattr(self.model, "checkpoint_identity", None) or f"in-memory model {id(self.model):x}"
-        return {"weights": weights, "precision": str(self.dtype).removeprefix("torch."), "device": self.device.type}
+        return self.runner.identity
 
     @classmethod
     def from_pretrained(
@@ -64,40 +85,46 @@ class Segmenter:
         offline: bool | None = None,
         revision: str | None = None,
         progress: bool = True,
+        backend: str = "auto",
     ) -> Segmenter:
         """Load a checkpoint (directory, hub id or alias) for inference.
 
         Arguments:
-            device: auto, cpu, cuda or mps. precision: auto, fp32, bf16 or fp16; auto picks fp16
-                on GPUs, bf16 on CPUs with native bf16 matrix units, fp32 otherwise.
+            device: auto, cpu, cuda or mps. precision: auto, fp32, bf16, fp16 or int8; auto picks fp16
+                on GPUs, bf16 on CPUs with native bf16 matrix units, fp32 otherwise (see `runtime.plan_run`).
             offline: never download (None: honour HF_HUB_OFFLINE). progress: show download bars.
+            backend: auto, torch or onnxruntime (auto: see `runtime.plan_run`).
 
         Returns:
             A ready Segmenter.
         """
-        torch_device = resolve_device(device)
-        dtype = resolve_precision(precision, torch_device)
+        plan = plan_run(device, precision, backend)
         directory = checkpoint_dir(name, offline=offline, revision=revision, progress=progress)
-        preprocessing, tokenizer = load_processing(directory)  # before the weights: fail fast
-        model = load_directory(directory, torch.float32)  # fast precisions fold scales in fp32, then cast
-        model.checkpoint_identity = checkpoint_identity(directory)  # read by Segmenter.identity
-        if dtype != torch.float32:  # fp32 stays the reference computation, bit for bit
-            from clipseg_cli.modeling.fastpath import speed_up
+        if plan.backend == "onnxruntime":
+            from clipseg_cli.backends.cache import CacheUnwritable
+            from clipseg_cli.backends.ort import OrtRunner
 
-            speed_up(model, torch_device, dtype)
-        model = model.to(torch_device)
-        return cls(model, tokenizer, preprocessing, torch_device)
+            try:
+                return cls(*OrtRunner.load(directory, plan.precision, progress))
+            except CacheUnwritable as exc:
+                if plan.precision != "fp32" or backend == "onnxruntime":
+                    raise
+                print(f"clipseg: {exc}; running fp32 with torch instead", file=sys.stderr)
+                plan = RunPlan("torch", plan.device, "fp32")
+        from clipseg_cli.backends.pytorch import TorchRunner
 
-    @torch.inference_mode()
-    def embed(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        return cls(*TorchRunner.load(directory, plan.device, plan.precision))
+
+    def embed(self, prompts: Sequence[Prompt]) -> Any:
         """Prompt embeddings, from the cache where this Segmenter has seen the prompt before.
 
         Returns:
-            PxE tensor on the model's device and dtype.
+            PxE embeddings (the runner's array type, dtype and device).
         """
+        runner = self.runner
         if any(isinstance(prompt, Average) for prompt in prompts):
-            return torch.stack([self.embed(p.parts).mean(0) if isinstance(p, Average) else self.embed([p])[0]
-                                for p in prompts])
+            return runner.stack([self.embed(p.parts).mean(0) if isinstance(p, Average) else self.embed([p])[0]
+                                 for p in prompts])
         keys = [prompt_key(prompt) for prompt in prompts]
         new = {key: p for key, p in zip(keys, prompts, strict=True) if key not in self._embeddings}
         texts = {key: p for key, p in new.items() if isinstance(p, str)}
@@ -105,41 +132,32 @@ class Segmenter:
         if (texts or images) and self._trimmed:
             raise ClipSegError("new prompts after drop_unused_layers(); embed every prompt before trimming")
         if texts:
-            tokens = self.tokenizer(list(texts.values()), padding=True, truncation=True,
-                                    max_length=self.max_text_tokens, return_tensors="pt").to(self.device)
-            embedded = self.model.embed_text(tokens["input_ids"], tokens["attention_mask"])
-            self._embeddings.update(zip(texts, embedded, strict=True))
+            self._embeddings.update(zip(texts, runner.embed_texts(list(texts.values())), strict=True))
         if images:
-            pixels = torch.stack([prepare_visual_prompt(p, self.preprocessing) if isinstance(p, VisualPrompt)
-                                  else self.preprocessing([open_image(p).image])[0] for p in images.values()])
-            self._embeddings.update(zip(images, self.model.embed_image(self._to_model(pixels)), strict=True))
-        return torch.stack([self._embeddings[key] for key in keys])
+            pixels = np.stack([prepare_visual_prompt(p, self.preprocessing).numpy() if isinstance(p, VisualPrompt)
+                               else self.preprocessing.to_array(open_image(p).image) for p in images.values()])
+            self._embeddings.update(zip(images, runner.embed_images(pixels), strict=True))
+        return runner.stack([self._embeddings[key] for key in keys])
 
     def drop_unused_layers(self) -> None:
-        """Free the text tower and the image layers past the deepest extracted one.
+        """Free what only new prompts would need (the text tower, image layers past the deepest one read).
 
         Only the prompts already embedded can be used afterwards.
         """
-        self.model.text = None
-        trim_vision_tower(self.model.vision, max(self.model.config.extract_layers) + 1)
+        self.runner.drop_unused()
         self._trimmed = True
 
-    @torch.inference_mode()
-    def logits(self, images: Sequence[Image.Image], prompts: Sequence[Prompt]) -> torch.Tensor:
+    def logits(self, images: Sequence[Image.Image], prompts: Sequence[Prompt]) -> Any:
         """Mask logits at model resolution for every image and prompt.
 
         Arguments:
             images: B RGB images (any size; resized by the checkpoint's preprocessing).
 
         Returns:
-            BxPxhxw float32 logits on the CPU.
+            BxPxhxw float32 logits on the CPU (a torch tensor or a numpy array; `probabilities` takes both).
         """
         conditional = self.embed(prompts)
-        pixels = self._to_model(self.preprocessing(images))
-        activations = self.model.encode_image(pixels)
-        batch = len(images)
-        logits = self.model.decode(activations, conditional.repeat(batch, 1), self.preprocessing.size)
-        return logits.float().cpu().view(batch, len(prompts), *logits.shape[-2:])
+        return self.runner.logits(self.preprocessing.to_batch(images), conditional)
 
     def predict(self, image: ImageInput, prompts: Sequence[Prompt] | Prompt,
                 max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -154,27 +172,32 @@ class Segmenter:
         decoded = open_image(image, max_pixels=max_pixels)
         return probabilities(self.logits([decoded.image], prompts)[0], decoded.size)
 
-    def _to_model(self, pixels: torch.Tensor) -> torch.Tensor:
-        return pixels.to(self.device, self.dtype)
 
-
-def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample(logits: Any, size: tuple[int, int]) -> Any:
     """Upsample logits bilinearly to an image's size (what users of CLIPSeg do before the sigmoid).
+
+    Torch tensors through torch (the reference computation), numpy arrays through numpy (equal to float rounding).
 
     Arguments:
         logits: Pxhxw float32. size: (width, height) of the image.
 
     Returns:
-        PxHxW float32 logits.
+        PxHxW float32 logits, of the input's type.
     """
+    if isinstance(logits, np.ndarray):
+        return upsample_bilinear(logits, size)
+    import torch.nn.functional as F
+
     width, height = size
     return F.interpolate(logits[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
 
-def probabilities(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+def probabilities(logits: Any, size: tuple[int, int]) -> np.ndarray:
     """Upsample logits to an image's size, then take the sigmoid.
 
     Returns:
         float32 array PxHxW in [0, 1].
     """
-    return torch.sigmoid_(upsample(logits, size)).numpy()
+    if isinstance(logits, np.ndarray):
+        return sigmoid_(upsample_bilinear(logits, size))
+    return upsample(logits, size).sigmoid_().numpy()

@@ -1,24 +1,54 @@
-"""Where and in which precision the model runs: choices resolved once, at load."""
+"""Where, in which precision and with which runtime the model runs: choices resolved once, at load.
+
+Deciding does not import torch unless a GPU may be present: a CPU run through ONNX Runtime never
+loads it.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from dataclasses import dataclass
 from functools import cache
-
-import torch
+from importlib import metadata
+from typing import TYPE_CHECKING
 
 from clipseg_cli.errors import ClipSegError
 
+if TYPE_CHECKING:
+    import torch
+
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+BACKENDS = ("auto", "torch", "onnxruntime")
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# Settings with which torch runs without AVX-512 (its own switch and oneDNN's): bf16 units then go unused.
+_NO_AVX512 = {"ATEN_CPU_CAPABILITY": ("default", "avx2", "zvector"), "ONEDNN_MAX_CPU_ISA": ("sse41", "avx", "avx2")}
+_GPU_NODES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")  # NVIDIA, AMD ROCm, WSL
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What runs the model: ``backend`` torch or onnxruntime, ``device`` cpu/cuda/mps, ``precision`` fp32..int8."""
+
+    backend: str
+    device: str
+    precision: str
 
 
 @cache
 def cpu_has_bf16_matmul() -> bool:
-    """Whether this CPU has native bf16 matrix units (AMX or AVX512-BF16).
+    """Whether this CPU has native bf16 matrix units (AMX or AVX512-BF16) that torch may use.
+
+    ``ATEN_CPU_CAPABILITY=avx2`` or ``ONEDNN_MAX_CPU_ISA=AVX2`` (how an AVX2-only CPU is emulated)
+    keeps torch off AVX-512, so they count as no bf16 units.
 
     Returns:
         True when bf16 matmuls run natively (several times faster than fp32).
     """
+    for name, lower in _NO_AVX512.items():
+        if os.environ.get(name, "").lower() in lower:
+            return False
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
             flags = next((line for line in info if line.startswith("flags")), "").split()
@@ -27,12 +57,64 @@ def cpu_has_bf16_matmul() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def may_have_gpu() -> bool:
+    """Whether torch might see a GPU, decided without importing torch.
+
+    Returns:
+        False on Linux without GPU device nodes, or with torch's CPU-only build; True otherwise.
+    """
+    try:
+        if "+cpu" in metadata.version("torch"):
+            return False
+    except metadata.PackageNotFoundError:
+        return False
+    if sys.platform != "linux":
+        return True  # macOS (MPS) and Windows: ask torch
+    return any(os.path.exists(node) for node in _GPU_NODES)
+
+
+def plan_run(device: str = "auto", precision: str = "auto", backend: str = "auto") -> RunPlan:
+    """Choose backend, device and precision.
+
+    ``auto`` precision: fp16 on GPUs (torch); on CPUs bf16 through torch where the CPU has bf16
+    matrix units, else fp32 through ONNX Runtime (about 1.4x torch's fp32 there). ``fp32``, ``bf16``
+    and ``fp16`` run on torch (fp32 is the reference computation, bit for bit); ``int8`` (dynamic
+    quantization) runs on ONNX Runtime, on CPUs only. ``backend`` forces the runtime where it can.
+
+    Returns:
+        The plan; raises ClipSegError for unknown names and impossible combinations.
+    """
+    for option, value, choices in (("device", device, DEVICES), ("precision", precision, PRECISIONS),
+                                   ("backend", backend, BACKENDS)):
+        if value not in choices:
+            raise ClipSegError(f"unknown {option} {value!r}; choose one of {', '.join(choices)}")
+    on_cpu = device == "cpu" or (device == "auto" and not may_have_gpu())
+    kind = "cpu" if on_cpu else resolve_device(device).type
+    if kind != "cpu":
+        if precision == "int8" or backend == "onnxruntime":
+            raise ClipSegError(f"--device {kind}: int8 and ONNX Runtime run on CPUs only; use --device cpu")
+        return RunPlan("torch", kind, "fp16" if precision == "auto" else precision)
+    if precision == "auto":
+        precision = "bf16" if cpu_has_bf16_matmul() and backend != "onnxruntime" else "fp32"
+        if backend == "auto":
+            backend = "torch" if precision == "bf16" else "onnxruntime"
+    if precision == "int8":
+        if backend == "torch":
+            raise ClipSegError("--precision int8 runs on ONNX Runtime only")
+        return RunPlan("onnxruntime", kind, precision)
+    if backend == "onnxruntime" and precision != "fp32":
+        raise ClipSegError(f"ONNX Runtime runs fp32 or int8, not {precision}")
+    return RunPlan("onnxruntime" if backend == "onnxruntime" else "torch", kind, precision)
+
+
 def resolve_device(device: str) -> torch.device:
-    """Turn ``auto`` into the best available device and check the others exist.
+    """Turn ``auto`` into the best available device and check the others exist (imports torch).
 
     Returns:
         The torch device to run on.
     """
+    import torch
+
     if device not in DEVICES:
         raise ClipSegError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if device == "auto":
@@ -48,16 +130,8 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """Turn ``auto`` into fp16 on GPUs, bf16 on CPUs with bf16 units, fp32 elsewhere.
+def torch_dtype(precision: str) -> torch.dtype:
+    """Returns: the torch dtype of fp32, bf16 or fp16."""
+    import torch
 
-    Returns:
-        The dtype of the weights and activations.
-    """
-    if precision == "auto":
-        if device.type in ("cuda", "mps"):
-            return torch.float16
-        return torch.bfloat16 if cpu_has_bf16_matmul() else torch.float32
-    if precision not in PRECISIONS:
-        raise ClipSegError(f"unknown precision {precision!r}; choose one of auto, {', '.join(PRECISIONS)}")
-    return PRECISIONS[precision]
+    return getattr(torch, TORCH_DTYPES[precision])

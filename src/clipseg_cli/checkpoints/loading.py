@@ -1,4 +1,7 @@
-"""Strict loading of a checkpoint in the Hugging Face layout into our ClipSeg."""
+"""Strict loading of a checkpoint in the Hugging Face layout into our ClipSeg.
+
+Reading the small files (config, preprocessing) does not import torch; loading the weights does.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +11,19 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from clipseg_cli.constants import CONFIG_FILE, MERGES_FILE, PICKLE_FILE, SAFETENSORS_FILE, TOKENIZER_FILE, VOCAB_FILE
 from clipseg_cli.errors import CheckpointError
 from clipseg_cli.imaging.preprocess import Preprocessing
-from clipseg_cli.modeling import ClipSeg, ClipSegConfig
+from clipseg_cli.modeling.config import ClipSegConfig
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedTokenizerBase
 
-SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-                      "I64": torch.int64, "I32": torch.int32, "U8": torch.uint8, "BOOL": torch.bool}
+    from clipseg_cli.modeling import ClipSeg
+
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+                      "I64": "int64", "I32": "int32", "U8": "uint8", "BOOL": "bool"}  # torch's names
 # Checkpoint prefix -> our module path.
 PREFIXES = {
     "clip.vision_model.": "vision.",
@@ -72,6 +76,8 @@ def read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     Returns:
         The file's tensors by name.
     """
+    import torch
+
     with path.open("rb") as stream:
         mapped = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_COPY)
     (length,) = struct.unpack("<Q", mapped[:8])
@@ -84,7 +90,7 @@ def read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         start, end = (base + offset for offset in info["data_offsets"])
         if end > len(mapped) or start > end:
             raise ValueError(f"tensor {name} lies past the end of the file ({len(mapped)} bytes)")
-        stored = SAFETENSORS_DTYPES[info["dtype"]]
+        stored = getattr(torch, SAFETENSORS_DTYPES[info["dtype"]])
         tensor = torch.frombuffer(mapped, dtype=stored, count=(end - start) // stored.itemsize, offset=start)
         tensor = tensor.reshape(info["shape"])
         if tensor.is_floating_point() and stored != dtype:
@@ -95,12 +101,15 @@ def read_safetensors(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def read_state_dict(path: Path, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Read the tensors of a weights file, by memory map.
 
     Returns:
-        The checkpoint's tensors by name, floating-point ones in ``dtype``.
+        The checkpoint's tensors by name, floating-point ones in ``dtype`` (default float32).
     """
+    import torch
+
+    dtype = dtype or torch.float32
     try:
         if path.suffix == ".safetensors":
             return read_safetensors(path, dtype)
@@ -148,6 +157,8 @@ def fill(model: ClipSeg, tensors: dict[str, torch.Tensor], source: Path) -> None
                 source,
                 f"tensor {key!r} has shape {tuple(tensor.shape)}, config.json implies {tuple(expected[key].shape)}",
             )
+    import torch
+
     model.load_state_dict(tensors, strict=True, assign=True)
     for module in model.modules():  # non-persistent index buffers are not in checkpoints
         ids = getattr(module, "position_ids", None)
@@ -155,12 +166,16 @@ def fill(model: ClipSeg, tensors: dict[str, torch.Tensor], source: Path) -> None
             module.position_ids = torch.arange(ids.shape[-1]).expand(1, -1)
 
 
-def load_directory(directory: Path, dtype: torch.dtype = torch.float32) -> ClipSeg:
-    """Build the model described by a checkpoint directory and fill it.
+def load_directory(directory: Path, dtype: torch.dtype | None = None) -> ClipSeg:
+    """Build the model described by a checkpoint directory and fill it (float32 unless ``dtype``).
 
     Returns:
         The model in eval mode on the CPU.
     """
+    import torch
+
+    from clipseg_cli.modeling import ClipSeg
+
     config = read_config(directory)
     path = weights_file(directory)
     tensors = convert_state_dict(read_state_dict(path, dtype), path)
@@ -205,13 +220,23 @@ def load_processing(directory: Path) -> tuple[Preprocessing, PreTrainedTokenizer
     Returns:
         (preprocessing, tokenizer).
     """
+    config, preprocessing = check_processing(directory)
+    return preprocessing, load_tokenizer(directory, config)
+
+
+def check_processing(directory: Path) -> tuple[ClipSegConfig, Preprocessing]:
+    """A checkpoint's config and image preprocessing, checked against each other.
+
+    Returns:
+        (config, preprocessing).
+    """
     config = read_config(directory)
     preprocessing = Preprocessing.from_checkpoint(directory)
     if min(preprocessing.size) < config.patch_size:
         height, width = preprocessing.size
         raise CheckpointError(directory, f"input size {height}x{width} of its preprocessing is smaller than one "
                               f"patch ({config.patch_size} pixels, config.json)")
-    return preprocessing, load_tokenizer(directory, config)
+    return config, preprocessing
 
 
 def checkpoint_dir(
@@ -230,7 +255,7 @@ def checkpoint_dir(
 
 
 def load_model(
-    name: str | Path, *, dtype: torch.dtype = torch.float32, offline: bool | None = None, revision: str | None = None
+    name: str | Path, *, dtype: torch.dtype | None = None, offline: bool | None = None, revision: str | None = None
 ) -> ClipSeg:
     """Load ``name`` (directory, hub id or alias) into our ClipSeg.
 

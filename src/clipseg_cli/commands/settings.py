@@ -133,8 +133,8 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings, *, prot
         refiner = job.refiner(segmenter, offline=settings.offline or None, progress=not settings.quiet)
         engine = job.engine(segmenter, items, prompts=prompts, trim=True, protected=protected or (), refiner=refiner)
         if settings.verbose:
-            dtype = str(segmenter.dtype).removeprefix("torch.")
-            reporter.info(f"device {segmenter.device}, precision {dtype} ({settings.precision} asked), "
+            reporter.info(f"device {segmenter.device_type}, precision {segmenter.precision} "
+                          f"({settings.precision} asked) on {segmenter.backend}, "
                           f"batch size {engine.batch_size}, {len(items)} image(s)")
         results, unreported = engine.process(items), engine.unreported
     else:

@@ -7,10 +7,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from clipseg_cli.constants import (
@@ -22,6 +21,9 @@ from clipseg_cli.constants import (
     PROCESSOR_FILE,
 )
 from clipseg_cli.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
 
 Fail = Callable[[str], CheckpointError]  # makes the error for a bad setting, naming its file
 
@@ -127,13 +129,23 @@ class Preprocessing:
         pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return pixels.transpose(2, 0, 1)
 
-    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+    def to_batch(self, images: Sequence[Image.Image]) -> np.ndarray:
         """A batch of RGB images as the model's input.
+
+        Returns:
+            Bx3xHxW float32 array.
+        """
+        return np.stack([self.to_array(image) for image in images])
+
+    def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """A batch of RGB images as the model's input, for torch.
 
         Returns:
             Bx3xHxW float32 tensor.
         """
-        return torch.from_numpy(np.stack([self.to_array(image) for image in images]))
+        import torch
+
+        return torch.from_numpy(self.to_batch(images))
 
 
 def _settings(directory: Path) -> list[tuple[Path, dict[str, Any]]]:

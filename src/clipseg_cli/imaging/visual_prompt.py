@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.preprocess import Preprocessing
+
+if TYPE_CHECKING:  # torch is imported where a visual prompt is prepared, not to name one
+    import torch
 
 CONTEXT = 0.1  # fraction of the object's extent kept around it on each side
 BLUR_KERNEL = 15  # cv2.GaussianBlur(img, (15, 15), 3)
@@ -86,6 +88,9 @@ def prepare_visual_prompt(prompt: VisualPrompt, preprocessing: Preprocessing) ->
     Returns:
       3xHxW float32 tensor, normalised, at the model input size (H, W) = preprocessing.size.
     """
+    import torch
+    import torch.nn.functional as F
+
     size = preprocessing.size
     pixels = torch.from_numpy(np.asarray(prompt.image, dtype=np.float32).transpose(2, 0, 1).copy())
     image = F.interpolate(pixels[None], size, mode="bilinear", align_corners=True)[0] * preprocessing.rescale
@@ -110,6 +115,8 @@ def gaussian_blur_cv2(image: torch.Tensor) -> torch.Tensor:
     Returns:
       CxHxW float32.
     """
+    import torch
+
     channels_last = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
     blurred = cv2.GaussianBlur(channels_last, (BLUR_KERNEL, BLUR_KERNEL), BLUR_SIGMA, borderType=cv2.BORDER_REFLECT_101)
     return torch.from_numpy(blurred.reshape(channels_last.shape)).permute(2, 0, 1)
@@ -124,6 +131,8 @@ def crop_box(mask: torch.Tensor, context: float) -> tuple[int, int, int, int]:
     Returns:
       (top, bottom, left, right), bottom and right exclusive.
     """
+    import torch
+
     rows, cols = torch.nonzero(mask.any(dim=1))[:, 0], torch.nonzero(mask.any(dim=0))[:, 0]
     top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     height, width = bottom - top, right - left
@@ -140,6 +149,8 @@ def pad_to_square(image: torch.Tensor) -> torch.Tensor:
     Returns:
       CxSxS with S = max(H, W).
     """
+    import torch.nn.functional as F
+
     height, width = image.shape[1:]
     across, down = max(0, height - width), max(0, width - height)
     return F.pad(image, (across // 2, across - across // 2, down // 2, down - down // 2))

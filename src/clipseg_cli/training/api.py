@@ -143,7 +143,7 @@ def train(manifest: str | Path, *, weights: str | Path = DEFAULT_MODEL, out_dir:
         train_records, held = split_by_image(records, val_fraction, options.seed)
         val_info = {"fraction": val_fraction, "records": len(held)}
     segmenter = Segmenter.from_pretrained(weights, device=device, precision=precision, offline=offline,
-                                          revision=revision, progress=progress)
+                                          revision=revision, progress=progress, backend="torch")  # gradients
     base = checkpoint_dir(weights, offline=offline, revision=revision, progress=False)
     description = {
         "base": {"weights": str(weights), "identity": segmenter.identity["weights"],

@@ -104,7 +104,7 @@ class Activations:
         image = open_image(entry.path).image
         segmenter = self.segmenter
         pixels = segmenter.preprocessing([variant.image(image) for variant in entry.variants])
-        layers = segmenter.model.encode_image(pixels.to(segmenter.device, segmenter.dtype))
+        layers = segmenter.model.encode_image(pixels.to(segmenter.runner.device, segmenter.runner.dtype))
         stacked = torch.stack(layers, dim=1).float().cpu().numpy()  # K x layers x L x C
         self.computed += len(entry.variants)
         arrays = []

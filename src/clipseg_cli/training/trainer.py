@@ -107,12 +107,12 @@ class Trainer:
         self.options = options
         self.log = log
         self.progress = progress
-        self.decoder = load_decoder(base).to(segmenter.device)
+        self.decoder = load_decoder(base).to(segmenter.runner.device)
         self.activations = Activations(segmenter, cache)
         height, width = segmenter.preprocessing.size
         patch = segmenter.model.config.patch_size
         self.grid = (height // patch, width // patch)
-        self.mixed = mixed_precision(segmenter.dtype, segmenter.device)
+        self.mixed = mixed_precision(segmenter.runner.dtype, segmenter.runner.device)
         self.optimizer = torch.optim.AdamW(self.decoder.parameters(), lr=options.lr,
                                            weight_decay=options.weight_decay)
         per_epoch = max(1, math.ceil(len(data.train) / options.batch_size))
@@ -180,8 +180,8 @@ class Trainer:
         records = [self.data.train[i] for i in indices]
         features = np.stack([self.activations.get(self.data.entries[str(r.image)], int(v))
                              for r, v in zip(records, variants, strict=True)])  # B x layers x L x C
-        features = torch.from_numpy(features).to(self.segmenter.device)
-        conditional = torch.stack([self.data.embeddings[r.prompt] for r in records]).to(self.segmenter.device)
+        features = torch.from_numpy(features).to(self.segmenter.runner.device)
+        conditional = torch.stack([self.data.embeddings[r.prompt] for r in records]).to(self.segmenter.runner.device)
         truth = torch.from_numpy(np.stack([targets.get(int(i), int(v)) for i, v in zip(indices, variants,
                                                                                           strict=True)]))
         for group in self.optimizer.param_groups:
@@ -209,8 +209,8 @@ class Trainer:
         post = PostProcess(threshold=self.options.threshold)
         for group in group_by_image(self.data.val):
             entry = self.data.entries[str(group[0].image)]
-            features = torch.from_numpy(np.array(self.activations.get(entry, 0))[None]).to(self.segmenter.device)
-            conditional = torch.stack([self.data.embeddings[r.prompt] for r in group]).to(self.segmenter.device)
+            features = torch.from_numpy(np.array(self.activations.get(entry, 0))[None]).to(self.segmenter.runner.device)
+            conditional = torch.stack([self.data.embeddings[r.prompt] for r in group]).to(self.segmenter.runner.device)
             with self._autocast():
                 logits = self.decoder(list(features.unbind(1)), conditional, self.grid).float().cpu()
             score_image(scores, group, logits, entry.size, post)
@@ -218,7 +218,7 @@ class Trainer:
 
     def _autocast(self) -> torch.autocast:
         """bf16 matrix products with fp32 weights (mixed precision, as the paper's amp) unless fp32."""
-        return torch.autocast(self.segmenter.device.type, dtype=torch.bfloat16, enabled=self.mixed)
+        return torch.autocast(self.segmenter.runner.device.type, dtype=torch.bfloat16, enabled=self.mixed)
 
     def _finish_epoch(self, epoch: int, loss: float | None, seconds: float) -> None:
         """Validate, keep the checkpoint when it is the best so far, save the state and the log.
@@ -263,7 +263,7 @@ class Trainer:
         if not path.is_file():
             raise ClipSegError(f"{self.out_dir}: no {STATE_FILE} to resume from; start without --resume")
         try:
-            state = torch.load(path, map_location=self.segmenter.device, weights_only=True)
+            state = torch.load(path, map_location=self.segmenter.runner.device, weights_only=True)
             saved = json.loads(state["run"])
         except Exception as exc:  # a damaged file raises many types
             raise ClipSegError(f"{path}: cannot read the training state ({type(exc).__name__}); "

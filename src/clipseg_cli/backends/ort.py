@@ -1,0 +1,143 @@
+"""The model on ONNX Runtime: graphs exported from the checkpoint once, then no torch at all.
+
+With the graphs in the cache, loading reads only the checkpoint's small files (config,
+preprocessing, tokenizer) and the graphs: neither torch nor transformers is imported. The first
+run exports them (torch, about 10 s for the published size) into the cache (`backends.cache`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from clipseg_cli.backends.cache import entry_dir, graph_path, load_embedding, prepare, store, store_embedding
+from clipseg_cli.backends.tokenizer import ClipTokenizer
+from clipseg_cli.checkpoints.loading import check_processing
+from clipseg_cli.fingerprint import checkpoint_identity
+from clipseg_cli.imaging.preprocess import Preprocessing
+from clipseg_cli.modeling.config import ClipSegConfig
+
+PRECISIONS = ("fp32", "int8")  # int8: dynamic quantization of the segment graph; the prompt towers stay fp32
+
+
+class OrtRunner:
+    """Exported graphs run by ONNX Runtime on the CPU (a `backends.Runner`)."""
+
+    backend = "onnxruntime"
+    device_type = "cpu"
+
+    def __init__(self, directory: Path, precision: str, config: ClipSegConfig, preprocessing: Preprocessing,
+                 progress: bool = True) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"ONNX Runtime runs {' or '.join(PRECISIONS)}, not {precision}")
+        self.directory = directory
+        self.precision = precision
+        self.config = config
+        self.preprocessing = preprocessing
+        self.progress = progress
+        self.entry = entry_dir(directory)
+        self.weights = checkpoint_identity(directory)
+        self.tokenizer = ClipTokenizer(directory, config.text["max_position_embeddings"], config.text["vocab_size"])
+        self._sessions: dict[str, object] = {}
+
+    @classmethod
+    def load(cls, directory: Path, precision: str = "fp32", progress: bool = True) -> tuple[OrtRunner, Preprocessing]:
+        """Open a checkpoint folder's graphs, exporting them first when the cache has none for it.
+
+        Raises CacheUnwritable when they must be exported and cannot be stored.
+
+        Returns:
+            (the runner, the checkpoint's preprocessing).
+        """
+        config, preprocessing = check_processing(directory)
+        runner = cls(directory, precision, config, preprocessing, progress)
+        missing = [graph for graph in ("segment", "text") if not runner._file(graph).is_file()]
+        if missing:  # both at once: one load of the weights
+            runner._export(missing)
+        runner._ensure("segment")  # the text graph opens only for a prompt not embedded before
+        return runner, preprocessing
+
+    @property
+    def identity(self) -> dict[str, str]:
+        precision = {"fp32": "float32", "int8": "int8"}[self.precision]
+        return {"weights": self.weights, "precision": f"{precision}-onnxruntime", "device": "cpu"}
+
+    def drop_unused(self) -> None:
+        """Close the sessions of the prompt graphs."""
+        self._sessions.pop("text", None)
+        self._sessions.pop("visual", None)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Each text alone (no padding, so a stored embedding equals a fresh one bit for bit), from the
+        cache entry's stored embeddings where this checkpoint embedded the same tokens before."""
+        rows = []
+        for text in texts:
+            ids, mask = self.tokenizer([text])
+            row = load_embedding(self.entry, ids[0])
+            if row is None:
+                row = self._run("text", input_ids=ids, attention_mask=mask)[0]
+                store_embedding(self.entry, ids[0], row)
+            rows.append(row)
+        return np.stack(rows)
+
+    def embed_images(self, pixels: np.ndarray) -> np.ndarray:
+        return self._run("visual", pixel_values=pixels)
+
+    def logits(self, pixels: np.ndarray, conditional: np.ndarray) -> np.ndarray:
+        return self._run("segment", pixel_values=pixels, conditional=np.ascontiguousarray(conditional, np.float32))
+
+    def stack(self, rows: list) -> np.ndarray:
+        return np.stack(rows)
+
+    def _run(self, graph: str, **inputs: np.ndarray) -> np.ndarray:
+        self._ensure(graph)
+        return self._sessions[graph].run(None, inputs)[0]
+
+    def _file(self, graph: str) -> Path:
+        return graph_path(self.entry, graph, self.precision if graph == "segment" else "fp32")
+
+    def _ensure(self, *graphs: str) -> None:
+        """Open the sessions of ``graphs``; export the ones missing from the cache, or unreadable there, first."""
+        wanted = [graph for graph in graphs if graph not in self._sessions]
+        missing = [graph for graph in wanted if not self._file(graph).is_file()]
+        if missing:
+            self._export(missing)
+        for graph in wanted:
+            try:
+                self._sessions[graph] = _session(self._file(graph))
+            except Exception:  # a damaged cache file: export it again, once
+                self._export([graph])
+                self._sessions[graph] = _session(self._file(graph))
+
+    def _export(self, graphs: list[str]) -> None:
+        """Export ``graphs`` from the checkpoint's fp32 weights into the cache (imports torch)."""
+        from clipseg_cli.backends.export import export_graph, quantize_int8
+        from clipseg_cli.checkpoints.loading import load_directory
+
+        prepare(self.entry, self.directory)
+        if self.progress:
+            print(f"clipseg: exporting the model to ONNX once ({', '.join(graphs)}) into {self.entry}",
+                  file=sys.stderr)
+        model = load_directory(self.directory)
+        for graph in graphs:
+            data = export_graph(model, graph, self.preprocessing.size)
+            if graph == "segment" and self.precision == "int8":
+                data = quantize_int8(data)
+            store(self._file(graph), data)
+
+
+def _session(path: Path):
+    """An ONNX Runtime CPU session whose idle workers sleep (the decode and write threads need the cores).
+
+    Returns:
+        The ``onnxruntime.InferenceSession``.
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -1,0 +1,192 @@
+"""The ONNX Runtime path: equal to the reference, its graph cache, its tokenizer, and no torch on it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import CLIPTokenizer
+
+from clipseg_cli.backends.cache import entry_dir, graph_path
+from clipseg_cli.backends.tokenizer import ClipTokenizer
+from clipseg_cli.errors import ClipSegError
+from clipseg_cli.imaging.upsample import sigmoid_, upsample_bilinear
+from clipseg_cli.predictor import Segmenter
+from clipseg_cli.runtime import plan_run
+from factory import CONFIGS, Reference, build_checkpoint, probe_image, save_modern_layout
+from test_cli import clipseg
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TEXTS = ["red car", "tree", "a dog on the left"]
+EXAMPLE = probe_image(10, (40, 40))
+RELATIVE = 1e-5  # max |ours - reference| / max |reference| on the logits
+# ONNX Runtime fp32 sums in another order than torch: on the tiny checkpoints (scaled so that prompts
+# matter, which also amplifies rounding) torch itself is up to 8e-6 from transformers; onnxruntime
+# 1.32 stays under 1e-5, 1.20.1 (our floor) reaches 1.6e-5 on config "layers".
+RELATIVE_ORT = 2e-5
+INT8_AGREEMENT = 0.95  # fraction of mask pixels (p >= 0.4) equal to fp32's on the tiny random checkpoints
+
+
+def on_onnxruntime(directory: Path) -> Segmenter:
+    return Segmenter.from_pretrained(directory, device="cpu", backend="onnxruntime", progress=False)
+
+
+def relative_error(ours: np.ndarray, theirs: np.ndarray) -> float:
+    assert ours.shape == theirs.shape
+    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
+def reference_logits(reference: Reference, image, prompts: list) -> np.ndarray:
+    """transformers' logits for one image and each prompt (texts, then example images): Pxhxw."""
+    texts = [p for p in prompts if isinstance(p, str)]
+    examples = [p for p in prompts if not isinstance(p, str)]
+    rows = []
+    with torch.no_grad():
+        if texts:
+            inputs = reference.processor(text=texts, images=[image] * len(texts), padding=True, return_tensors="pt")
+            rows.append(reference.model(**inputs).logits.reshape(len(texts), *inputs["pixel_values"].shape[-2:]))
+        if examples:
+            inputs = reference.processor(images=[image] * len(examples), visual_prompt=examples, return_tensors="pt")
+            rows.append(reference.model(**inputs).logits.reshape(len(examples), *inputs["pixel_values"].shape[-2:]))
+    return torch.cat(rows).numpy()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_onnxruntime_logits_equal_the_reference(name, tmp_path_factory, checkpoint):
+    directory = checkpoint if name == "complex" else build_checkpoint(tmp_path_factory.mktemp(name), name)
+    ours = on_onnxruntime(directory)
+    assert ours.backend == "onnxruntime" and ours.exact
+    reference = Reference(directory)
+    prompts = [*TEXTS, EXAMPLE] if name == "complex" else TEXTS  # the visual graph once: its export is slow
+    images = [probe_image(0), probe_image(1, (33, 91))]
+    expected = np.stack([reference_logits(reference, image, prompts) for image in images])
+    assert relative_error(ours.logits(images, prompts), expected) < RELATIVE_ORT  # over the batch, as test_model
+
+
+def test_int8_masks_agree_with_fp32(checkpoint):
+    image = probe_image(0, (120, 90))
+    exact = Segmenter.from_pretrained(checkpoint, device="cpu", precision="fp32").predict(image, TEXTS)
+    int8 = Segmenter.from_pretrained(checkpoint, device="cpu", precision="int8", progress=False)
+    assert int8.identity["precision"] == "int8-onnxruntime" and not int8.exact
+    fast = int8.predict(image, TEXTS)
+    agreement = float(((fast >= 0.4) == (exact >= 0.4)).mean())
+    assert INT8_AGREEMENT <= agreement < 1.0  # quantized, yet the same masks nearly everywhere
+
+
+@pytest.mark.parametrize("size", [(70, 50), (33, 91), (1280, 720), (20, 10), (64, 64)])
+def test_numpy_upsampling_equals_torch(size):
+    logits = np.random.default_rng(0).normal(0, 3, (3, 64, 64)).astype(np.float32)
+    width, height = size
+    expected = F.interpolate(torch.from_numpy(logits)[:, None], size=(height, width), mode="bilinear",
+                             align_corners=False)[:, 0]
+    got = upsample_bilinear(logits, size)
+    assert relative_error(got, expected.numpy()) < RELATIVE
+    assert np.abs(sigmoid_(got) - torch.sigmoid(expected).numpy()).max() < 1e-5
+
+
+def test_tokenizer_gives_transformers_ids(checkpoint, tmp_path):
+    texts = ["red car", "Zürich 犬 <|endoftext|>", "  A  DOG\ton the\nleft ", "it's <|startoftext|>x", "",
+             "🐕 cars", "tree " * 40, "Façade, 3.5 m; ÜBER"]
+    for directory in (checkpoint, save_modern_layout(checkpoint, tmp_path / "modern")):
+        expected = CLIPTokenizer.from_pretrained(str(directory), local_files_only=True)(
+            texts, padding=True, truncation=True, max_length=32, return_tensors="np")
+        ids, mask = ClipTokenizer(directory, 32, 600)(texts)
+        assert np.array_equal(ids, expected["input_ids"]) and np.array_equal(mask, expected["attention_mask"])
+
+
+def test_plan_picks_the_runtime(monkeypatch):
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    import clipseg_cli.runtime as runtime
+
+    detect = runtime.cpu_has_bf16_matmul
+    for bf16, expected in ((True, ("torch", "bf16")), (False, ("onnxruntime", "fp32"))):
+        monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda bf16=bf16: bf16)
+        plan = plan_run("cpu", "auto")
+        assert (plan.backend, plan.precision) == expected
+    assert plan_run("cpu", "fp32") == runtime.RunPlan("torch", "cpu", "fp32")  # the reference stays torch
+    assert plan_run("cpu", "int8").backend == "onnxruntime"
+    with pytest.raises(ClipSegError, match="int8 runs on ONNX Runtime only"):
+        plan_run("cpu", "int8", "torch")
+    detect.cache_clear()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # an emulated AVX2 CPU has no bf16 units for torch
+    try:
+        assert not detect()
+    finally:
+        detect.cache_clear()  # the next test sees this CPU again
+
+
+def test_cache_is_keyed_by_the_checkpoint_and_rebuilt_when_stale(tmp_path, onnx_cache):
+    directory = build_checkpoint(tmp_path / "ckpt", "plain")
+    first = on_onnxruntime(directory)
+    graph = graph_path(first.runner.entry, "segment", "fp32")
+    assert graph.is_file() and first.runner.entry.parent == onnx_cache / "onnx"
+    assert not [p for p in first.runner.entry.iterdir() if p.name.startswith(".")]  # no temporary file left
+    expected = first.predict(probe_image(0), TEXTS)
+    built = graph.stat().st_mtime_ns
+    assert on_onnxruntime(directory).runner.entry == first.runner.entry and graph.stat().st_mtime_ns == built
+
+    graph.write_bytes(b"not a graph")  # damaged: exported again
+    assert np.array_equal(on_onnxruntime(directory).predict(probe_image(0), TEXTS), expected)
+
+    build_checkpoint(directory, "plain", seed=5)  # new weights in the same folder: a new entry, the old one gone
+    fresh = on_onnxruntime(directory)
+    old, new = first.runner.entry, fresh.runner.entry
+    assert new != old and not old.exists() and new == entry_dir(directory)
+    assert np.abs(fresh.predict(probe_image(0), TEXTS) - expected).max() > 0.1
+
+
+def test_text_embeddings_are_stored_with_the_graphs(tmp_path):
+    directory = build_checkpoint(tmp_path / "ckpt", "plain")
+    first = on_onnxruntime(directory)
+    expected = first.predict(probe_image(0), TEXTS)
+    text_graph = graph_path(first.runner.entry, "text", "fp32")
+    text_graph.write_bytes(b"damaged")  # only a prompt never seen before opens it (and exports it again)
+    again = on_onnxruntime(directory)
+    assert np.array_equal(again.predict(probe_image(0), TEXTS[::-1]), expected[::-1])  # bit for bit
+    assert text_graph.read_bytes() == b"damaged"
+    new = again.predict(probe_image(0), "a new prompt")
+    assert text_graph.stat().st_size > 1000 and np.abs(new[0] - expected[0]).max() > 0.01
+
+
+def test_segment_on_onnxruntime_never_imports_torch(checkpoint, tmp_path):
+    photo = tmp_path / "photo.jpg"
+    probe_image(0, (160, 90)).save(photo)
+    on_onnxruntime(checkpoint)  # the graphs in the cache
+    probe = ("import sys\nfrom clipseg_cli.cli import main\ncode = main(sys.argv[1:])\n"
+             "loaded = [m for m in ('torch', 'transformers.models.clip.modeling_clip') if m in sys.modules]\n"
+             "print('loaded:', loaded, file=sys.stderr)\nsys.exit(3 if loaded and code == 0 else code)\n")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1",
+           "ATEN_CPU_CAPABILITY": "avx2"}  # auto then picks fp32 through ONNX Runtime
+    done = subprocess.run([sys.executable, "-c", probe, "segment", str(photo), "red car", "--weights", str(checkpoint),
+                           "-v"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "loaded: []" in done.stderr and "on onnxruntime" in done.stderr
+    exact = Segmenter.from_pretrained(checkpoint, device="cpu", precision="fp32").predict(photo, "red car")[0]
+    mask = np.asarray(Image.open(tmp_path / "photo.red-car.mask.png")) > 0
+    assert (mask == (exact >= 0.4)).mean() > 0.999
+
+
+def test_unwritable_cache_falls_back_to_torch(checkpoint, tmp_path, monkeypatch):
+    import clipseg_cli.runtime as runtime
+
+    photo = tmp_path / "photo.png"
+    probe_image(0).save(photo)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("CLIPSEG_CACHE", str(blocker))
+    monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda: False)  # auto: fp32 through ONNX Runtime
+    done = clipseg("segment", photo, "tree", "--weights", checkpoint, "--no-overlay", "-v")
+    assert done.code == 0, done.stderr
+    notes = [line for line in done.stderr.splitlines() if "ONNX graph cache" in line]
+    assert len(notes) == 1 and str(blocker) in notes[0] and "running fp32 with torch instead" in notes[0]
+    assert "precision fp32 (auto asked) on torch" in done.stderr and (tmp_path / "photo.tree.mask.png").is_file()
+    refused = clipseg("segment", photo, "tree", "--weights", checkpoint, "--precision", "int8", "-f", "-q")
+    assert refused.code == 2 and refused.stderr.count("\n") == 1 and "ONNX graph cache" in refused.stderr
