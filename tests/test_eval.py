@@ -95,13 +95,16 @@ def _write_records(folder: Path) -> Path:
     return manifest
 
 
-def test_eval_json_equals_the_metrics_of_segmenter_predict(checkpoint: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("refine", ["none", "guided"])
+def test_eval_json_equals_the_metrics_of_segmenter_predict(checkpoint: Path, tmp_path: Path, capsys,
+                                                          refine: str) -> None:
     from clipseg_cli import Segmenter
+    from clipseg_cli.refine import refine_map
     from clipseg_cli.training.manifest import read_manifest, read_mask
 
     manifest = _write_records(tmp_path)
     code = main(["eval", str(manifest), "--weights", str(checkpoint), "--precision", "fp32", "--device", "cpu",
-                 "--json", "--per-record", "-q", "--threshold", "0.45"])
+                 "--json", "--per-record", "-q", "--threshold", "0.45", "--refine", refine])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0
     *records, summary = lines
@@ -113,6 +116,8 @@ def test_eval_json_equals_the_metrics_of_segmenter_predict(checkpoint: Path, tmp
     scores = Scores(0.45)
     for record in read_manifest(manifest).records:
         prob = segmenter.predict(record.image, [record.prompt])[0]
+        if refine != "none":  # the public refinement, as batch applies it before the threshold
+            prob = refine_map(Image.open(record.image).convert("RGB"), prob, refine, threshold=0.45)
         scores.add(record.prompt, prob, prob >= 0.45, read_mask(record.mask))
     expected = scores.summary()
     for key in ("miou", "iou_fg", "iou_binary", "ap", "best_threshold", "best_miou"):

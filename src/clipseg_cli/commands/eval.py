@@ -46,6 +46,8 @@ def eval_command(
     invert: o.Invert = False,
     negative: o.Negative = None,
     template: o.Template = None,
+    refine: o.Refine = "none",
+    sam_weights: o.SamWeights = None,
 ) -> None:
     """Score a model on a manifest of masks: mIoU, foreground and binary IoU, AP, best threshold.
 
@@ -60,7 +62,7 @@ def eval_command(
     post = PostProcess(threshold=threshold, blur=blur, dilate=dilate, erode=erode, min_area=min_area, invert=invert)
     evaluation = evaluate(manifest, weights=weights, device=device, precision=precision, revision=revision,
                           offline=offline or None, post=post, templates=template or [], negatives=negative or [],
-                          max_pixels=max_pixels, progress=not quiet)
+                          max_pixels=max_pixels, refine=refine, sam_weights=sam_weights, progress=not quiet)
     for problem in evaluation.skipped:
         print(printable(f"skipped: {problem}"), file=sys.stderr)
     _run(evaluation, json_output, per_record, quiet)

@@ -39,13 +39,14 @@ class Evaluation:
     """Scores a model on a manifest's records; records whose files are unusable are skipped and named."""
 
     def __init__(self, manifest: Manifest, segmenter, post: PostProcess, *, templates: Sequence[str] = (),
-                 negatives: Sequence[str] = (), max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 negatives: Sequence[str] = (), max_pixels: int = DEFAULT_MAX_PIXELS, refiner=None) -> None:
         self.manifest = manifest
         self.segmenter = segmenter
         self.post = post
         self.templates = list(templates)
         self.negatives = [text_prompt(n, templates) for n in negatives]
         self.max_pixels = max_pixels
+        self.refiner = refiner
         self.scores = Scores(post.threshold)
         self.skipped = list(manifest.problems)
 
@@ -57,7 +58,8 @@ class Evaluation:
         """
         for outcome in evaluate_segmenter(self.segmenter, self.manifest.records, self.scores, self.post,
                                           prompt_for=lambda text: text_prompt(text, self.templates),
-                                          negatives=self.negatives, max_pixels=self.max_pixels):
+                                          negatives=self.negatives, max_pixels=self.max_pixels,
+                                          refiner=self.refiner):
             if outcome.error:
                 self.skipped.append(outcome.error)
             yield outcome
@@ -70,21 +72,29 @@ class Evaluation:
 def evaluate(manifest: str | Path, *, weights: str | Path = DEFAULT_MODEL, device: str = "auto",
              precision: str = "auto", revision: str | None = None, offline: bool | None = None,
              post: PostProcess | None = None, templates: Sequence[str] = (), negatives: Sequence[str] = (),
-             max_pixels: int = DEFAULT_MAX_PIXELS, progress: bool = True) -> Evaluation:
+             max_pixels: int = DEFAULT_MAX_PIXELS, refine: str = "none", sam_weights: str | None = None,
+             progress: bool = True) -> Evaluation:
     """Load the model once and prepare the scoring of a manifest (run it with ``outcomes()``).
+
+    Arguments:
+        refine: ``--refine`` (none, guided, matting or sam), applied to each map as ``batch`` does.
 
     Returns:
         An Evaluation.
     """
     from clipseg_cli.predictor import Segmenter
+    from clipseg_cli.refine import check_available, load_refiner
 
+    check_available(refine)
     parsed = read_manifest(manifest)
     if not parsed.records:
         raise ClipSegError(f"{manifest}: no usable records (each needs image, prompt and mask)")
     segmenter = Segmenter.from_pretrained(weights, device=device, precision=precision, offline=offline,
                                           revision=revision, progress=progress)
+    refiner = load_refiner(refine, sam_weights=sam_weights, device=segmenter.device_type, offline=offline,
+                           progress=progress)
     return Evaluation(parsed, segmenter, post or PostProcess(), templates=templates, negatives=negatives,
-                      max_pixels=max_pixels)
+                      max_pixels=max_pixels, refiner=refiner)
 
 
 def checked_records(path: str | Path, skip_bad: bool, log: Callable[[str], None]) -> tuple[Manifest, list[Record]]:

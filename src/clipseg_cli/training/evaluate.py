@@ -48,12 +48,13 @@ def group_by_image(records: Sequence[Record]) -> list[list[Record]]:
 
 
 def score_image(scores: Scores, records: Sequence[Record], logits: torch.Tensor, size: tuple[int, int],
-                post: PostProcess, negatives: int = 0) -> list[Outcome]:
+                post: PostProcess, negatives: int = 0, refiner=None, image=None) -> list[Outcome]:
     """Score the records of one image from its logits, as ``batch`` turns logits into masks.
 
     Arguments:
         logits: (R+N)xhxw float32, one row per record, then one per negative prompt.
         size: (width, height) of the upright image.
+        refiner: a `clipseg_cli.refine.Refiner` (``--refine``), applied with ``image`` as ``batch`` does.
 
     Returns:
         One Outcome per record.
@@ -73,7 +74,8 @@ def score_image(scores: Scores, records: Sequence[Record], logits: torch.Tensor,
                                     f"{truth.shape[0]}, the image is {size[0]}x{size[1]}; masks must have its size"))
             continue
         prob = veto(probabilities(logits[index : index + 1], size)[0], vetoed)
-        # issue 10 (refinement): a refined map replaces `prob` here, before the threshold
+        if refiner is not None:  # as the engine: after the prompt algebra, before the mask steps
+            prob = refiner(image, prob, post.threshold).map
         mask, soft = mask_and_map(prob, post)
         outcomes.append(Outcome(record, iou=scores.add(record.prompt, soft, mask, truth)))
     return outcomes
@@ -81,7 +83,7 @@ def score_image(scores: Scores, records: Sequence[Record], logits: torch.Tensor,
 
 def evaluate_segmenter(segmenter, records: Sequence[Record], scores: Scores, post: PostProcess, *,
                        prompt_for: Callable[[str], object] = str, negatives: Sequence[object] = (),
-                       max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[Outcome]:
+                       max_pixels: int = DEFAULT_MAX_PIXELS, refiner=None) -> Iterator[Outcome]:
     """Run a Segmenter over the records, one image-tower pass per image for all its prompts.
 
     Images are decoded ahead in threads; an image that cannot be decoded skips its records.
@@ -106,7 +108,7 @@ def evaluate_segmenter(segmenter, records: Sequence[Record], scores: Scores, pos
             decoding[index] = None  # free the image once used
             prompts = [prompt_for(record.prompt) for record in group] + list(negatives)
             logits = segmenter.logits([decoded.image], prompts)[0]
-            yield from score_image(scores, group, logits, decoded.size, post, len(negatives))
+            yield from score_image(scores, group, logits, decoded.size, post, len(negatives), refiner, decoded.image)
 
 
 def summary_line(summary: dict) -> str:
