@@ -24,7 +24,10 @@ CONFIGS: dict[str, dict] = {
     "layers": {"extract_layers": [0, 2, 3]},
     "conditional1": {"conditional_layer": 1, "text_config": {"eos_token_id": 521}},
     "rd16": {"reduce_dim": 16, "use_complex_transposed_convolution": True},
-    # finer patches (8 px) and a wider decoder: a model that training can teach masks with real edges
+}
+# Checkpoints for training tests only (not iterated by the layout and backend tests): finer patches
+# (8 px) and a wider decoder, a model that training can teach masks with real edges.
+TRAINING_CONFIGS: dict[str, dict] = {
     "fine": {"reduce_dim": 16, "decoder_intermediate_size": 64, "extract_layers": [0, 1, 2],
              "vision_config": dict(hidden_size=48, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                                    image_size=32, patch_size=8)},
@@ -124,7 +127,7 @@ def build_checkpoint(directory: Path, name: str = "plain", seed: int | None = No
         ``directory``.
     """
     torch.manual_seed(SEEDS.get(name, 0) if seed is None else seed)
-    model = CLIPSegForImageSegmentation(small_config(**CONFIGS[name])).eval()
+    model = CLIPSegForImageSegmentation(small_config(**{**CONFIGS, **TRAINING_CONFIGS}[name])).eval()
     make_prompts_matter(model)
     write_tokenizer(directory)
     write_preprocessor(directory, size)
