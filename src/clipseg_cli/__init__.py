@@ -4,9 +4,11 @@ Everything the command line does, Python can do; the CLI only parses options int
 
 Probabilities in memory::
 
-    from clipseg_cli import Segmenter
+    from PIL import Image
+    from clipseg_cli import Segmenter, refine_map
     seg = Segmenter.from_pretrained("CIDAS/clipseg-rd64-refined", device="cpu", precision="fp32")
     probs = seg.predict("photo.jpg", ["red car", "tree"])  # float32 (2, height, width) in [0, 1]
+    edges = refine_map(Image.open("photo.jpg"), probs[0], "guided")  # the map along the object's edges
 
 Files, exactly as ``clipseg segment`` / ``clipseg batch`` write them (names, pixels, fingerprints,
 skipping of finished outputs)::
@@ -26,9 +28,12 @@ The names, by what they are for:
   several ``--prompt-image``). `build_prompts` builds them from the CLI's values, `text_prompt` and
   `example_prompt` one at a time.
 - Masks: `PostProcess` (threshold, blur, dilate, erode, min-area, invert), `make_mask` (one map to
-  one mask), `combine` (union and negatives of in-memory maps).
+  one mask), `combine` (union and negatives of in-memory maps), `refine_map` (a map that follows the
+  object's edges: ``--refine guided|matting|sam``), `load_refiner` (the same, loaded once for many images).
 - Files: `Job` (one CLI run), `OutputPlan` (which files, and the mask steps), `Engine` (batches and
   I/O threads, yielding `Result`), `collect` (inputs to `WorkItem`s, as the CLI names them).
+- Your own masks: `evaluate` (the paper's metrics on a manifest, ``clipseg eval``), `train` (fine-tune
+  the decoder, ``clipseg train``) with `TrainOptions`.
 
 Names are imported lazily so that ``clipseg --help`` starts without importing torch.
 """
@@ -62,6 +67,8 @@ _EXPORTS = {
     "VisualPrompt": "clipseg_cli.imaging.visual_prompt",
     "PostProcess": "clipseg_cli.postprocess",
     "make_mask": "clipseg_cli.postprocess",
+    "refine_map": "clipseg_cli.refine",
+    "load_refiner": "clipseg_cli.refine",
     "combine": "clipseg_cli.postprocess",
     "OutputPlan": "clipseg_cli.outputs",
     "Engine": "clipseg_cli.engine",
@@ -70,6 +77,9 @@ _EXPORTS = {
     "collect": "clipseg_cli.inputs",
     "WorkItem": "clipseg_cli.inputs",
     "ClipSegError": "clipseg_cli.errors",
+    "evaluate": "clipseg_cli.training.api",
+    "train": "clipseg_cli.training.api",
+    "TrainOptions": "clipseg_cli.training.trainer",
 }
 __all__ = [*_EXPORTS, "__version__"]
 
@@ -87,6 +97,9 @@ if TYPE_CHECKING:
     from clipseg_cli.postprocess import PostProcess, combine, make_mask
     from clipseg_cli.predictor import Segmenter
     from clipseg_cli.prompts import Average, build_prompts, example_prompt, text_prompt
+    from clipseg_cli.refine import load_refiner, refine_map
+    from clipseg_cli.training.api import evaluate, train
+    from clipseg_cli.training.trainer import TrainOptions
 
 
 def __getattr__(name: str):

@@ -20,7 +20,10 @@ import typer
 from clipseg_cli import __version__
 from clipseg_cli.commands.batch import batch
 from clipseg_cli.commands.download import download_weights
+from clipseg_cli.commands.eval import eval_command
 from clipseg_cli.commands.segment import segment
+from clipseg_cli.commands.train import train_command
+from clipseg_cli.commands.shards import shards
 from clipseg_cli.errors import ClipSegError, ReaderGone, printable
 
 INTERRUPTED = 130  # the shell's code for a Ctrl-C
@@ -38,6 +41,9 @@ app = typer.Typer(
 app.command("segment", no_args_is_help=True)(segment)
 app.command("batch", no_args_is_help=True)(batch)
 app.command("download-weights")(download_weights)
+app.command("train", no_args_is_help=True)(train_command)
+app.command("eval", no_args_is_help=True)(eval_command)
+app.command("shards", no_args_is_help=True)(shards)
 
 
 def _versions(value: bool) -> None:

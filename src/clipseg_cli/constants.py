@@ -1,6 +1,7 @@
 """Constants shared across the package: one place for every magic value."""
 
 DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
+DEFAULT_SAM_MODEL = "nielsr/slimsam-50-uniform"  # for --refine sam: see checkpoints/registry.SAM_REGISTRY
 
 # Preprocessing of the published checkpoints (their preprocessor_config.json).
 IMAGE_MEAN = (0.485, 0.456, 0.406)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,11 @@ from clipseg_cli.outputs import OutputPlan, label_for, output_paths, write_outpu
 from clipseg_cli.postprocess import clean_mask, fires, mask_and_map, stats, veto
 from clipseg_cli.predictor import Segmenter, probabilities, upsample
 from clipseg_cli.prompts import Prompt
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from clipseg_cli.refine import Refiner
 
 # Full-size float32 maps made at once per image being written (16 MB), or one map when larger.
 CHUNK_VALUES = 1 << 22
@@ -48,10 +53,13 @@ class Result:
     reason: str | None = None  # why an existing output was redone; None when fresh, skipped or forced
     stats: dict = field(default_factory=dict)
     records: dict[str, str] = field(default_factory=dict, repr=False)  # per kind, the fingerprint to store
+    refine: str | None = None  # the refinement that ran (--refine); not in the JSON line when none did
 
     def to_json(self) -> dict:
         record = asdict(self)
         del record["records"]
+        if record["refine"] is None:
+            del record["refine"]
         record.update(record.pop("stats"))
         record.setdefault("coverage", None)  # the key is always there; null where no mask was made this run
         return record
@@ -91,6 +99,7 @@ class Engine:
         trim: bool = False,
         protected: Iterable[str | os.PathLike[str]] = (),
         stats: bool = True,
+        refiner: Refiner | None = None,
     ) -> None:
         """Arguments:
         names: how prompts are shown and named (texts by default; give names for image prompts).
@@ -99,6 +108,8 @@ class Engine:
         trim: free the text tower and unused image layers once the prompts are embedded.
         stats: give each result the mask's coverage, box and mean probability (costs a full-size pass).
         protected: files never written to (the inputs): an item whose output would be one of them fails.
+        refiner: refines each map with the image after the prompt algebra, before the mask steps
+            (`clipseg_cli.refine`); None (``--refine none``) writes the model's maps as they are.
         """
         if not prompts:
             raise ClipSegError("give at least one prompt")
@@ -119,16 +130,20 @@ class Engine:
         self.trim = trim
         self.stats = stats
         self.protected = FileSet(protected)
+        self.refiner = refiner
         self.targets = self._targets(names, union)
         # fp32 is the reference path: decode at full size. Faster precisions may decode JPEGs at
         # reduced scale, still at least twice the model's input size, when only the mask is needed.
-        exact = segmenter.exact or self.plan.needs_full_image
+        exact = segmenter.exact or self.plan.needs_full_image or refiner is not None
         self.min_side = None if exact else 2 * max(segmenter.preprocessing.size)
         self.union = union
         self.settings = {**self.plan.settings(), "decode": "full" if self.min_side is None else f"min {self.min_side}"}
+        if refiner is not None:  # absent without refinement: those outputs stay byte-identical
+            self.settings["refine"] = refiner.name
         self.model_identity = segmenter.identity
         # maps that each depend on one prompt are written by several workers at once
         self.parts = _split(len(self.targets), 1 if union or self.negatives else workers)
+        self._swept: set[os.PathLike[str]] = set()  # output folders cleared of stale temporary files
 
     def _targets(self, names: list[str], union: bool) -> list[Target]:
         """One target per prompt (or one for the union), named by `label_for`.
@@ -205,7 +220,6 @@ class Engine:
         pixel_budget = 2 * self.max_pixels
         ordered = self._slots  # one slot per item, in input order; open ones are still decoding
         decoding: deque[tuple[WorkItem, list[Result], _Slot, Future]] = deque()
-        swept: set[os.PathLike[str]] = set()
         held: tuple[WorkItem, list[Result], int] | None = None  # an item waiting for pixels to be freed
         exhausted = False
         while True:
@@ -224,8 +238,8 @@ class Engine:
                 if ordered and sum(slot.pixels for slot in ordered) + pixels > pixel_budget:
                     break
                 held = None
-                if item.output_dir not in swept:  # once per folder, before our first write there
-                    swept.add(item.output_dir)
+                if item.output_dir not in self._swept:  # once per folder, before our first write there
+                    self._swept.add(item.output_dir)
                     remove_stale_temps(item.output_dir)
                 slot = _Slot([], pixels=pixels)
                 ordered.append(slot)
@@ -260,9 +274,10 @@ class Engine:
                 slot.close([pool.submit(self._finish, item, decoded, image_logits, part,
                                         planned[part.start : part.stop]) for part in self.parts])
 
-    def _masks(self, logits: Any, size: tuple[int, int], part: range
-               ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """(mask M, map m or None) for each target of ``part``, at the image's size (see `mask_and_map`).
+    def _masks(self, logits: Any, image: Image.Image, size: tuple[int, int], part: range
+               ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+        """(mask M, map m or None, foreground colours or None) for each target of ``part``, at the
+        image's size (see `_mask_and_map`).
 
         Full-size maps are made a chunk of prompts at a time (`map_chunks`); the union and the
         negatives are running maxima, so memory does not grow with the number of prompts.
@@ -278,20 +293,35 @@ class Engine:
                 for chunk in map_chunks(range(count), size):
                     top = probabilities(logits[chunk.start : chunk.stop], size).max(axis=0)
                     union = top if union is None else np.maximum(union, top, out=union)
-                yield mask_and_map(veto(union, vetoed), post)
+                yield self._mask_and_map(veto(union, vetoed), image)
                 return
             for chunk in map_chunks(part, size):
                 for prob in probabilities(logits[chunk.start : chunk.stop], size):
-                    yield mask_and_map(veto(prob, vetoed), post)
-        elif self.stats or self.plan.needs_probabilities:
+                    yield self._mask_and_map(veto(prob, vetoed), image)
+        elif self.stats or self.plan.needs_probabilities or self.refiner is not None:
             for chunk in map_chunks(part, size):
                 for prob in probabilities(logits[chunk.start : chunk.stop], size):
-                    yield mask_and_map(prob, post)
+                    yield self._mask_and_map(prob, image)
         else:  # sigmoid(x) >= t exactly where x >= logit(t): no full-size sigmoid needed
             cut = math.log(post.threshold / (1 - post.threshold))
             for chunk in map_chunks(part, size):
                 for upsampled in upsample(logits[chunk.start : chunk.stop], size):
-                    yield clean_mask(np.asarray(upsampled >= cut), post), None
+                    yield clean_mask(np.asarray(upsampled >= cut), post), None, None
+
+    def _mask_and_map(self, prob: np.ndarray, image: Image.Image
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Refine one HxW map with the image (when a refiner is set), then `mask_and_map`.
+
+        Returns:
+            (HxW bool mask M, HxW float32 map m, HxWx3 uint8 foreground colours for the cut-out or None).
+        """
+        foreground = None
+        if self.refiner is not None:
+            refined = self.refiner(image, prob, self.plan.post.threshold)
+            prob = refined.map
+            if self.plan.cutout and not self.plan.post.invert:  # colours of the object, not of the background
+                foreground = refined.foreground
+        return (*mask_and_map(prob, self.plan.post), foreground)
 
     def _plan(self, item: WorkItem) -> list[Result]:
         """Plan one item before decoding it: a result per target, 'skipped' where its files exist with
@@ -342,12 +372,13 @@ class Engine:
         """
         try:
             targets = self.targets[part.start : part.stop]
-            for target, result, (mask, soft) in zip(targets, results, self._masks(logits, decoded.size, part),
-                                                    strict=True):
+            masks = self._masks(logits, decoded.image, decoded.size, part)
+            for target, result, (mask, soft, foreground) in zip(targets, results, masks, strict=True):
                 if result.status == "pending":
                     paths = output_paths(item.output_dir, item.stem, target.label, self.plan)
-                    write_outputs(decoded.image, mask, soft, paths, self.plan, result.records)
+                    write_outputs(decoded.image, mask, soft, paths, self.plan, result.records, foreground=foreground)
                     result.stats = stats(mask, soft) if self.stats else {}
+                    result.refine = self.refiner.name if self.refiner is not None else None
                     result.status = "ok"
             return results
         except OSError as exc:

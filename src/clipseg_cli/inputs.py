@@ -7,7 +7,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from clipseg_cli.constants import OUTPUT_SUFFIXES, TEMP_SUFFIX
 from clipseg_cli.errors import ClipSegError
@@ -153,7 +153,16 @@ def _items(entries: list[tuple[Path, Path | None, bool]], output_dir: Path | Non
     return [WorkItem(path, target, stems[i]) for i, (path, target) in enumerate(placed)]
 
 
-def _stems(placed: list[tuple[Path, Path]], taken: set[tuple[Path, str]]) -> list[str]:
+def output_stems(placed: list[tuple[PurePath, PurePath]]) -> list[str]:
+    """Output stems for (file, output folder) pairs, as `collect` names them (see `_stems`).
+
+    Returns:
+        One stem per pair.
+    """
+    return _stems(placed, set())
+
+
+def _stems(placed: list[tuple[PurePath, PurePath]], taken: set[tuple[PurePath, str]]) -> list[str]:
     """Output stems for (file, output folder) pairs, none in ``taken`` (which they are added to).
 
     A stem shared by several files that land in one folder (photo.jpg, photo.png) becomes the

@@ -23,6 +23,7 @@ from clipseg_cli.inputs import WorkItem, collect, folder_problem
 from clipseg_cli.outputs import OutputPlan
 from clipseg_cli.predictor import Segmenter
 from clipseg_cli.prompts import Prompt, build_prompts, check_texts
+from clipseg_cli.refine import Refiner, check_available, load_refiner
 
 PathLike = str | os.PathLike[str]
 
@@ -39,6 +40,8 @@ class Job:
         ``--threshold``, ``--blur``, ...). force: ``--force``, redo outputs that exist.
     max_pixels: ``--max-pixels``. batch_size: ``--batch-size`` (None: 4 on CPU, 16 on GPU).
     stats: give each result the mask's coverage, box and mean probability (``--json`` does).
+    refine: ``--refine``, none, guided, matting or sam (`clipseg_cli.refine`): the map follows the
+        object's edges, after the prompt algebra and before the mask steps. sam_weights: ``--sam-weights``.
     """
 
     texts: Sequence[str] = ()
@@ -52,6 +55,8 @@ class Job:
     max_pixels: int = DEFAULT_MAX_PIXELS
     batch_size: int | None = None
     stats: bool = True
+    refine: str = "none"
+    sam_weights: str | None = None
 
     def check(self, items: Sequence[WorkItem] = ()) -> None:
         """Refuse, before any model loads, texts that are not UTF-8, templates without one ``{}``, and
@@ -61,6 +66,7 @@ class Job:
             ClipSegError: naming the first problem.
         """
         check_texts(self.texts, negatives=self.negatives, templates=self.templates)
+        check_available(self.refine)
         check_output_folders(items)
 
     def prompts(self) -> tuple[list[Prompt], list[str]]:
@@ -72,25 +78,35 @@ class Job:
         return build_prompts(self.texts, templates=self.templates, prompt_images=self.prompt_images,
                              prompt_masks=self.prompt_masks, max_pixels=self.max_pixels)
 
+    def refiner(self, segmenter: Segmenter, *, offline: bool | None = None, progress: bool = True) -> Refiner | None:
+        """The refinement of ``refine`` (its SAM checkpoint loaded, on the segmenter's device), or None.
+
+        offline: never download the SAM checkpoint (None: as HF_HUB_OFFLINE says).
+        """
+        return load_refiner(self.refine, sam_weights=self.sam_weights, device=segmenter.device_type,
+                            offline=offline, progress=progress)
+
     def engine(self, segmenter: Segmenter, items: Sequence[WorkItem] = (), *,
                prompts: tuple[list[Prompt], list[str]] | None = None, trim: bool = False,
-               protected: Iterable[PathLike] = ()) -> Engine:
+               protected: Iterable[PathLike] = (), refiner: Refiner | None = None) -> Engine:
         """The Engine that runs this job; the inputs and the prompt files are protected from being written.
 
         Arguments:
             items: the work items (their sources are protected). prompts: from `prompts`, when built
                 already. trim: free the text tower once the prompts are embedded (the segmenter then
                 takes no new prompts). protected: more files never to write (e.g. the inputs of a
-                whole run when ``items`` are a part of it).
+                whole run when ``items`` are a part of it). refiner: from `refiner` (default: loaded
+                here when ``refine`` is not none).
 
         Returns:
             The Engine; `Engine.process` runs it.
         """
         prompts, names = prompts or self.prompts()
+        refiner = refiner if refiner is not None else self.refiner(segmenter)
         protected = [*(item.source for item in items), *protected, *self.prompt_images, *self.prompt_masks]
         return Engine(segmenter, prompts, plan=self.plan, names=names, negatives=list(self.negatives),
                       union=self.union, batch_size=self.batch_size, force=self.force, max_pixels=self.max_pixels,
-                      trim=trim, stats=self.stats, protected=protected)
+                      trim=trim, stats=self.stats, protected=protected, refiner=refiner)
 
     def segment(self, segmenter: Segmenter, inputs: Iterable[PathLike], output_dir: PathLike | None = None, *,
                 recursive: bool = False) -> Iterator[Result]:

@@ -130,7 +130,8 @@ def _fit(text: str, limit: int) -> str:
 
 
 def write_outputs(image: Image.Image | None, mask: np.ndarray, soft: np.ndarray | None, paths: dict[str, Path],
-                  plan: OutputPlan, records: dict[str, str] | None = None) -> None:
+                  plan: OutputPlan, records: dict[str, str] | None = None, *,
+                  foreground: np.ndarray | None = None) -> None:
     """Write the files of one mask atomically.
 
     Arguments:
@@ -138,6 +139,7 @@ def write_outputs(image: Image.Image | None, mask: np.ndarray, soft: np.ndarray 
         mask: HxW bool, the final mask M. soft: HxW float32, the map m of `mask_and_map`
             (needed only when ``plan.soft``).
         records: per kind, the fingerprint record to store in the file (see `fingerprint`).
+        foreground: HxWx3 uint8 colours for the cut-out (matting's estimated foreground); default the image's.
     """
     records = records or {}
 
@@ -152,4 +154,5 @@ def write_outputs(image: Image.Image | None, mask: np.ndarray, soft: np.ndarray 
     if "overlay" in paths:
         save_png(overlay(image, mask), paths["overlay"], text=text("overlay"))
     if "cutout" in paths:
-        save_png(cutout(image, soft if plan.soft else mask), paths["cutout"], text=text("cutout"))
+        colours = image if foreground is None else Image.fromarray(foreground)
+        save_png(cutout(colours, soft if plan.soft else mask), paths["cutout"], text=text("cutout"))

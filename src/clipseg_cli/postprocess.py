@@ -37,6 +37,11 @@ OPENCV_MAX_RADIUS = 96
 class PostProcess:
     """Settings for turning one probability map into a mask; see `make_mask` for the order of steps.
 
+    The whole order, in the CLI and the engine: prompt algebra (`combine`: union, negatives), then
+    the refinement with the image (``--refine``, `clipseg_cli.refine.refine_map`), then blur,
+    threshold, dilate, erode, min_area, invert (`mask_and_map`); soft outputs and cut-outs show
+    the map m of `mask_and_map`.
+
     threshold: a pixel is foreground where its (blurred) probability is >= threshold, in (0, 1].
     blur: sigma in pixels of the Gaussian applied to the probability map first; 0 turns it off.
     dilate: grow the mask by this many pixels. erode: then shrink it by this many pixels.

@@ -22,10 +22,10 @@ def download_weights(
     quiet: o.Quiet = False,
 ) -> None:
     """Fetch checkpoints into the Hugging Face cache (safetensors and small files; never pickles)."""
-    from clipseg_cli.checkpoints.registry import REGISTRY
+    from clipseg_cli.checkpoints.registry import REGISTRY, SAM_REGISTRY
 
     if list_:
-        for info in REGISTRY.values():
+        for info in [*REGISTRY.values(), *SAM_REGISTRY.values()]:
             default = " (default)" if info.hub_id == DEFAULT_MODEL else ""
             typer.echo(f"{info.hub_id:<28} {info.size_mb:>5} MB  {info.description}{default}")
         raise typer.Exit(0)

@@ -13,6 +13,7 @@ MODEL = "Model"
 OUTPUT = "Output"
 MASK = "Mask post-processing"
 PROMPT = "Prompts"
+REFINE = "Edges"
 
 Weights = Annotated[str, typer.Option(
     "--weights", "-w", rich_help_panel=MODEL, metavar="NAME|DIR",
@@ -82,3 +83,11 @@ PromptMask = Annotated[list[Path] | None, typer.Option(
     "--prompt-mask", rich_help_panel=PROMPT, metavar="REF_MASK",
     help="The object's mask in the matching --prompt-image: crop, blur and darken around it as the paper does.")]
 
+
+Refine = Annotated[str, typer.Option(
+    "--refine", rich_help_panel=REFINE, metavar="none|guided|matting|sam",
+    help="Make the map follow the object's edges before the mask steps: guided (fast edge-aware filter), "
+         "matting (alpha at hair and fur, clean cut-out colours; needs pymatting) or sam (Segment Anything).")]
+SamWeights = Annotated[str | None, typer.Option(
+    "--sam-weights", rich_help_panel=REFINE, metavar="NAME|DIR",
+    help="SAM checkpoint for --refine sam (default nielsr/slimsam-50-uniform): a published name, hub id or folder.")]

@@ -16,8 +16,10 @@ class Reporter:
     """Prints results as they come; stdout carries only JSON so that ``--json | jq`` works."""
 
     def __init__(self, total: int, *, json_lines: bool, quiet: bool, stdout: TextIO | None = None,
-                 stderr: TextIO | None = None) -> None:
+                 stderr: TextIO | None = None, kept: list[str] | None = None) -> None:
+        """kept: a list that receives every result's JSON line, printed or not (a shard's manifest)."""
         self.json_lines = json_lines
+        self.kept = kept
         self.quiet = quiet
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
@@ -36,11 +38,12 @@ class Reporter:
         self.counts[result.status] += 1
         if result.reason and result.status != "skipped":
             self.redone.append(f"{result.mask}: {result.reason}")
+        line = json_line(result) if self.json_lines or self.kept is not None else ""
+        if self.kept is not None:
+            self.kept.append(line)
         if self.json_lines:
-            record = {key: printable(value) if isinstance(value, str) else value
-                      for key, value in result.to_json().items()}
             try:  # one write per line: a signal that interrupts it never leaves half a line
-                self.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
+                self.stdout.write(line)
                 self.stdout.flush()
             except BrokenPipeError as exc:
                 self.json_lines = False
@@ -70,6 +73,12 @@ class Reporter:
         self.info(f"{written} mask(s) written, {skipped} skipped (exist; --force redoes them), "
                   f"{failed} image(s) failed")
         return 1 if failed else 0
+
+
+def json_line(result) -> str:
+    """Returns: the JSON line of one result, ending in a newline, valid UTF-8 whatever the file names."""
+    record = {key: printable(value) if isinstance(value, str) else value for key, value in result.to_json().items()}
+    return json.dumps(record, ensure_ascii=False) + "\n"
 
 
 def _is_terminal(stream: TextIO) -> bool:

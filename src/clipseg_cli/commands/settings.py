@@ -47,6 +47,8 @@ class Settings:
     template: o.Template = None
     prompt_image: o.PromptImage = None
     prompt_mask: o.PromptMask = None
+    refine: o.Refine = "none"
+    sam_weights: o.SamWeights = None
 
 
 def with_settings(command: Callable[..., None]) -> Callable[..., None]:
@@ -103,11 +105,16 @@ def job_of(texts: list[str], settings: Settings) -> Job:
     return Job(texts, templates=settings.template or (), prompt_images=settings.prompt_image or (),
                prompt_masks=settings.prompt_mask or (), negatives=settings.negative or (), union=settings.union,
                plan=plan, force=settings.force, max_pixels=settings.max_pixels, batch_size=settings.batch_size,
-               stats=settings.json)
+               stats=settings.json, refine=settings.refine, sam_weights=settings.sam_weights)
 
 
-def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
+def execute(items: list[WorkItem], texts: list[str], settings: Settings, *, protected: list[Path] | None = None,
+            ray: RayOptions | None = None, kept: list[str] | None = None) -> int:
     """Check the settings, prompts and output folders, then load the model once, run every item, report.
+
+    Arguments:
+        protected: more files never written to (a shard gives every input of the whole run).
+        ray: run on a Ray cluster instead of here. kept: receives every result's JSON line.
 
     Returns:
         The exit code: 0 all done, 1 some image failed.
@@ -118,20 +125,42 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings) -> int:
     job = job_of(texts, settings)
     job.check(items)
     prompts = job.prompts()
-    reporter = Reporter(len(items), json_lines=settings.json, quiet=settings.quiet)
-    segmenter = Segmenter.from_pretrained(settings.weights, device=settings.device, precision=settings.precision,
-                                          offline=settings.offline or None, revision=settings.revision,
-                                          progress=not settings.quiet)
-    engine = job.engine(segmenter, items, prompts=prompts, trim=True)
-    if settings.verbose:
-        reporter.info(f"device {segmenter.device_type}, precision {segmenter.precision} ({settings.precision} asked) "
-                      f"on {segmenter.backend}, "
-                      f"batch size {engine.batch_size}, {len(items)} image(s)")
+    reporter = Reporter(len(items), json_lines=settings.json, quiet=settings.quiet, kept=kept)
+    model = {"name": settings.weights, "device": settings.device, "precision": settings.precision,
+             "offline": settings.offline or None, "revision": settings.revision}
+    if ray is None:
+        segmenter = Segmenter.from_pretrained(**model, progress=not settings.quiet)
+        refiner = job.refiner(segmenter, offline=settings.offline or None, progress=not settings.quiet)
+        engine = job.engine(segmenter, items, prompts=prompts, trim=True, protected=protected or (), refiner=refiner)
+        if settings.verbose:
+            reporter.info(f"device {segmenter.device_type}, precision {segmenter.precision} "
+                          f"({settings.precision} asked) on {segmenter.backend}, "
+                          f"batch size {engine.batch_size}, {len(items)} image(s)")
+        results, unreported = engine.process(items), engine.unreported
+    else:
+        from clipseg_cli.checkpoints.loading import checkpoint_dir
+        from clipseg_cli.ray_batch import RayBatch
+
+        checkpoint_dir(settings.weights, offline=settings.offline or None, revision=settings.revision,
+                       progress=not settings.quiet)  # downloaded once, here, with a progress bar
+        runner = RayBatch(job, model, protected=[*(item.source for item in items), *(protected or ())],
+                          address=ray.address, actors=ray.actors)
+        if settings.verbose:
+            reporter.info(f"Ray: {runner.describe()}, {len(items)} image(s)")
+        results, unreported = runner.process(items), runner.unreported
     try:
-        for result in engine.process(items):
+        for result in results:
             reporter.add(result)
     finally:
-        for result in engine.unreported():  # written before a Ctrl-C, a signal or a closed stdout
+        for result in unreported():  # written before a Ctrl-C, a signal or a closed stdout
             reporter.add(result)
         code = reporter.close()
     return code
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where ``--ray`` runs: address None starts a local Ray, ``auto`` joins this machine's cluster."""
+
+    address: str | None = None
+    actors: int | None = None

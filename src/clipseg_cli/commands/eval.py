@@ -1,0 +1,111 @@
+"""``clipseg eval MANIFEST``: how good are the masks? The CLIPSeg paper's metrics on your own masks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clipseg_cli.commands import options as o
+from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
+from clipseg_cli.errors import ClipSegError
+
+METRICS = (  # key, name, what it is
+    ("miou", "mIoU", "mean over prompts of each prompt's IoU, at the threshold"),
+    ("iou_fg", "IoU (foreground)", "IoU of all object pixels of all records together, at the threshold"),
+    ("iou_binary", "IoU (binary)", "mean of the object's and the background's IoU, at the threshold"),
+    ("ap", "AP", "area under the precision-recall curve over 49 thresholds 0.02 .. 0.98"),
+    ("best_miou", "best mIoU", "mIoU at the best of those 49 thresholds"),
+)
+
+
+def eval_command(
+    manifest: Annotated[Path, typer.Argument(
+        help="JSON Lines (the records `clipseg batch --json` prints) or CSV with image,prompt,mask columns.",
+        show_default=False)],
+    weights: o.Weights = DEFAULT_MODEL,
+    device: o.Device = "auto",
+    precision: o.Precision = "auto",
+    revision: o.Revision = None,
+    offline: o.Offline = False,
+    json_output: Annotated[bool, typer.Option(
+        "--json", rich_help_panel=o.OUTPUT, help="Print the metrics as one JSON object on stdout.")] = False,
+    per_record: Annotated[bool, typer.Option(
+        "--per-record", rich_help_panel=o.OUTPUT, help="Also print one line per record (JSON with --json).")]
+    = False,
+    quiet: o.Quiet = False,
+    max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
+    threshold: o.Threshold = DEFAULT_THRESHOLD,
+    blur: o.Blur = 0.0,
+    dilate: o.Dilate = 0,
+    erode: o.Erode = 0,
+    min_area: o.MinArea = 0,
+    invert: o.Invert = False,
+    negative: o.Negative = None,
+    template: o.Template = None,
+) -> None:
+    """Score a model on a manifest of masks: mIoU, foreground and binary IoU, AP, best threshold.
+
+    Exit code 1 when some records were skipped (each is named on stderr), 2 when none is usable.
+    """
+    from clipseg_cli.errors import printable
+    from clipseg_cli.postprocess import PostProcess
+    from clipseg_cli.prompts import check_texts
+    from clipseg_cli.training.api import evaluate
+
+    check_texts([], negatives=negative or [], templates=template or [])
+    post = PostProcess(threshold=threshold, blur=blur, dilate=dilate, erode=erode, min_area=min_area, invert=invert)
+    evaluation = evaluate(manifest, weights=weights, device=device, precision=precision, revision=revision,
+                          offline=offline or None, post=post, templates=template or [], negatives=negative or [],
+                          max_pixels=max_pixels, progress=not quiet)
+    for problem in evaluation.skipped:
+        print(printable(f"skipped: {problem}"), file=sys.stderr)
+    _run(evaluation, json_output, per_record, quiet)
+    summary = evaluation.summary()
+    if not summary["records"]:
+        raise ClipSegError(f"{manifest}: no usable records; each skipped one is named above")
+    if json_output:
+        print(json.dumps(summary), flush=True)
+    else:
+        _table(summary)
+    raise typer.Exit(1 if summary["skipped"] else 0)
+
+
+def _run(evaluation, json_output: bool, per_record: bool, quiet: bool) -> None:
+    """Score every record, with a progress bar; print per-record lines and skipped records as they come."""
+    from tqdm import tqdm
+
+    from clipseg_cli.errors import printable
+
+    records = evaluation.manifest.records
+    bar = tqdm(total=len(records), unit="rec", file=sys.stderr, leave=False,
+               disable=quiet or not sys.stderr.isatty())
+    for outcome in evaluation.outcomes():
+        bar.update(1)
+        if outcome.error:
+            bar.write(printable(f"skipped: {outcome.error}"), file=sys.stderr)
+        if per_record and json_output:
+            line = {key: printable(v) if isinstance(v, str) else v for key, v in outcome.to_json().items()}
+            print(json.dumps(line, ensure_ascii=False), flush=True)
+        elif per_record and outcome.iou is not None:
+            print(printable(f"{outcome.iou:.4f}  {outcome.record.image}  {outcome.record.prompt}"), flush=True)
+    bar.close()
+
+
+def _table(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary['records']} record(s), {summary['prompts']} prompt(s), "
+                        f"{summary['skipped']} skipped; threshold {summary['threshold']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("what it is")
+    for key, name, meaning in METRICS:
+        value = summary[key]
+        table.add_row(name, "n/a" if value is None else f"{value:.4f}", meaning)
+    table.add_row("best threshold", f"{summary['best_threshold']:.2f}", "the threshold of the best mIoU")
+    Console().print(table)

@@ -1,0 +1,194 @@
+"""Run a batch on a Ray cluster: one Engine per Ray actor, results back in input order.
+
+The driver (where ``clipseg batch --ray`` runs) collects the work items and names the outputs;
+each actor loads the model once and runs our own Engine over chunks of items, with the same
+settings, skipping and atomic writes as a run on one machine, so the files are byte for byte the
+same. Actors read the inputs and write the outputs themselves: every node must see them at the
+same paths (a local Ray, or a shared file system such as NFS or Lustre). For object stores, use
+the Ray Data API in `clipseg_cli.ray_data`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import suppress
+from typing import TYPE_CHECKING
+
+from clipseg_cli.errors import ClipSegError
+from clipseg_cli.inputs import WorkItem
+
+if TYPE_CHECKING:
+    from clipseg_cli.engine import Result
+    from clipseg_cli.job import Job, PathLike
+
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+IN_FLIGHT = 2  # chunks queued per actor, so that none waits for the driver between chunks
+MAX_BATCHES = 2  # model batches per chunk at most: a stopped run waits for the chunks in flight
+_STOP_SECONDS = 300  # how long a stopped run waits for them at most
+_AHEAD = 4  # finished chunks held for an earlier one, at most this many times the chunks in flight
+
+
+class _EngineActor:
+    """One Engine in one Ray worker process (see `RayBatch`)."""
+
+    def __init__(self, job: Job, model: Mapping[str, object], protected: list, threads: int) -> None:
+        import torch
+
+        from clipseg_cli.predictor import Segmenter
+
+        torch.set_num_threads(threads)
+        try:
+            segmenter = Segmenter.from_pretrained(**model, progress=False)
+            self.engine, self.error = job.engine(segmenter, protected=protected, trim=True), None
+        except ClipSegError as exc:  # reported by `ready`: a set-up error, exit code 2
+            self.engine, self.error = None, str(exc)
+
+    def ready(self) -> str | None:
+        """Returns: the set-up error, or None once the model is loaded."""
+        return self.error
+
+    def process(self, items: list[WorkItem]) -> list[Result]:
+        return list(self.engine.process(items))
+
+
+class RayBatch:
+    """Runs an Engine per actor over chunks of work items on Ray, yielding results in input order."""
+
+    def __init__(self, job: Job, model: Mapping[str, object], *, protected: Iterable[PathLike] = (),
+                 address: str | None = None, actors: int | None = None) -> None:
+        """Arguments:
+        job: what to segment and write. model: `Segmenter.from_pretrained`'s arguments (name, device,
+            precision, offline, revision), for each actor. protected: files never written (the inputs).
+        address: None starts a local Ray (or joins RAY_ADDRESS / a cluster `ray start` began here);
+            ``auto`` joins this machine's cluster; else ``ray://host:10001`` or ``host:6379``.
+        actors: how many (default: one per GPU when running on GPUs, else one per CPU). Each takes
+            one GPU when the device is cuda, or auto and the cluster has GPUs.
+        """
+        import ray
+
+        device = str(model.get("device", "auto"))
+        begun = time.perf_counter()
+        self.started = not ray.is_initialized()
+        if self.started:
+            handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.ERROR, configure_logging=True)
+            except (ConnectionError, ValueError, RuntimeError) as exc:
+                raise ClipSegError(f"--ray-address {address or '(local)'}: cannot start or join Ray ({exc}); "
+                                   "check the address (ray status shows it) or leave it out for a local Ray") from None
+            finally:  # Ray's own handlers abort the process: Ctrl-C, SIGTERM and SIGHUP stop a run as ours do
+                for signum, handler in handlers.items():
+                    if handler is not None and threading.current_thread() is threading.main_thread():
+                        signal.signal(signum, handler)
+        resources = ray.cluster_resources()
+        cpus, gpu_count = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+        self.gpus = device == "cuda" or (device == "auto" and gpu_count > 0)
+        if self.gpus and gpu_count < 1:
+            raise ClipSegError("--ray with --device cuda: the Ray cluster has no GPU; use --device cpu or auto")
+        count = actors or (gpu_count if self.gpus else cpus)
+        threads = 1 if self.gpus else max(1, cpus // count)
+        self.batch_size = job.batch_size or (16 if self.gpus else 4)
+        # no restarts: a lost actor stops the run with an error, and a rerun skips what was written
+        remote = ray.remote(num_cpus=threads, num_gpus=1 if self.gpus else 0)(_EngineActor)
+        shared = ray.put([os.fspath(path) for path in protected])  # sent once, not once per actor
+        self.actors = [remote.remote(job, dict(model), shared, threads) for _ in range(count)]
+        self.threads = threads
+        errors = [error for error in ray.get([actor.ready.remote() for actor in self.actors]) if error]
+        self.startup = time.perf_counter() - begun  # Ray (when started here) and the actors' models
+        if errors:
+            self.close()
+            raise ClipSegError(errors[0])
+        self._pending: dict = {}  # object ref -> (chunk index, actor)
+        self._finished: dict[int, list[Result]] = {}
+
+    def describe(self) -> str:
+        """Returns: e.g. ``2 actor(s) x 1 CPU, ready in 6.2 s``, for --verbose."""
+        return (f"{len(self.actors)} actor(s) x {'1 GPU' if self.gpus else f'{self.threads} CPU'}, "
+                f"ready in {self.startup:.1f} s")
+
+    def chunk_size(self, total: int) -> int:
+        """Images per task: whole model batches, about 4 tasks per actor, at most `MAX_BATCHES` batches.
+
+        Small enough that the actors finish together and a stopped run stops soon, large enough that
+        each decodes ahead.
+        """
+        batches = total // (len(self.actors) * 4 * self.batch_size)
+        return self.batch_size * max(1, min(MAX_BATCHES, batches))
+
+    def process(self, items: Sequence[WorkItem]) -> Iterator[Result]:
+        """Process the items on the actors; results come in input order as each chunk finishes.
+
+        Returns:
+            An iterator of one Result per (item, target).
+        """
+        import ray
+
+        size = self.chunk_size(len(items))
+        chunks = (list(items[start : start + size]) for start in range(0, len(items), size))
+        free = [actor for _ in range(IN_FLIGHT) for actor in self.actors]
+        window = _AHEAD * len(free)
+        submitted = reported = 0
+        try:
+            while True:
+                while free and submitted < reported + window:
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        break
+                    actor = free.pop(0)
+                    self._pending[actor.process.remote(chunk)] = (submitted, actor)
+                    submitted += 1
+                if not self._pending:
+                    return
+                [ready], _ = ray.wait(list(self._pending), num_returns=1)
+                index, actor = self._pending[ready]
+                self._finished[index] = ray.get(ready)
+                del self._pending[ready]  # only now: a stop during ray.get leaves it to `unreported`
+                free.append(actor)
+                while reported in self._finished:
+                    results = self._finished[reported]
+                    while results:  # each leaves as it is yielded: `unreported` sees the rest
+                        yield results.pop(0)
+                    del self._finished[reported]
+                    reported += 1
+        finally:
+            if not self._pending:
+                self.close()
+
+    def unreported(self) -> list[Result]:
+        """After an interrupted `process`: let the actors finish the chunks they were given (at most
+        `IN_FLIGHT` x `MAX_BATCHES` model batches each, nothing new is started), then give the results
+        not yielded yet. Cancelling would be quicker, but would lose the report of files being written.
+
+        Returns:
+            Those results in input order.
+        """
+        import ray
+
+        if self._pending:
+            refs = list(self._pending)
+            finished, _ = ray.wait(refs, num_returns=len(refs), timeout=_STOP_SECONDS)
+            for ref in finished:
+                with suppress(ray.exceptions.RayError):  # a chunk that failed: a rerun reports its files
+                    self._finished[self._pending[ref][0]] = ray.get(ref)
+            self._pending.clear()
+            self.close()
+        results = [result for index in sorted(self._finished) for result in self._finished[index]]
+        self._finished.clear()
+        return results
+
+    def close(self) -> None:
+        """Stop the actors, and the local Ray this runner started."""
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        if self.started:
+            ray.shutdown()
+            self.started = False

@@ -1,0 +1,227 @@
+"""Ray Data: segment the images of a Dataset, with the masks, names and PNG records of ``clipseg batch``.
+
+    import ray
+    from clipseg_cli.job import Job
+    from clipseg_cli.ray_data import read_images, segment, write_masks
+
+    images = read_images("s3://bucket/photos")                      # path, bytes, folder, stem
+    masks = segment(images, "CIDAS/clipseg-rd64-refined", Job(["car", "tree"]), batch_size=16,
+                    concurrency=4, num_gpus=1)                       # one row per (image, prompt)
+    written = write_masks(masks, "s3://bucket/masks")                # one record per row, no bytes
+
+`SegmentBatch` is the callable class behind `segment`, for ``Dataset.map_batches`` in your own
+pipelines: it holds one Segmenter (in our Engine) per actor, takes rows with ``path`` and
+optionally ``bytes`` (as ``ray.data.read_binary_files(..., include_paths=True)`` gives), and
+returns rows with the output files as PNG bytes and the statistics. Each batch runs the Engine
+that ``clipseg batch`` runs, writing into a temporary folder that is read back, so every file is
+byte for byte what ``clipseg batch`` writes for the same image, prompts and settings.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from clipseg_cli.constants import OUTPUT_KINDS
+from clipseg_cli.errors import ClipSegError
+from clipseg_cli.inputs import IMAGE_EXTENSIONS, WorkItem, is_own_output, output_stems
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import ray.data
+
+    from clipseg_cli.job import Job
+
+RECORD_COLUMNS = ("path", "prompt", "status", "error", "coverage", "bbox", "mean_probability",
+                  *(f"{kind}_name" for kind in OUTPUT_KINDS))
+
+
+def _schema(with_bytes: bool) -> pa.Schema:
+    import pyarrow as pa
+
+    types = {"path": pa.string(), "prompt": pa.string(), "status": pa.string(), "error": pa.string(),
+             "coverage": pa.float64(), "bbox": pa.list_(pa.int64()), "mean_probability": pa.float64()}
+    fields = [pa.field(name, types.get(name, pa.string())) for name in RECORD_COLUMNS]
+    return pa.schema(fields + ([pa.field(kind, pa.binary()) for kind in OUTPUT_KINDS] if with_bytes else []))
+
+
+class SegmentBatch:
+    """For ``Dataset.map_batches``: one Engine (a Segmenter and the output rules) per actor.
+
+    Input rows: ``path`` (a name: its base name names the outputs), optionally ``bytes`` (the file;
+    without it ``path`` is read as a local path), ``folder`` (the outputs' folder, relative; default
+    "") and ``stem`` (the outputs' name prefix; default the file's stem). Output rows, one per
+    (image, prompt): the `RECORD_COLUMNS` (``mask_name`` etc.: relative output paths, ``folder/stem.
+    label.mask.png``) and ``mask``, ``overlay``, ``cutout``: PNG bytes (null when not written).
+    """
+
+    def __init__(self, weights: str | Path, job: Job, *, device: str = "auto", precision: str = "auto",
+                 offline: bool | None = None, revision: str | None = None) -> None:
+        """Arguments:
+        weights, device, precision, offline, revision: as `Segmenter.from_pretrained` takes them.
+        job: the prompts, output plan and mask steps (`clipseg_cli.job.Job`, what the CLI's options make).
+        """
+        from clipseg_cli.predictor import Segmenter
+
+        segmenter = Segmenter.from_pretrained(weights, device=device, precision=precision, offline=offline,
+                                              revision=revision, progress=False)
+        self.engine = job.engine(segmenter, trim=True)
+
+    def __call__(self, batch: dict) -> pa.Table:
+        """Segment a batch of images (a dict of columns, Ray Data's default batch format).
+
+        Returns:
+            A table of one row per (image, prompt), images in batch order, prompts in given order.
+        """
+        import pyarrow as pa
+
+        paths = [str(path) for path in batch["path"]]
+        data = batch.get("bytes")
+        folders = [str(f) for f in batch["folder"]] if "folder" in batch else [""] * len(paths)
+        stems = [str(s) for s in batch["stem"]] if "stem" in batch else [None] * len(paths)
+        targets = len(self.engine.targets)
+        rows: list[dict] = []
+        with tempfile.TemporaryDirectory(prefix="clipseg-ray-") as tmp:
+            items = []
+            for index, path in enumerate(paths):
+                name = posixpath.basename(path.rstrip("/")) or "image"
+                source = Path(path)
+                if data is not None:  # in its own folder under its own name: decoded as the file would be
+                    source = Path(tmp, "in", str(index), name)
+                    source.parent.mkdir(parents=True)
+                    source.write_bytes(data[index])
+                items.append(WorkItem(source, Path(tmp, "out", str(index)), stems[index] or Path(name).stem))
+            results = list(self.engine.process(items))
+            for index, (path, item) in enumerate(zip(paths, items, strict=True)):
+                for result in results[index * targets : (index + 1) * targets]:
+                    rows.append(_row(result, path, str(item.source), folders[index]))
+        return pa.Table.from_pylist(rows, schema=_schema(with_bytes=True))
+
+
+def _row(result, path: str, source: str, folder: str) -> dict:
+    """One output row: the result's record under the row's own names, and its files' bytes."""
+    row = {"path": path, "prompt": result.prompt, "status": result.status,
+           "error": result.error.replace(source, path) if result.error else None, **result.stats}
+    for kind in OUTPUT_KINDS:
+        written = getattr(result, kind)
+        row[f"{kind}_name"] = posixpath.join(folder, Path(written).name) if written else None
+        row[kind] = Path(written).read_bytes() if written and result.status == "ok" else None
+    return row
+
+
+def segment(dataset: ray.data.Dataset, weights: str | Path, job: Job, *, batch_size: int = 16,
+            concurrency: int = 1, num_gpus: float = 0, num_cpus: float = 1, **model) -> ray.data.Dataset:
+    """``dataset.map_batches(SegmentBatch, ...)``: `concurrency` actors, each with `num_gpus` GPUs and
+    `num_cpus` CPUs, each holding one model; `model` (device, precision, ...) goes to `SegmentBatch`.
+
+    Returns:
+        The lazy dataset of output rows (see `SegmentBatch`).
+    """
+    return dataset.map_batches(SegmentBatch, fn_constructor_kwargs={"weights": weights, "job": job, **model},
+                               batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus, num_cpus=num_cpus)
+
+
+def read_images(paths: str | Sequence[str], *, recursive: bool = True, filesystem=None,
+                **read_args) -> ray.data.Dataset:
+    """Image files under folders (or named files) on any file system Ray Data reads (local, s3://, gs://, ...),
+    with the output names ``clipseg batch`` gives them: the same files, folders and stems.
+
+    Files are chosen as `clipseg_cli.inputs.walk` chooses them (image extensions, no hidden files or
+    folders, not our own outputs). `read_args` go to ``ray.data.read_binary_files``.
+
+    Returns:
+        A dataset with columns path, bytes, folder (relative output folder) and stem.
+    """
+    import ray.data
+
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    entries: list[tuple[str, PurePosixPath, PurePosixPath]] = []  # (path, relative path, output folder)
+    for root in paths:
+        fs, root_path = _resolve(root, filesystem)
+        filesystem = fs
+        entries += _listing(fs, root_path, recursive)
+    if not entries:
+        raise ClipSegError(f"no images to process in {' '.join(paths)}")
+    stems = output_stems([(relative, folder) for _, relative, folder in entries])
+    names = {path: (folder.as_posix() if folder.parts else "", stem)
+             for (path, _, folder), stem in zip(entries, stems, strict=True)}
+    dataset = ray.data.read_binary_files([path for path, _, _ in entries], filesystem=filesystem,
+                                         include_paths=True, **read_args)
+    return dataset.map_batches(_add_names, fn_kwargs={"names": names}, batch_format="pyarrow")
+
+
+def _add_names(table: pa.Table, names: dict[str, tuple[str, str]]) -> pa.Table:
+    found = [names[str(path)] for path in table.column("path").to_pylist()]
+    table = table.append_column("folder", _strings([folder for folder, _ in found]))
+    return table.append_column("stem", _strings([stem for _, stem in found]))
+
+
+def _strings(values: list[str]) -> pa.Array:
+    import pyarrow as pa
+
+    return pa.array(values, type=pa.string())
+
+
+def _resolve(path: str, filesystem):
+    """Returns: (pyarrow file system, path on it) for a local path or a URI."""
+    import pyarrow.fs
+
+    if filesystem is not None:
+        return filesystem, path
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), str(Path(path).absolute())
+
+
+def _listing(fs, root: str, recursive: bool) -> list[tuple[str, PurePosixPath, PurePosixPath]]:
+    """(path, relative path, output folder) of the images under ``root``, in `inputs.walk`'s order."""
+    import pyarrow.fs
+
+    info = fs.get_file_info(root)
+    if info.type == pyarrow.fs.FileType.File:
+        return [(root, PurePosixPath(posixpath.basename(root)), PurePosixPath())]
+    if info.type != pyarrow.fs.FileType.Directory:
+        raise ClipSegError(f"{root}: no such file or folder")
+    found = []
+    for entry in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=recursive)):
+        relative = PurePosixPath(entry.path[len(root.rstrip("/")) :].lstrip("/"))
+        if (entry.type == pyarrow.fs.FileType.File and not any(part.startswith(".") for part in relative.parts)
+                and relative.suffix.lower() in IMAGE_EXTENSIONS and not is_own_output(Path(relative.name))):
+            found.append((entry.path, relative, relative.parent))
+    return sorted(found, key=lambda entry: (entry[1].parent.parts, entry[1].name))  # os.walk's order, sorted
+
+
+def write_masks(dataset: ray.data.Dataset, output_dir: str, *, filesystem=None) -> ray.data.Dataset:
+    """Write the files of `segment`'s rows under ``output_dir`` (a local folder or a URI), each file
+    whole: locally through a temporary file and a rename, on object stores as one upload.
+
+    Returns:
+        The materialized dataset of records (`RECORD_COLUMNS`, no bytes): filter ``status`` for failures.
+    """
+    fs, root = _resolve(output_dir, filesystem)
+    return dataset.map_batches(_write, fn_kwargs={"fs": fs, "root": root}, batch_format="pyarrow").materialize()
+
+
+def _write(table: pa.Table, fs, root: str) -> pa.Table:
+    import pyarrow.fs
+
+    from clipseg_cli.imaging.writing import atomic_write
+
+    local = isinstance(fs, pyarrow.fs.LocalFileSystem)
+    for row in table.to_pylist():
+        for kind in OUTPUT_KINDS:
+            data, name = row[kind], row[f"{kind}_name"]
+            if data is None:
+                continue
+            target = posixpath.join(root, name)
+            if local:
+                Path(target).parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(Path(target), lambda stream, data=data: stream.write(data))
+            else:
+                fs.create_dir(posixpath.dirname(target), recursive=True)
+                with fs.open_output_stream(target) as stream:
+                    stream.write(data)
+    return table.select(list(RECORD_COLUMNS))
