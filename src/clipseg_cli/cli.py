@@ -22,8 +22,8 @@ from clipseg_cli.commands.batch import batch
 from clipseg_cli.commands.download import download_weights
 from clipseg_cli.commands.eval import eval_command
 from clipseg_cli.commands.segment import segment
-from clipseg_cli.commands.train import train_command
 from clipseg_cli.commands.shards import shards
+from clipseg_cli.commands.train import train_command
 from clipseg_cli.errors import ClipSegError, ReaderGone, printable
 
 INTERRUPTED = 130  # the shell's code for a Ctrl-C
