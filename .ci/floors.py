@@ -39,7 +39,8 @@ def pins() -> dict[str, Version]:
 
 
 def floor_mismatches(pinned: dict[str, Version]) -> list[str]:
-    """Returns: one line per pyproject requirement (core, or any extra) whose ``>=`` floor is not pinned, or pinned elsewhere."""
+    """Returns: one line per pyproject requirement (core, or any extra) whose ``>=`` floor is not pinned,
+    or pinned elsewhere."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     requirements = [Requirement(r) for r in project["dependencies"]
                     + [r for group in project["optional-dependencies"].values() for r in group]]
