@@ -19,6 +19,17 @@ def hub_server() -> Iterator[FakeHub]:
         yield hub
 
 
+@pytest.fixture
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches the network or the user's Hugging Face cache (modules opt in with pytestmark)."""
+    from huggingface_hub import constants as hf_constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.delenv("CLIPSEG_DEBUG", raising=False)
+
+
 # ---- Tiny random checkpoint (tests/factory.py) --------------------------------------------------
 
 

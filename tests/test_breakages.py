@@ -18,15 +18,12 @@ from clipseg_cli import Segmenter
 from clipseg_cli.predictor import upsample
 from test_cli import binary_mask, clipseg, noise, save
 
+pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
+
 PROMPTS = ("red car", "tree", "dog")
 LABELS = ("red-car", "tree", "dog")
 SIZES = {"a": (70, 50), "b": (48, 64), "c": (64, 64), "d": (90, 40), "e": (33, 57)}  # batches of 2 and 3
 THRESHOLD = 0.4
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,12 @@ from clipseg_cli.cli import main
 from clipseg_cli.errors import CheckpointError
 from factory import Reference, assert_prompts_differ, build_checkpoint, probe_image, save_modern_layout
 
+pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
+
 TEXTS = ["red car", "tree", "Zürich 犬 <|endoftext|>"]  # the last: bytes and a special token
 EXAMPLES = [probe_image(10, (40, 40)), probe_image(11, (90, 30))]
 IMAGE_SIZES = [(70, 50), (33, 91), (300, 200)]  # (width, height)
 TOLERANCE = 1e-4  # max absolute difference of probabilities, at fp32
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

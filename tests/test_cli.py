@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from huggingface_hub import constants as hf_constants
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from clipseg_cli.cli import app, main
 from clipseg_cli.constants import TEMP_SUFFIX
 from hub_server import FakeHub
+
+pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
 
 JSON_KEYS = {"image", "prompt", "mask", "overlay", "status", "error", "coverage"}
 
@@ -61,15 +62,6 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONIOENCODING": "utf-8", **extra}
     env.pop("CLIPSEG_DEBUG", None)
     return env
-
-
-@pytest.fixture(autouse=True)
-def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test reaches the network or the user's Hugging Face cache."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.delenv("CLIPSEG_DEBUG", raising=False)
 
 
 @pytest.fixture

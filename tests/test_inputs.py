@@ -21,13 +21,9 @@ import clipseg_cli
 from clipseg_cli.inputs import collect
 from test_cli import binary_mask, clipseg, names, noise, pixels, save, subprocess_env
 
+pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
+
 NO_WEIGHTS = ["--weights", "/nonexistent"]  # a set-up error must come before the model is looked for
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("CLIPSEG_DEBUG", raising=False)
 
 
 @pytest.fixture

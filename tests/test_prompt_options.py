@@ -10,12 +10,9 @@ import pytest
 
 from test_cli import binary_mask, clipseg, noise, pixels, save
 
+pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
+
 SIZE = (96, 72)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture

@@ -30,6 +30,8 @@ from clipseg_cli.refine.sam import SamRefiner, region_prompts
 from hub_server import FakeHub
 from test_cli import clipseg, noise, save, subprocess_env
 
+pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
+
 SIZE = (352, 264)  # (width, height): 22 patches of 16 x 12 pixels
 
 
@@ -327,15 +329,6 @@ def test_refine_sam_offline_without_weights_says_how_to_fetch(photo_args: list, 
     done = clipseg(*photo_args, "-o", tmp_path / "out", "--refine", "sam", "--offline")
     assert done.code == 2
     assert "clipseg download-weights nielsr/slimsam-50-uniform" in done.errors()[0]
-
-
-@pytest.fixture(autouse=True)
-def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test reaches the network or the user's Hugging Face cache."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.delenv("CLIPSEG_DEBUG", raising=False)
 
 
 def test_json_record_is_valid_per_line(photo_args: list, tmp_path: Path) -> None:

@@ -6,14 +6,13 @@ with CLIP's normaliser, pre-tokeniser and start/end tokens; the same ids for eve
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clipseg_cli.constants import MERGES_FILE, TOKENIZER_FILE, VOCAB_FILE
-from clipseg_cli.errors import CheckpointError
+from clipseg_cli.errors import CheckpointError, read_checkpoint_json
 
 # transformers' CLIPTokenizer: the split of text into words before byte-level BPE
 _CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -69,10 +68,7 @@ def _special_tokens(directory: Path) -> dict[str, str]:
         path = directory / name
         if not path.is_file():
             continue
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(path, f"not valid JSON ({' '.join(str(exc).split())})") from None
+        raw = read_checkpoint_json(path)
         for key in _DEFAULT_SPECIAL:
             value = raw.get(key) if isinstance(raw, dict) else None
             value = value.get("content") if isinstance(value, dict) else value

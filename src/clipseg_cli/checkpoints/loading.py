@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipseg_cli.constants import CONFIG_FILE, MERGES_FILE, PICKLE_FILE, SAFETENSORS_FILE, TOKENIZER_FILE, VOCAB_FILE
-from clipseg_cli.errors import CheckpointError
+from clipseg_cli.errors import CheckpointError, read_checkpoint_json
 from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.modeling.config import ClipSegConfig
 
@@ -46,10 +46,7 @@ def read_config(directory: Path) -> ClipSegConfig:
     path = directory / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(path, "missing; a checkpoint directory needs config.json beside its weights")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(path, f"not valid JSON ({exc})") from None
+    raw = read_checkpoint_json(path)
     if not isinstance(raw, dict):
         raise CheckpointError(path, "not a JSON object")
     return ClipSegConfig.from_dict(raw, path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from clipseg_cli.constants import (
     PREPROCESSOR_FILE,
     PROCESSOR_FILE,
 )
-from clipseg_cli.errors import CheckpointError
+from clipseg_cli.errors import CheckpointError, read_checkpoint_json
 
 if TYPE_CHECKING:
     import torch
@@ -155,10 +154,7 @@ def _settings(directory: Path) -> list[tuple[Path, dict[str, Any]]]:
         path = directory / name
         if not path.is_file():
             continue
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(path, f"not valid JSON ({' '.join(str(exc).split())})") from None
+        raw = read_checkpoint_json(path)
         if key is not None:
             if not isinstance(raw, dict) or key not in raw:
                 continue  # a processor_config.json of the old layout holds no image settings
