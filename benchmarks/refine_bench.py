@@ -1,8 +1,9 @@
 """How well and how fast --refine recovers true object edges from CLIPSeg-like maps (offline, no weights).
 
-Composites of objects with a known alpha on other scenes (`refine_composites`: painted, since no
-photos ship with our dependencies), and coarse maps made as CLIPSeg makes them (22 x 22 patch
-averages, upsampled, a little noise, upsampled to the photo's size). Per method: mean IoU and
+Composites of objects with a known alpha cut from real photos and pasted on other photos
+(`refine_composites`: scikit-image's bundled photos, `pip install -r benchmarks/requirements.txt`),
+and coarse maps made as CLIPSeg makes them (22 x 22 patch averages, upsampled, a little noise,
+upsampled to the photo's size). Per method: mean IoU and
 boundary F-score (2 px tolerance) of the mask at the CLI's default threshold against the true mask
 (alpha >= 0.5), and seconds per megapixel (one process, after one warm-up call per method).
 

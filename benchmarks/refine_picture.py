@@ -1,4 +1,5 @@
-"""Draw docs/refine.png: one composite of `refine_composites`, before and after --refine.
+"""Draw docs/refine.png: one composite of `refine_composites` (a hairy horse cut from one bundled photo,
+pasted on another), before and after --refine.
 
 Panels: the map as CLIPSeg makes it (outline of the mask at the default threshold, and the true
 edge), the same after --refine guided, and the --refine matting cut-out on a chequerboard.
@@ -56,7 +57,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "refine.png")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    composite = make_composite(args.seed, 400, 300, hairy=True)
+    composite = make_composite(args.seed, 400, 300, hairy=True, outline="horse")
     image, truth = composite.image, composite.mask
     guided = guided_refine(image, composite.coarse) >= DEFAULT_THRESHOLD
     matted = matte(image, composite.coarse)
