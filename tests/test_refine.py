@@ -113,7 +113,7 @@ def test_matting_keeps_a_leg_narrower_than_a_patch_that_the_map_barely_sees() ->
     image = np.clip(image, 0, 255).astype(np.uint8)
     coarse = patch_map(truth)
     lower_leg = leg & (y > 0.55 * height)
-    assert coarse[lower_leg].max() < 0.5 and not (refine_map(image, coarse, "guided")[lower_leg] >= 0.5).any()
+    assert coarse[lower_leg].max() < 0.5  # below any cut of the map
     found = refine_map(image, coarse, "matting") >= 0.5
     assert found[lower_leg].mean() > 0.9 and not (found & ~truth).any()
 
