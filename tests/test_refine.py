@@ -101,6 +101,23 @@ def test_matting_estimates_foreground_colours_without_the_old_background() -> No
     assert (result.foreground[inside] == image[inside]).all() and (result.alpha[inside] == 1).all()
 
 
+def test_matting_keeps_a_leg_narrower_than_a_patch_that_the_map_barely_sees() -> None:
+    """A 6 px leg under a body: CLIPSeg's map gives it 0.16-0.36, below the cut, but it is no background."""
+    width, height = SIZE
+    y, x = np.mgrid[:height, :width]
+    body = (abs(x - 0.5 * width) < 0.25 * width) & (abs(y - 0.35 * height) < 0.15 * height)
+    leg = (abs(x - 0.3 * width) < 3) & (y >= 0.35 * height) & (y < 0.85 * height)
+    truth = body | leg
+    rng = np.random.default_rng(3)
+    image = np.where(truth[..., None], [200, 60, 40], [40, 110, 180]) + rng.normal(0, 12, (height, width, 3))
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    coarse = patch_map(truth)
+    lower_leg = leg & (y > 0.55 * height)
+    assert coarse[lower_leg].max() < 0.5  # below any cut of the map
+    found = refine_map(image, coarse, "matting") >= 0.5
+    assert found[lower_leg].mean() > 0.9 and not (found & ~truth).any()
+
+
 # ---- the command line, against the API ----------------------------------------------------------------------------
 
 

@@ -16,12 +16,13 @@ import numpy as np
 
 # The reduced copy on which a and b are fitted: its longest side, in pixels.
 WORK_SIDE = 320
-# Window radius at that size: about one CLIPSeg patch (WORK_SIDE / 22 = 14.5 px) across.
-RADIUS = 7
+# Window radius at that size: the window (21 px) spans about 1.5 CLIPSeg patches (WORK_SIDE / 22 = 14.5 px),
+# enough to reach the object's edge from a blob's 0.5 contour.
+RADIUS = 10
 # Regularisation of a, on intensities in [0, 1]: lower follows weaker edges.
-EPS = 1e-3
+EPS = 1e-4
 # Filtering passes; each one pulls the map further onto the image's edges.
-PASSES = 2
+PASSES = 3
 
 
 def guided_refine(image: np.ndarray, prob: np.ndarray, *, radius: int = RADIUS, eps: float = EPS,
