@@ -86,7 +86,6 @@ class Segmenter:
         revision: str | None = None,
         progress: bool = True,
         backend: str = "auto",
-        images: int | None = None,
     ) -> Segmenter:
         """Load a checkpoint (directory, hub id or alias) for inference.
 
@@ -95,13 +94,11 @@ class Segmenter:
                 on GPUs, bf16 on CPUs with native bf16 matrix units, fp32 otherwise (see `runtime.plan_run`).
             offline: never download (None: honour HF_HUB_OFFLINE). progress: show download bars.
             backend: auto, torch or onnxruntime (auto: see `runtime.plan_run`).
-            images: how many images the run holds, when known: a few run fp32 on ONNX Runtime even
-                on CPUs with bf16 units, where loading torch would cost more than bf16 saves.
 
         Returns:
             A ready Segmenter.
         """
-        plan = plan_run(device, precision, backend, images)
+        plan = plan_run(device, precision, backend)
         directory = checkpoint_dir(name, offline=offline, revision=revision, progress=progress)
         if plan.backend == "onnxruntime":
             from clipseg_cli.backends.cache import CacheUnwritable

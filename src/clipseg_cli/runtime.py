@@ -25,10 +25,6 @@ TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # Settings with which torch runs without AVX-512 (its own switch and oneDNN's): bf16 units then go unused.
 _NO_AVX512 = {"ATEN_CPU_CAPABILITY": ("default", "avx2", "zvector"), "ONEDNN_MAX_CPU_ISA": ("sse41", "avx", "avx2")}
 _GPU_NODES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")  # NVIDIA, AMD ROCm, WSL
-# Up to this many images, ``auto`` runs fp32 on ONNX Runtime even where the CPU has bf16 units: importing
-# torch and transformers' CLIP code costs 4-6 s of a whole `clipseg segment` (2 cores), while bf16 saves
-# about 0.3 s per image over ONNX Runtime's fp32 (benchmarks/bench.py, scenarios s and b).
-SMALL_RUN_IMAGES = 8
 
 
 @dataclass(frozen=True)
@@ -77,13 +73,11 @@ def may_have_gpu() -> bool:
     return any(os.path.exists(node) for node in _GPU_NODES)
 
 
-def plan_run(device: str = "auto", precision: str = "auto", backend: str = "auto", images: int | None = None
-             ) -> RunPlan:
+def plan_run(device: str = "auto", precision: str = "auto", backend: str = "auto") -> RunPlan:
     """Choose backend, device and precision.
 
     ``auto`` precision: fp16 on GPUs (torch); on CPUs bf16 through torch where the CPU has bf16
-    matrix units and the run is large (``images`` unknown or over SMALL_RUN_IMAGES), else fp32
-    through ONNX Runtime (about 1.4x torch's fp32, and no torch to import). ``fp32``, ``bf16``
+    matrix units, else fp32 through ONNX Runtime (about 1.4x torch's fp32 there). ``fp32``, ``bf16``
     and ``fp16`` run on torch (fp32 is the reference computation, bit for bit); ``int8`` (dynamic
     quantization) runs on ONNX Runtime, on CPUs only. ``backend`` forces the runtime where it can.
 
@@ -101,8 +95,7 @@ def plan_run(device: str = "auto", precision: str = "auto", backend: str = "auto
             raise ClipSegError(f"--device {kind}: int8 and ONNX Runtime run on CPUs only; use --device cpu")
         return RunPlan("torch", kind, "fp16" if precision == "auto" else precision)
     if precision == "auto":
-        small = images is not None and images <= SMALL_RUN_IMAGES
-        precision = "bf16" if cpu_has_bf16_matmul() and backend != "onnxruntime" and not small else "fp32"
+        precision = "bf16" if cpu_has_bf16_matmul() and backend != "onnxruntime" else "fp32"
         if backend == "auto":
             backend = "torch" if precision == "bf16" else "onnxruntime"
     if precision == "int8":

@@ -23,8 +23,8 @@ Device = Annotated[str, typer.Option(
     "--device", rich_help_panel=MODEL, help="auto, cpu, cuda or mps. auto picks a GPU when there is one.")]
 Precision = Annotated[str, typer.Option(
     "--precision", rich_help_panel=MODEL,
-    help="auto, fp32, bf16, fp16 or int8. auto: fp16 on GPUs, bf16 on CPUs with bf16 matrix units for runs of "
-         "more than 8 images, else fp32 through ONNX Runtime. fp32 reproduces the reference model exactly (torch). int8: ONNX Runtime's dynamic "
+    help="auto, fp32, bf16, fp16 or int8. auto: fp16 on GPUs, bf16 on CPUs with bf16 matrix units, else fp32 "
+         "through ONNX Runtime. fp32 reproduces the reference model exactly (torch). int8: ONNX Runtime's dynamic "
          "quantization, fastest on CPUs, masks about 98 % equal to fp32's.")]
 Revision = Annotated[str | None, typer.Option(
     "--revision", rich_help_panel=MODEL, help="Hub branch, tag or commit of the weights.")]

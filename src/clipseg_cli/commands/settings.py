@@ -129,7 +129,7 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings, *, prot
     model = {"name": settings.weights, "device": settings.device, "precision": settings.precision,
              "offline": settings.offline or None, "revision": settings.revision}
     if ray is None:
-        segmenter = Segmenter.from_pretrained(**model, progress=not settings.quiet, images=len(items))
+        segmenter = Segmenter.from_pretrained(**model, progress=not settings.quiet)
         refiner = job.refiner(segmenter, offline=settings.offline or None, progress=not settings.quiet)
         engine = job.engine(segmenter, items, prompts=prompts, trim=True, protected=protected or (), refiner=refiner)
         if settings.verbose:
