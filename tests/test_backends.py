@@ -15,6 +15,7 @@ from PIL import Image
 from transformers import CLIPTokenizer
 
 from clipseg_cli.backends.cache import entry_dir, graph_path
+from clipseg_cli.backends.optimize import weights_path
 from clipseg_cli.backends.tokenizer import ClipTokenizer
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.upsample import sigmoid_, upsample_bilinear
@@ -146,6 +147,16 @@ def test_cache_is_keyed_by_the_checkpoint_and_rebuilt_when_stale(tmp_path, onnx_
     old, new = first.runner.entry, fresh.runner.entry
     assert new != old and not old.exists() and new == entry_dir(directory)
     assert np.abs(fresh.predict(probe_image(0), TEXTS) - expected).max() > 0.1
+
+
+def test_graph_weights_stored_beside_it_and_rebuilt_when_damaged(tmp_path):
+    directory = build_checkpoint(tmp_path / "ckpt", "plain")
+    first = on_onnxruntime(directory)
+    expected = first.predict(probe_image(0), TEXTS)
+    weights = weights_path(graph_path(first.runner.entry, "segment", "fp32"))
+    assert weights.stat().st_size > graph_path(first.runner.entry, "segment", "fp32").stat().st_size
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a half-copied cache
+    assert np.array_equal(on_onnxruntime(directory).predict(probe_image(0), TEXTS), expected)
 
 
 def test_text_embeddings_are_stored_with_the_graphs(tmp_path):

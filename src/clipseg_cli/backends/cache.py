@@ -26,6 +26,7 @@ from clipseg_cli.fingerprint import checkpoint_identity
 from clipseg_cli.imaging.writing import atomic_write
 
 OPSET = 17
+LAYOUT = 2  # how an entry's files are laid out (2: optimised graphs, weights beside them); part of the key
 CACHE_ENV = "CLIPSEG_CACHE"
 _SOURCE_FILE = "checkpoint.txt"  # the checkpoint folder an entry was made from
 
@@ -51,7 +52,7 @@ def entry_dir(checkpoint: Path, root: Path | None = None) -> Path:
         ``root/<24 hex>`` (not created here).
     """
     tools = " ".join(f"{name} {_version(name)}" for name in ("torch", "onnxruntime"))
-    key = f"{checkpoint_identity(checkpoint)}\0{__version__}\0opset {OPSET}\0{tools}"
+    key = f"{checkpoint_identity(checkpoint)}\0{__version__}\0opset {OPSET}\0layout {LAYOUT}\0{tools}"
     return (root or cache_root()) / hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
@@ -79,18 +80,11 @@ def prepare(entry: Path, checkpoint: Path) -> None:
         _remove_stale(entry, checkpoint)
         atomic_write(entry / _SOURCE_FILE, lambda handle: handle.write(_source(checkpoint).encode()))
     except OSError as exc:
-        raise _unwritable(exc, entry) from None
+        raise unwritable(exc, entry) from None
 
 
-def store(path: Path, data: bytes) -> None:
-    """Write a graph atomically into its (prepared) entry; raises CacheUnwritable when that fails."""
-    try:
-        atomic_write(path, lambda handle: handle.write(data))
-    except OSError as exc:
-        raise _unwritable(exc, path) from None
-
-
-def _unwritable(exc: OSError, where: Path) -> CacheUnwritable:
+def unwritable(exc: OSError, where: Path) -> CacheUnwritable:
+    """Returns: the error of a cache that refused a file (``exc``, about ``where`` unless it names a file)."""
     return CacheUnwritable(f"cannot write the ONNX graph cache {exc.filename or where}: "
                            f"{exc.strerror or exc} (set {CACHE_ENV} to a writable folder)")
 

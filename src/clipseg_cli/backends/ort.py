@@ -8,11 +8,12 @@ run exports them (torch, about 10 s for the published size) into the cache (`bac
 from __future__ import annotations
 
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from clipseg_cli.backends.cache import entry_dir, graph_path, load_embedding, prepare, store, store_embedding
+from clipseg_cli.backends.cache import entry_dir, graph_path, load_embedding, prepare, store_embedding, unwritable
 from clipseg_cli.backends.tokenizer import ClipTokenizer
 from clipseg_cli.checkpoints.loading import check_processing
 from clipseg_cli.fingerprint import checkpoint_identity
@@ -39,8 +40,9 @@ class OrtRunner:
         self.progress = progress
         self.entry = entry_dir(directory)
         self.weights = checkpoint_identity(directory)
-        self.tokenizer = ClipTokenizer(directory, config.text["max_position_embeddings"], config.text["vocab_size"])
+        self.tokenizer: ClipTokenizer  # built by `load` while the segment session opens
         self._sessions: dict[str, object] = {}
+        self._opening: dict[str, Future] = {}  # sessions being opened in the background
 
     @classmethod
     def load(cls, directory: Path, precision: str = "fp32", progress: bool = True) -> tuple[OrtRunner, Preprocessing]:
@@ -53,10 +55,14 @@ class OrtRunner:
         """
         config, preprocessing = check_processing(directory)
         runner = cls(directory, precision, config, preprocessing, progress)
+        if runner._file("segment").is_file():  # opening while the tokenizer is built
+            runner._open_in_background("segment")
+        runner.tokenizer = ClipTokenizer(directory, config.text["max_position_embeddings"], config.text["vocab_size"])
         missing = [graph for graph in ("segment", "text") if not runner._file(graph).is_file()]
         if missing:  # both at once: one load of the weights
             runner._export(missing)
-        runner._ensure("segment")  # the text graph opens only for a prompt not embedded before
+        if "segment" not in runner._opening:  # the text graph opens only for a prompt not embedded before
+            runner._open_in_background("segment")
         return runner, preprocessing
 
     @property
@@ -98,15 +104,23 @@ class OrtRunner:
     def _file(self, graph: str) -> Path:
         return graph_path(self.entry, graph, self.precision if graph == "segment" else "fp32")
 
+    def _open_in_background(self, graph: str) -> None:
+        """Start opening a stored graph's session in a thread, so that embedding a new prompt (text session,
+        text graph) and decoding the image overlap it on a second core; `_ensure` waits for it."""
+        opener = ThreadPoolExecutor(1, thread_name_prefix="clipseg-ort-open")
+        self._opening[graph] = opener.submit(_session, self._file(graph))
+        opener.shutdown(wait=False)  # its thread ends once the session is open
+
     def _ensure(self, *graphs: str) -> None:
         """Open the sessions of ``graphs``; export the ones missing from the cache, or unreadable there, first."""
         wanted = [graph for graph in graphs if graph not in self._sessions]
-        missing = [graph for graph in wanted if not self._file(graph).is_file()]
+        missing = [graph for graph in wanted if graph not in self._opening and not self._file(graph).is_file()]
         if missing:
             self._export(missing)
         for graph in wanted:
+            opening = self._opening.pop(graph, None)
             try:
-                self._sessions[graph] = _session(self._file(graph))
+                self._sessions[graph] = opening.result() if opening else _session(self._file(graph))
             except Exception:  # a damaged cache file: export it again, once
                 self._export([graph])
                 self._sessions[graph] = _session(self._file(graph))
@@ -114,6 +128,7 @@ class OrtRunner:
     def _export(self, graphs: list[str]) -> None:
         """Export ``graphs`` from the checkpoint's fp32 weights into the cache (imports torch)."""
         from clipseg_cli.backends.export import export_graph, quantize_int8
+        from clipseg_cli.backends.optimize import store_optimized
         from clipseg_cli.checkpoints.loading import load_directory
 
         prepare(self.entry, self.directory)
@@ -125,7 +140,10 @@ class OrtRunner:
             data = export_graph(model, graph, self.preprocessing.size)
             if graph == "segment" and self.precision == "int8":
                 data = quantize_int8(data)
-            store(self._file(graph), data)
+            try:
+                store_optimized(self._file(graph), data)
+            except OSError as exc:
+                raise unwritable(exc, self._file(graph)) from None
 
 
 def _session(path: Path):
