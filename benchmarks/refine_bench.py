@@ -62,6 +62,7 @@ def main() -> None:
     methods = args.methods.split(",")
     scores = {method: [] for method in methods}
     seconds = dict.fromkeys(methods, 0.0)
+    ceiling = []  # the true alpha itself, cut at the same threshold: what a perfect matte would score
     megapixels = 0.0
     warm = make_composite(999, 320, 240)
     for method in methods:  # imports, numba's cached code: not part of the per-image cost
@@ -69,6 +70,8 @@ def main() -> None:
     for seed in range(count):
         composite = make_composite(seed, *sizes[seed % len(sizes)])
         megapixels += composite.alpha.size / 1e6
+        exact = composite.alpha >= DEFAULT_THRESHOLD
+        ceiling.append((iou(exact, composite.mask), boundary_f(exact, composite.mask)))
         for method in methods:
             start = time.perf_counter()
             refined = refine_map(composite.image, composite.coarse, method)
@@ -80,6 +83,8 @@ def main() -> None:
     for method in methods:
         mean_iou, mean_f = np.mean(scores[method], axis=0)
         print(f"{method:<10} {mean_iou:>7.4f} {mean_f:>11.4f} {seconds[method] / megapixels:>7.3f}")
+    mean_iou, mean_f = np.mean(ceiling, axis=0)
+    print(f"{'true alpha':<10} {mean_iou:>7.4f} {mean_f:>11.4f} {'-':>7}  (a perfect matte: the ceiling)")
 
 
 if __name__ == "__main__":
