@@ -149,6 +149,36 @@ def test_cache_is_keyed_by_the_checkpoint_and_rebuilt_when_stale(tmp_path, onnx_
     assert np.abs(fresh.predict(probe_image(0), TEXTS) - expected).max() > 0.1
 
 
+KILLED_DURING_EXPORT = """
+import os, signal, sys
+import onnxruntime
+real = onnxruntime.InferenceSession
+def killed_while_optimising(path, options=None, *args, **kwargs):
+    if options is not None and options.optimized_model_filepath:  # store_optimized's session
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(path, options, *args, **kwargs)
+onnxruntime.InferenceSession = killed_while_optimising
+from clipseg_cli.predictor import Segmenter
+Segmenter.from_pretrained(sys.argv[1], device="cpu", backend="onnxruntime", progress=False)
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_an_export_killed_midway_leaves_nothing_behind_once_the_next_run_exports(tmp_path, onnx_cache):
+    directory = build_checkpoint(tmp_path / "ckpt", "plain")
+    done = subprocess.run([sys.executable, "-c", KILLED_DURING_EXPORT, str(directory)], capture_output=True,
+                          env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=300)
+    assert done.returncode == -9, done.stderr
+    entry = entry_dir(directory)
+    left = [p for p in entry.iterdir() if p.name.startswith(".")]
+    assert left and all(p.is_dir() for p in left)  # the killed export's work folder (about the weights' size)
+    assert not graph_path(entry, "segment", "fp32").exists()  # never a half-written graph in place
+
+    segmenter = on_onnxruntime(directory)
+    assert not [p for p in entry.iterdir() if p.name.startswith(".")]
+    assert segmenter.predict(probe_image(0), TEXTS).shape[0] == len(TEXTS)
+
+
 def test_graph_weights_stored_beside_it_and_rebuilt_when_damaged(tmp_path):
     directory = build_checkpoint(tmp_path / "ckpt", "plain")
     first = on_onnxruntime(directory)

@@ -11,8 +11,10 @@ stays valid; the layout changes of the ``all`` level are made by each session as
 from __future__ import annotations
 
 import os
-import tempfile
+import shutil
 from pathlib import Path
+
+from clipseg_cli.imaging.writing import remove_stale_temps, temp_folder
 
 
 def weights_path(graph: Path) -> Path:
@@ -24,29 +26,37 @@ def store_optimized(path: Path, graph: bytes) -> None:
     """Optimise a serialised graph at ONNX Runtime's ``extended`` level and store it at ``path``, its
     weights in `weights_path` (the weights first, then the graph: a graph in place is complete).
 
+    The work happens in a temporary folder beside ``path`` (about the size of the weights); one that a
+    killed run left there is removed first.
+
     Raises OSError naming ``path`` when the folder cannot take it.
     """
     import onnxruntime
 
     path = Path(path)
+    folder = None
     try:
-        with tempfile.TemporaryDirectory(prefix=".optimize-", dir=path.parent) as folder:
-            source, target = Path(folder) / "source.onnx", Path(folder) / path.name
-            source.write_bytes(graph)
-            options = onnxruntime.SessionOptions()
-            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-            options.log_severity_level = 3  # errors only
-            options.optimized_model_filepath = str(target)
-            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                             weights_path(path).name)
-            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                             "1024")
-            onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
-            for written in (weights_path(target), target):
-                _sync(written)
-                os.replace(written, path.parent / written.name)
+        remove_stale_temps(path.parent)
+        folder = temp_folder(path)
+        source, target = folder / "source.onnx", folder / path.name
+        source.write_bytes(graph)
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.log_severity_level = 3  # errors only
+        options.optimized_model_filepath = str(target)
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         weights_path(path).name)
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                         "1024")
+        onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        for written in (weights_path(target), target):
+            _sync(written)
+            os.replace(written, path.parent / written.name)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from exc
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _sync(path: Path) -> None:

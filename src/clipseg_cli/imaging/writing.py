@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import socket
 import struct
 import time
@@ -58,13 +59,14 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
 
 
 def remove_stale_temps(folder: Path) -> int:
-    """Remove the temporary files that writers of ours left in `folder` when they were killed.
+    """Remove the temporary files and folders (`temp_folder`) that writers of ours left in `folder`
+    when they were killed.
 
-    A file is stale when its writer ran on this host and is no longer alive, or when it is older
-    than STALE_TEMP_SECONDS (a live write takes seconds). Other files are never touched.
+    One is stale when its writer ran on this host and is no longer alive, or when it is older than
+    STALE_TEMP_SECONDS (a live write takes seconds, an export a minute). Nothing else is touched.
 
     Returns:
-        The number of files removed.
+        The number of files and folders removed.
     """
     removed = 0
     try:
@@ -74,9 +76,15 @@ def remove_stale_temps(folder: Path) -> int:
     for entry in entries:
         match = _TEMP_NAME.fullmatch(entry.name) if entry.name.endswith(TEMP_SUFFIX) else None
         try:
-            if match and entry.is_file(follow_symlinks=False) and _is_stale(match, entry.stat().st_mtime):
+            if not match or not _is_stale(match, entry.stat(follow_symlinks=False).st_mtime):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            elif entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
-                removed += 1
+            else:
+                continue
+            removed += 1
         except OSError:  # gone already (another run cleaned it), or not ours to remove
             continue
     return removed
@@ -217,15 +225,35 @@ def _create_temp(path: Path) -> tuple[Path, BinaryIO]:
     Returns:
         The temporary path and its open binary handle.
     """
-    prefix = path.name.encode("utf-8", "surrogatepass")[:_TEMP_NAME_BYTES].decode("utf-8", "ignore")
     while True:
-        name = f".{prefix}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}"
-        temp = path.with_name(name)
+        temp = _temp_path(path)
         try:
             fd = os.open(temp, _OPEN_FLAGS, 0o666)
         except FileExistsError:
             continue
         return temp, os.fdopen(fd, "wb")
+
+
+def temp_folder(path: Path) -> Path:
+    """Create a new hidden folder next to `path` for the files that will become it, named as
+    `_create_temp` names files (so `remove_stale_temps` removes it once its writer is gone).
+
+    Returns:
+        The folder; the caller removes it.
+    """
+    while True:
+        folder = _temp_path(path)
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+
+
+def _temp_path(path: Path) -> Path:
+    """A new temporary name next to `path`: at most 80 bytes of its name, this host, this process."""
+    prefix = path.name.encode("utf-8", "surrogatepass")[:_TEMP_NAME_BYTES].decode("utf-8", "ignore")
+    return path.with_name(f".{prefix}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
 def _require_2d(array: np.ndarray, what: str) -> None:
