@@ -31,6 +31,9 @@ IN_FLIGHT = 2  # chunks queued per actor, so that none waits for the driver betw
 MAX_BATCHES = 2  # model batches per chunk at most: a stopped run waits for the chunks in flight
 _STOP_SECONDS = 300  # how long a stopped run waits for them at most
 _AHEAD = 4  # finished chunks held for an earlier one, at most this many times the chunks in flight
+# A lost actor (its node gone, its process killed for memory) is started again, up to this many times, and
+# is given its chunks again: they are redone whole (a write is atomic; what was written is skipped).
+RESTARTS = 3
 
 
 class _EngineActor:
@@ -94,8 +97,8 @@ class RayBatch:
         count = actors or (gpu_count if self.gpus else cpus)
         threads = 1 if self.gpus else max(1, cpus // count)
         self.batch_size = job.batch_size or (16 if self.gpus else 4)
-        # no restarts: a lost actor stops the run with an error, and a rerun skips what was written
-        remote = ray.remote(num_cpus=threads, num_gpus=1 if self.gpus else 0)(_EngineActor)
+        remote = ray.remote(num_cpus=threads, num_gpus=1 if self.gpus else 0, max_restarts=RESTARTS,
+                            max_task_retries=RESTARTS)(_EngineActor)
         shared = ray.put([os.fspath(path) for path in protected])  # sent once, not once per actor
         self.actors = [remote.remote(job, dict(model), shared, threads) for _ in range(count)]
         self.threads = threads
@@ -147,7 +150,12 @@ class RayBatch:
                     return
                 [ready], _ = ray.wait(list(self._pending), num_returns=1)
                 index, actor = self._pending[ready]
-                self._finished[index] = ray.get(ready)
+                try:
+                    self._finished[index] = ray.get(ready)
+                except ray.exceptions.RayActorError as exc:
+                    raise ClipSegError(
+                        f"Ray lost an actor more than {RESTARTS} times ({_first_line(exc)}); the files written so "
+                        "far are complete: rerun the same command to write the rest") from None
                 del self._pending[ready]  # only now: a stop during ray.get leaves it to `unreported`
                 free.append(actor)
                 while reported in self._finished:
@@ -192,3 +200,9 @@ class RayBatch:
         if self.started:
             ray.shutdown()
             self.started = False
+
+
+def _first_line(exc: BaseException) -> str:
+    """Returns: the first line of an exception's message (Ray's run over many lines)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0].rstrip(".") if lines else type(exc).__name__
