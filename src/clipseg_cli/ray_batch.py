@@ -154,8 +154,8 @@ class RayBatch:
                     self._finished[index] = ray.get(ready)
                 except ray.exceptions.RayActorError as exc:
                     raise ClipSegError(
-                        f"Ray lost an actor more than {RESTARTS} times ({_first_line(exc)}); the files written so "
-                        "far are complete: rerun the same command to write the rest") from None
+                        f"Ray lost an actor and could not start it again ({_first_line(exc)}); the files written "
+                        "so far are complete: rerun the same command to write the rest") from None
                 del self._pending[ready]  # only now: a stop during ray.get leaves it to `unreported`
                 free.append(actor)
                 while reported in self._finished:
