@@ -22,7 +22,7 @@ from clipseg_cli.imaging.upsample import sigmoid_, upsample_bilinear
 from clipseg_cli.predictor import Segmenter
 from clipseg_cli.runtime import plan_run
 from factory import CONFIGS, Reference, build_checkpoint, probe_image, save_modern_layout
-from test_cli import clipseg
+from helpers import clipseg
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TEXTS = ["red car", "tree", "a dog on the left"]

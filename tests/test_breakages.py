@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 
 from clipseg_cli import Segmenter
 from clipseg_cli.predictor import upsample
-from test_cli import binary_mask, clipseg, noise, save
+from helpers import binary_mask, clipseg, noise, save
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
 

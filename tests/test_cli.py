@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
@@ -22,8 +21,9 @@ import pytest
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
-from clipseg_cli.cli import app, main
+from clipseg_cli.cli import app
 from clipseg_cli.constants import TEMP_SUFFIX
+from helpers import Outcome, binary_mask, clipseg, names, noise, pixels, save, subprocess_env
 from hub_server import FakeHub
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
@@ -31,73 +31,9 @@ pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user
 JSON_KEYS = {"image", "prompt", "mask", "overlay", "status", "error", "coverage"}
 
 
-@dataclass
-class Outcome:
-    """What a user sees of one run: exit code, stdout and stderr."""
-
-    code: int
-    stdout: str
-    stderr: str
-
-    def records(self) -> list[dict]:
-        """The JSON lines of stdout; fails the test on any line that is not a JSON object."""
-        records = [json.loads(line) for line in self.stdout.splitlines()]
-        assert all(isinstance(record, dict) for record in records)
-        return records
-
-    def errors(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
-
-
-def clipseg(*args: object, stdin: str | None = None) -> Outcome:
-    """Run ``clipseg ARGS`` in-process through ``main``, with stdin, stdout and stderr captured apart."""
-    with CliRunner().isolation(input=stdin) as (stdout, stderr, _):
-        code = main([str(arg) for arg in args])
-        sys.stdout.flush()
-        sys.stderr.flush()
-        return Outcome(code, stdout.getvalue().decode(), stderr.getvalue().decode())
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONIOENCODING": "utf-8", **extra}
-    env.pop("CLIPSEG_DEBUG", None)
-    return env
-
-
 @pytest.fixture
 def weights(checkpoint: Path) -> list[str]:
     return ["--weights", str(checkpoint)]
-
-
-def noise(size: tuple[int, int], seed: int = 0) -> Image.Image:
-    """A random RGB image of (width, height)."""
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
-def save(image: Image.Image, path: Path, **kwargs: object) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, **kwargs)
-    return path
-
-
-def pixels(path: Path | str, mode: str, size: tuple[int, int]) -> np.ndarray:
-    """The pixels of a PNG we wrote, after checking its mode and size."""
-    with Image.open(path) as image:
-        assert image.format == "PNG"
-        assert (image.mode, image.size) == (mode, size), path
-        return np.asarray(image)
-
-
-def binary_mask(path: Path | str, size: tuple[int, int]) -> np.ndarray:
-    """A mask's pixels as bool, after checking it is mode L with only 0 and 255."""
-    mask = pixels(path, "L", size)
-    assert set(np.unique(mask)) <= {0, 255}, path
-    return mask == 255
-
-
-def names(folder: Path) -> set[str]:
-    return {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
 
 
 @pytest.fixture

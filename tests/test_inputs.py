@@ -19,7 +19,7 @@ from PIL import Image
 
 import clipseg_cli
 from clipseg_cli.inputs import collect
-from test_cli import binary_mask, clipseg, names, noise, pixels, save, subprocess_env
+from helpers import binary_mask, clipseg, names, noise, pixels, save, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from clipseg_cli.outputs import OutputPlan, label_for, output_paths
-from test_cli import binary_mask, clipseg, noise, save
+from helpers import binary_mask, clipseg, noise, save
 
 SIZE = (40, 32)
 ODD_PROMPTS = ["", " ", "🐕", "🐈", "犬", "猫", "собака", "Red Car", "red car", "red-car", "red  car", "prompt"]

@@ -336,7 +336,7 @@ SIZE = (96, 72)
 def cli(tmp_path, checkpoint):
     """Run ``segment photo "red car" -o a fresh folder`` at fp32; returns (probabilities, run)."""
     from clipseg_cli import Segmenter
-    from test_cli import clipseg, noise, save
+    from helpers import clipseg, noise, save
 
     photo = save(noise(SIZE, seed=3), tmp_path / "photo.png")
     folders = iter(range(100))
@@ -436,7 +436,7 @@ def _peak_growth(action) -> int:
 @pytest.mark.skipif(not __import__("os").access("/proc/self/clear_refs", __import__("os").W_OK),
                     reason="needs Linux's resettable peak memory (/proc/self/clear_refs)")
 def test_memory_per_image_does_not_grow_with_the_number_of_prompts(tmp_path, checkpoint) -> None:
-    from test_cli import clipseg, noise, save
+    from helpers import clipseg, noise, save
 
     photo = save(noise((2000, 2000)), tmp_path / "big.png")  # 16 MB per float32 map
     prompts = [f"thing {i}" for i in range(30)]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_cli import binary_mask, clipseg, noise, pixels, save
+from helpers import binary_mask, clipseg, noise, pixels, save
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
 

@@ -17,8 +17,7 @@ from clipseg_cli.inputs import collect
 from clipseg_cli.job import Job
 from clipseg_cli.ray_batch import RayBatch
 from clipseg_cli.ray_data import SegmentBatch, read_images, segment, write_masks
-from test_cli import Outcome, clipseg
-from test_shard import files, make_folder, run_batch
+from helpers import Outcome, clipseg, files, make_folder, run_batch
 
 
 def comparable(records: list[dict], out: Path) -> list[dict]:

@@ -28,8 +28,8 @@ from clipseg_cli.predictor import Segmenter
 from clipseg_cli.refine import refine_map
 from clipseg_cli.refine.matting import matte
 from clipseg_cli.refine.sam import SamRefiner, region_prompts
+from helpers import clipseg, noise, save, subprocess_env
 from hub_server import FakeHub
-from test_cli import clipseg, noise, save, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
 

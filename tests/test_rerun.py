@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_cli import binary_mask, clipseg, noise, pixels, save
+from helpers import binary_mask, clipseg, noise, pixels, save
 
 SIZE = (64, 48)
 REDONE = "existing output(s) were made from other inputs or settings; redoing them"

@@ -9,34 +9,7 @@ import pytest
 
 from clipseg_cli.inputs import collect
 from clipseg_cli.shard import Shard, parse_shard, select
-from test_cli import clipseg, noise, save
-
-PROMPTS = ["-p", "car", "-p", "tree"]
-
-
-def make_folder(root: Path) -> Path:
-    """Seven small images in a tree (two share a stem), and one broken file."""
-    folder = root / "photos"
-    for index, name in enumerate(["a.png", "b.jpg", "c.png", "same.png", "same.jpg", "sub/d.png", "sub/deep/e.png"]):
-        save(noise((40 + 4 * index, 30), seed=index), folder / name)
-    (folder / "sub" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    return folder
-
-
-def files(folder: Path) -> dict[str, bytes]:
-    """Every output file under ``folder`` by relative path, leaving out the shards' own records."""
-    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*"))
-            if path.is_file() and ".clipseg-shards" not in path.parts}
-
-
-def run_batch(folder: Path, out: Path, checkpoint: Path, *args: object):
-    return clipseg("batch", folder, "-r", *PROMPTS, "-o", out, "--weights", checkpoint, "--precision", "fp32",
-                   "--json", *args)
-
-
-def same_records(records: list[dict], out: Path) -> list[str]:
-    """The JSON records with the output folder left out of their paths, sorted: comparable across runs."""
-    return sorted(json.dumps(record, sort_keys=True).replace(str(out), "OUT") for record in records)
+from helpers import clipseg, files, make_folder, noise, run_batch, same_records, save
 
 
 def shard_of(folder: Path, out: Path, name: str, count: int = 3) -> int:
