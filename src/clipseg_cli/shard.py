@@ -35,6 +35,7 @@ INDEX_VARIABLE = "CLIPSEG_SHARD_INDEX"  # any other scheduler or CI matrix: inde
 _SPEC = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", re.ASCII)
 _NUMBER = re.compile(r"\s*([0-9]+)\s*", re.ASCII)
 PRESENTATION = frozenset({"json", "quiet", "verbose", "force", "batch_size"})  # settings that change no file
+_OUTPUT_FIELDS = ("mask", "overlay", "cutout")  # the JSON fields that name an output file
 MAX_SHARDS = 100_000  # more markers than any job array has: `clipseg shards` stays quick
 
 
@@ -268,8 +269,10 @@ def run_shard(items: list[WorkItem], texts: list[str], settings: Settings, shard
     problem = other_listings(output_dir, shard.count, listing["listing"])
     if problem:
         say(problem)
-    marker = None if settings.force else read_marker(output_dir, shard)
-    done = marker is not None and marker["key"] == key
+    marker = read_marker(output_dir, shard)
+    renamed = marker is not None and marker.get("listing") != listing["listing"]
+    earlier = read_lines(output_dir, shard) if renamed else []
+    done = not settings.force and marker is not None and marker["key"] == key
     if done:
         say(f"shard {shard} is done already ({marker_path(output_dir, shard)}); checking its outputs, "
             "--force redoes it")
@@ -289,8 +292,33 @@ def run_shard(items: list[WorkItem], texts: list[str], settings: Settings, shard
         if settings.json:
             sys.stdout.write("".join(lines))
             sys.stdout.flush()
+    _drop_renamed(earlier, lines)
     record(output_dir, shard, key, listing, lines, done=code == 0)
     return code
+
+
+def _drop_renamed(earlier: list[str], lines: list[str]) -> None:
+    """Remove the outputs a shard wrote under names that its inputs no longer get (another input came with
+    the same stem): those a plain run would not have; only files that still carry our fingerprint."""
+    from clipseg_cli.fingerprint import read_record
+
+    def outputs(found: list[str]) -> set[str]:
+        paths = set()
+        for line in found:
+            try:
+                result = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(result, dict):
+                paths.update(result[kind] for kind in _OUTPUT_FIELDS if isinstance(result.get(kind), str))
+        return paths
+
+    for name in sorted(outputs(earlier) - outputs(lines)):
+        try:
+            if read_record(Path(name)) is not None:
+                Path(name).unlink()
+        except OSError:
+            continue
 
 
 def read_lines(output_dir: Path, shard: Shard) -> list[str]:
