@@ -241,3 +241,30 @@ def test_shard_auto_takes_only_ascii_digits(tmp_path: Path, checkpoint: Path, mo
     assert (done.code, done.stdout) == (2, "")
     assert done.stderr.strip() == f"error: --shard auto: SLURM_ARRAY_TASK_ID={value!r} is not a whole number " \
                                   "(ASCII digits)"
+
+
+def test_a_shard_of_a_hub_name_sees_the_snapshot_move(tmp_path: Path, checkpoint: Path, offline: None) -> None:
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    repo = tmp_path / "hf-cache" / "models--CIDAS--clipseg-rd64-refined"
+    for revision in ("1" * 40, "2" * 40):
+        shutil.copytree(checkpoint, repo / "snapshots" / revision)
+    weights = repo / "snapshots" / ("2" * 40) / "model.safetensors"
+    tensors = load_file(weights)
+    name = next(name for name in sorted(tensors) if "decoder" in name and name.endswith("bias"))
+    tensors[name] = tensors[name] + 0.5  # the second snapshot holds other weights
+    save_file(tensors, weights)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("1" * 40)
+    folder = make_folder(tmp_path)
+    (folder / "sub" / "broken.jpg").unlink()
+    out = tmp_path / "out"
+    hub = ("--weights", "CIDAS/clipseg-rd64-refined")
+    assert run_batch(folder, out, checkpoint, "--shard", "0/2", *hub).code == 0
+    (repo / "refs" / "main").write_text("2" * 40)  # the cache's main moved on
+    again = run_batch(folder, out, checkpoint, "--shard", "0/2", *hub)
+    assert again.code == 0, again.stderr
+    assert "is done already" not in again.stderr
+    assert {(r["status"], r["reason"]) for r in again.records()} == {("ok", "weights changed")}
