@@ -7,8 +7,10 @@ together are exactly the unsharded run.
 
 A finished shard leaves, in ``OUTPUT_DIR/.clipseg-shards/``, ``shard-K-of-N.jsonl`` (its JSON
 lines, one per image and prompt) and ``shard-K-of-N.done`` (written last, only when every image of
-the shard is done). The marker holds the key of the run (inputs, their sizes and times, prompts,
-settings): a rerun with the same key skips the shard; any other rerun redoes what changed.
+the shard is done). The marker holds the key of the run (the content of its inputs, the weights,
+prompts, settings) and the listing it named its outputs from. A marker is a hint: a rerun of a done
+shard still checks every output's fingerprint as a plain rerun does; the marker only gives back its
+stored JSON lines and tells when shards saw different inputs.
 """
 
 from __future__ import annotations
