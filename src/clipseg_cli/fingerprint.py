@@ -43,6 +43,12 @@ _WEIGHTS_FILES = (SAFETENSORS_FILE, PICKLE_FILE)  # the first present is the one
 # Record field -> the reason given when it differs, in the order they are compared.
 _REASONS = {"input": "input file changed", "prompt_sha256": "prompt changed", "weights": "weights changed",
             "precision": "precision changed", "device": "device changed", "output": "output kind changed"}
+# Precisions as records named them before they named the class (`runtime.precision_class`): read as the class.
+_LEGACY_PRECISIONS = {"float32": "exact", "float32-onnxruntime": "exact", "bfloat16": "bf16", "float16": "fp16",
+                      "int8-onnxruntime": "int8"}
+# Why an output of auto on a CPU with bf16 units (bf16 before auto meant the exact class) is redone, once.
+_OLD_AUTO_REASON = ("precision changed (bf16 -> exact: --precision auto is now exact on every CPU; "
+                    "--precision fast keeps bf16)")
 
 
 def file_sha256(path: Path) -> str:
@@ -135,11 +141,17 @@ def stale_reason(path: Path, expected: str) -> str | None:
     if found is None:
         return "written by another tool"
     want = json.loads(expected)
+    legacy = found.get("precision")
+    if isinstance(legacy, str) and legacy in _LEGACY_PRECISIONS:  # an older record: the digest it would have today
+        found = {key: value for key, value in found.items() if key != "digest"}
+        found["precision"] = _LEGACY_PRECISIONS[legacy]
+        found["digest"] = hashlib.sha256(_canonical(found).encode()).hexdigest()
     if found.get("digest") == want["digest"]:
         return None
     for key, reason in _REASONS.items():
         if found.get(key) != want[key]:
-            return reason
+            old_auto = key == "precision" and legacy == "bfloat16" and want[key] == "exact"
+            return _OLD_AUTO_REASON if old_auto else reason
     settings = found.get("settings") if isinstance(found.get("settings"), dict) else {}
     changed = sorted(key for key in want["settings"].keys() | settings.keys()
                      if settings.get(key) != want["settings"].get(key))
