@@ -5,7 +5,6 @@ resumable and can be done ahead by download-weights --prepare."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import clipseg_cli.runtime as runtime
 from clipseg_cli.backends.cache import entry_dir, graph_path
 from clipseg_cli.backends.ort import prepare_graphs
 from clipseg_cli.fingerprint import PNG_KEY, read_record
-from clipseg_cli.runtime import plan_run, precision_class
+from clipseg_cli.runtime import plan_run
 from factory import probe_image
 from helpers import clipseg, make_folder, subprocess_env
 
@@ -45,9 +44,9 @@ def test_auto_is_exact_and_fast_is_the_hardware_s_fast_precision(cpu_kind, monke
     monkeypatch.setattr(runtime, "may_have_gpu", lambda: gpu != "none")
     monkeypatch.setattr(runtime, "resolve_device", lambda device: torch.device("cpu" if gpu == "none" else gpu))
     auto = plan_run("auto", "auto")
-    assert precision_class(auto.precision) == "exact" and auto.device == ("cpu" if gpu == "none" else gpu)
+    assert auto.precision == "fp32" and auto.device == ("cpu" if gpu == "none" else gpu)
     assert auto.backend == ("onnxruntime" if gpu == "none" else "torch")
-    assert precision_class(plan_run("cpu", "auto").precision) == "exact"  # a GPU machine asked for its CPU
+    assert plan_run("cpu", "auto").precision == "fp32"  # a GPU machine asked for its CPU
     fast = plan_run("auto", "fast")
     expected = ("torch", "bf16") if bf16_units else ("onnxruntime", "int8")
     assert (fast.backend, fast.precision) == (expected if gpu == "none" else ("torch", "fp16"))
@@ -97,10 +96,10 @@ def test_exact_masks_of_an_avx2_and_a_bf16_cpu_agree_and_each_accepts_the_other_
     folder = make_folder(tmp_path)
     avx2, native = tmp_path / "avx2", tmp_path / "native"
     first = emulated_avx2_batch(folder, avx2, checkpoint)  # auto: ONNX Runtime fp32
-    assert sum(r["status"] == "ok" for r in first) == 12
-    assert sum(r["status"] == "ok" for r in native_batch(folder, native, checkpoint, "--precision", "fp32")) == 12
+    assert sum(r["status"] == "ok" for r in first) == 14
+    assert sum(r["status"] == "ok" for r in native_batch(folder, native, checkpoint, "--precision", "fp32")) == 14
     ours, theirs = masks(avx2), masks(native)  # ONNX Runtime and torch, two CPU kinds
-    assert ours.keys() == theirs.keys() and len(ours) == 12
+    assert ours.keys() == theirs.keys() and len(ours) == 14
     equal = sum(np.count_nonzero(ours[name] == theirs[name]) for name in ours)
     assert equal / sum(mask.size for mask in ours.values()) >= 0.9999
     assert 0.05 < np.mean([mask.mean() for mask in ours.values()]) < 0.95  # masks with something to agree on
@@ -165,18 +164,17 @@ def test_first_run_announces_the_export_and_a_killed_one_resumes(checkpoint, tmp
 def test_download_weights_prepare_exports_ahead(hub_server, checkpoint, tmp_path, monkeypatch):
     served = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
     hub_server.add_revision("CIDAS/clipseg-rd64-refined", "main", served)
-    target, cache = tmp_path / "weights", tmp_path / "graphs"
+    cache = tmp_path / "graphs"
     env = subprocess_env(HF_ENDPOINT=hub_server.url, HF_HUB_CACHE=str(tmp_path / "hub"), CLIPSEG_CACHE=str(cache))
     env.pop("HF_HUB_OFFLINE")
-    command = [sys.executable, "-m", "clipseg_cli", "download-weights", "--output-dir", str(target), "--prepare"]
+    command = [sys.executable, "-m", "clipseg_cli", "download-weights", "--prepare"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == f"{target}\n" and done.stderr.count(PREPARING) == 1
+    assert done.stderr.count(PREPARING) == 1
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and PREPARING not in again.stderr
+    assert again.returncode == 0 and PREPARING not in again.stderr and again.stdout == done.stdout
     monkeypatch.setenv("CLIPSEG_CACHE", str(cache))
     photo = tmp_path / "photo.png"
     probe_image(0).save(photo)
-    first = clipseg("segment", photo, "tree", "--weights", target, "--no-overlay")
+    first = clipseg("segment", photo, "tree", "--weights", done.stdout.strip(), "--no-overlay")
     assert first.code == 0 and PREPARING not in first.stderr and (tmp_path / "photo.tree.mask.png").is_file()
-    assert os.listdir(cache / "onnx")

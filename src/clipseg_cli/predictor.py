@@ -71,7 +71,7 @@ class Segmenter:
         """What makes this Segmenter's outputs besides the inputs: weights, precision and device type.
 
         Returns:
-            {"weights": ..., "precision": the class, "exact" (fp32 on any runtime) or bf16, fp16, int8, "device": "cpu"}.
+            {"weights": ..., "precision": e.g. "float32" (torch) or "float32-onnxruntime", "device": e.g. "cpu"}.
         """
         return self.runner.identity
 

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fast", "fp32", "bf16", "fp16", "int8")
-EXACT = "exact"  # the class of fp32 computation (torch fp32, ONNX Runtime fp32, GPUs without TF32): one answer
 BACKENDS = ("auto", "torch", "onnxruntime")
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # Settings with which torch runs without AVX-512 (its own switch and oneDNN's): bf16 units then go unused.
@@ -110,11 +109,6 @@ def plan_run(device: str = "auto", precision: str = "auto", backend: str = "auto
     if backend == "onnxruntime" and precision != "fp32":
         raise ClipSegError(f"ONNX Runtime runs fp32 or int8, not {precision}")
     return RunPlan("onnxruntime" if backend == "onnxruntime" else "torch", kind, precision)
-
-
-def precision_class(precision: str) -> str:
-    """Returns: ``exact`` for fp32 (whatever runs it), else the fast precision's name (bf16, fp16, int8)."""
-    return EXACT if precision == "fp32" else precision
 
 
 def resolve_device(device: str) -> torch.device:

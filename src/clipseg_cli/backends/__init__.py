@@ -15,7 +15,7 @@ class Runner(Protocol):
     backend: str  # torch or onnxruntime
     precision: str  # fp32, bf16, fp16 or int8
     device_type: str  # cpu, cuda or mps
-    identity: dict[str, str]  # weights, precision class (`runtime.precision_class`) and device, for fingerprints
+    identity: dict[str, str]  # weights, precision and device, for fingerprints
 
     def embed_texts(self, texts: list[str]) -> Any:
         """Returns: PxE embeddings of texts."""

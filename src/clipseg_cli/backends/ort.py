@@ -22,7 +22,6 @@ from clipseg_cli.checkpoints.loading import check_processing
 from clipseg_cli.fingerprint import checkpoint_identity
 from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.modeling.config import ClipSegConfig
-from clipseg_cli.runtime import precision_class
 
 PRECISIONS = ("fp32", "int8")  # int8: dynamic quantization of the segment graph; the prompt towers stay fp32
 
@@ -71,7 +70,8 @@ class OrtRunner:
 
     @property
     def identity(self) -> dict[str, str]:
-        return {"weights": self.weights, "precision": precision_class(self.precision), "device": "cpu"}
+        precision = {"fp32": "float32", "int8": "int8"}[self.precision]
+        return {"weights": self.weights, "precision": f"{precision}-onnxruntime", "device": "cpu"}
 
     def drop_unused(self) -> None:
         """Close the sessions of the prompt graphs."""

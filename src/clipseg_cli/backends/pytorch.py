@@ -12,7 +12,7 @@ from clipseg_cli.fingerprint import checkpoint_identity
 from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.modeling import ClipSeg
 from clipseg_cli.modeling.towers import trim_vision_tower
-from clipseg_cli.runtime import precision_class, resolve_device, torch_dtype
+from clipseg_cli.runtime import resolve_device, torch_dtype
 
 
 class TorchRunner:
@@ -32,7 +32,7 @@ class TorchRunner:
     @property
     def identity(self) -> dict[str, str]:
         weights = getattr(self.model, "checkpoint_identity", None) or f"in-memory model {id(self.model):x}"
-        return {"weights": weights, "precision": precision_class(self.precision), "device": self.device.type}
+        return {"weights": weights, "precision": str(self.dtype).removeprefix("torch."), "device": self.device.type}
 
     @classmethod
     def load(cls, directory: Path, device: str, precision: str) -> tuple[TorchRunner, Preprocessing]:
