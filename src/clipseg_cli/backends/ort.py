@@ -157,6 +157,7 @@ def prepare_graphs(directory: Path, progress: bool = True) -> bool:
     Returns:
         True when something was exported, False when the cache already held them.
     """
+    directory = Path(directory)
     config, preprocessing = check_processing(directory)
     runner = OrtRunner(directory, "fp32", config, preprocessing, progress)
     missing = [graph for graph in ("segment", "text") if not runner._file(graph).is_file()]
