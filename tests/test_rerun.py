@@ -131,7 +131,7 @@ def test_the_fingerprint_is_a_readable_png_text_chunk(segment, photo: Path) -> N
             stored = json.loads(image.text["clipseg"])
         assert stored["output"] == kind
         assert stored["input"] == hashlib.sha256(photo.read_bytes()).hexdigest()
-        assert (stored["prompt"], stored["precision"], stored["device"]) == ("red car", "float32", "cpu")
+        assert (stored["prompt"], stored["precision"], stored["device"]) == ("red car", "exact", "cpu")
         assert stored["settings"]["threshold"] == 0.5 and stored["settings"]["soft"] is True
         assert len(stored["digest"]) == 64
 

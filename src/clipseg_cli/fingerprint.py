@@ -43,6 +43,13 @@ _WEIGHTS_FILES = (SAFETENSORS_FILE, PICKLE_FILE)  # the first present is the one
 # Record field -> the reason given when it differs, in the order they are compared.
 _REASONS = {"input": "input file changed", "prompt_sha256": "prompt changed", "weights": "weights changed",
             "precision": "precision changed", "device": "device changed", "output": "output kind changed"}
+# A runtime's name of its precision -> the class a record stores: fp32 on any runtime and CPU is one class,
+# "exact" (masks equal to 99.99 %), accepted everywhere. Older records stored the names: read as their classes.
+PRECISION_CLASSES = {"float32": "exact", "float32-onnxruntime": "exact", "bfloat16": "bf16", "float16": "fp16",
+                     "int8-onnxruntime": "int8"}
+# Why an output of auto on a CPU with bf16 units (bf16 before auto meant the exact class) is redone, once.
+_OLD_AUTO_REASON = ("precision changed (bf16 -> exact: --precision auto is now exact on every CPU; "
+                    "--precision fast keeps bf16)")
 
 
 def file_sha256(path: Path) -> str:
@@ -108,7 +115,8 @@ def make_record(kind: str, *, input_sha256: str, prompt: str, prompt_text: str, 
     Arguments:
         kind: mask, soft mask, overlay, cutout or soft cutout. prompt: the full description of
             what was asked (prompt keys, negatives, union); prompt_text: the readable prompt.
-        model: weights, precision and device. settings: every option that changes the pixels.
+        model: weights, precision (recorded as its class, `PRECISION_CLASSES`) and device. settings: every
+            option that changes the pixels.
 
     Returns:
         One line of JSON.
@@ -116,7 +124,8 @@ def make_record(kind: str, *, input_sha256: str, prompt: str, prompt_text: str, 
     shown = prompt_text[:_SHOWN_PROMPT_CHARS].encode("utf-8", "backslashreplace").decode()  # undecodable bytes
     record = {PNG_KEY: RECORD_VERSION, "output": kind, "input": input_sha256, "prompt": shown,
               "prompt_sha256": text_sha256(prompt)[:32],
-              "weights": model["weights"], "precision": model["precision"], "device": model["device"],
+              "weights": model["weights"], "precision": PRECISION_CLASSES.get(model["precision"], model["precision"]),
+              "device": model["device"],
               "settings": dict(settings)}
     record["digest"] = hashlib.sha256(_canonical(record).encode()).hexdigest()
     return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
@@ -135,11 +144,17 @@ def stale_reason(path: Path, expected: str) -> str | None:
     if found is None:
         return "written by another tool"
     want = json.loads(expected)
+    legacy = found.get("precision")
+    if isinstance(legacy, str) and legacy in PRECISION_CLASSES:  # an older record: the digest it would have today
+        found = {key: value for key, value in found.items() if key != "digest"}
+        found["precision"] = PRECISION_CLASSES[legacy]
+        found["digest"] = hashlib.sha256(_canonical(found).encode()).hexdigest()
     if found.get("digest") == want["digest"]:
         return None
     for key, reason in _REASONS.items():
         if found.get(key) != want[key]:
-            return reason
+            old_auto = key == "precision" and legacy == "bfloat16" and want[key] == "exact"
+            return _OLD_AUTO_REASON if old_auto else reason
     settings = found.get("settings") if isinstance(found.get("settings"), dict) else {}
     changed = sorted(key for key in want["settings"].keys() | settings.keys()
                      if settings.get(key) != want["settings"].get(key))

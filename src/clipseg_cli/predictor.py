@@ -90,8 +90,8 @@ class Segmenter:
         """Load a checkpoint (directory, hub id or alias) for inference.
 
         Arguments:
-            device: auto, cpu, cuda or mps. precision: auto, fp32, bf16, fp16 or int8; auto picks fp16
-                on GPUs, bf16 on CPUs with native bf16 matrix units, fp32 otherwise (see `runtime.plan_run`).
+            device: auto, cpu, cuda or mps. precision: auto, fast, fp32, bf16, fp16 or int8; auto is the
+                exact class (fp32) everywhere, fast the fastest precision of this hardware (`runtime.plan_run`).
             offline: never download (None: honour HF_HUB_OFFLINE). progress: show download bars.
             backend: auto, torch or onnxruntime (auto: see `runtime.plan_run`).
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import torch
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+PRECISIONS = ("auto", "fast", "fp32", "bf16", "fp16", "int8")
 BACKENDS = ("auto", "torch", "onnxruntime")
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # Settings with which torch runs without AVX-512 (its own switch and oneDNN's): bf16 units then go unused.
@@ -76,10 +76,12 @@ def may_have_gpu() -> bool:
 def plan_run(device: str = "auto", precision: str = "auto", backend: str = "auto") -> RunPlan:
     """Choose backend, device and precision.
 
-    ``auto`` precision: fp16 on GPUs (torch); on CPUs bf16 through torch where the CPU has bf16
-    matrix units, else fp32 through ONNX Runtime (about 1.4x torch's fp32 there). ``fp32``, ``bf16``
-    and ``fp16`` run on torch (fp32 is the reference computation, bit for bit); ``int8`` (dynamic
-    quantization) runs on ONNX Runtime, on CPUs only. ``backend`` forces the runtime where it can.
+    ``auto`` is the exact class everywhere: fp32 through ONNX Runtime on CPUs (torch where ``backend``
+    says so), fp32 with TF32 off on GPUs. ``fast`` picks the fastest precision this hardware runs
+    well: bf16 (torch) on CPUs with bf16 matrix units, int8 (ONNX Runtime) on other CPUs, fp16 on
+    GPUs. ``fp32``, ``bf16`` and ``fp16`` run on torch (fp32 is the reference computation, bit for
+    bit); ``int8`` (dynamic quantization) runs on ONNX Runtime, on CPUs only. ``backend`` forces the
+    runtime where it can.
 
     Returns:
         The plan; raises ClipSegError for unknown names and impossible combinations.
@@ -93,11 +95,13 @@ def plan_run(device: str = "auto", precision: str = "auto", backend: str = "auto
     if kind != "cpu":
         if precision == "int8" or backend == "onnxruntime":
             raise ClipSegError(f"--device {kind}: int8 and ONNX Runtime run on CPUs only; use --device cpu")
-        return RunPlan("torch", kind, "fp16" if precision == "auto" else precision)
+        return RunPlan("torch", kind, {"auto": "fp32", "fast": "fp16"}.get(precision, precision))
     if precision == "auto":
-        precision = "bf16" if cpu_has_bf16_matmul() and backend != "onnxruntime" else "fp32"
-        if backend == "auto":
-            backend = "torch" if precision == "bf16" else "onnxruntime"
+        precision = "fp32"
+        backend = "torch" if backend == "torch" else "onnxruntime"
+    elif precision == "fast":
+        bf16 = backend == "torch" or (backend == "auto" and cpu_has_bf16_matmul())
+        precision = "bf16" if bf16 else "int8"
     if precision == "int8":
         if backend == "torch":
             raise ClipSegError("--precision int8 runs on ONNX Runtime only")

@@ -20,9 +20,13 @@ import torch
 from torch import nn
 
 from clipseg_cli.backends.cache import OPSET
+from clipseg_cli.constants import PICKLE_FILE, SAFETENSORS_FILE
 from clipseg_cli.modeling import ClipSeg
 
 GRAPHS = ("segment", "text", "visual")
+# Export time on a 2-core EPYC: importing torch and fixed costs (6.7 s in all for a tiny checkpoint), then per MB
+# of weights (published size: 8 s on a quiet machine as issue 21 measured it, 24.7 s with the cores shared).
+_FIXED_SECONDS, _MB_PER_SECOND = 6.0, 100.0
 
 
 class SegmentGraph(nn.Module):
@@ -62,6 +66,18 @@ class VisualGraph(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Arguments: pixel_values Px3xHxW. Returns: PxE."""
         return self.model.embed_image(pixel_values)
+
+
+def export_seconds(directory: Path, graphs: list[str]) -> int:
+    """A rough forecast of exporting ``graphs`` from a checkpoint folder, for the one line shown while it runs.
+
+    Returns:
+        Whole seconds, at least 1.
+    """
+    sizes = [(Path(directory) / name).stat().st_size for name in (SAFETENSORS_FILE, PICKLE_FILE)
+             if (Path(directory) / name).is_file()]
+    megabytes = (sizes[0] if sizes else 0) / 1e6
+    return max(1, round(_FIXED_SECONDS + megabytes * len(graphs) / 2 / _MB_PER_SECOND))
 
 
 def export_graph(model: ClipSeg, graph: str, size: tuple[int, int]) -> bytes:

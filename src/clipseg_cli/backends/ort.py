@@ -2,7 +2,10 @@
 
 With the graphs in the cache, loading reads only the checkpoint's small files (config,
 preprocessing, tokenizer) and the graphs: neither torch nor transformers is imported. The first
-run exports them (torch, about 10 s for the published size) into the cache (`backends.cache`).
+run exports them (torch, about 8 s for the published size; `prepare_graphs` does it ahead) into the
+cache (`backends.cache`), one graph at a time, so that a killed export resumes with the graphs it
+had not stored. The stored graphs hold nothing specific to an instruction set: one export serves
+every CPU kind that shares the cache.
 """
 
 from __future__ import annotations
@@ -127,14 +130,14 @@ class OrtRunner:
 
     def _export(self, graphs: list[str]) -> None:
         """Export ``graphs`` from the checkpoint's fp32 weights into the cache (imports torch)."""
-        from clipseg_cli.backends.export import export_graph, quantize_int8
+        from clipseg_cli.backends.export import export_graph, export_seconds, quantize_int8
         from clipseg_cli.backends.optimize import store_optimized
         from clipseg_cli.checkpoints.loading import load_directory
 
         prepare(self.entry, self.directory)
         if self.progress:
-            print(f"clipseg: exporting the model to ONNX once ({', '.join(graphs)}) into {self.entry}",
-                  file=sys.stderr)
+            print(f"clipseg: preparing the model for this CPU, once (about {export_seconds(self.directory, graphs)} s)",
+                  file=sys.stderr, flush=True)
         model = load_directory(self.directory)
         for graph in graphs:
             data = export_graph(model, graph, self.preprocessing.size)
@@ -144,6 +147,23 @@ class OrtRunner:
                 store_optimized(self._file(graph), data)
             except OSError as exc:
                 raise unwritable(exc, self._file(graph)) from None
+
+
+def prepare_graphs(directory: Path, progress: bool = True) -> bool:
+    """Export a checkpoint folder's exact-class graphs (segment and text) into the cache unless there.
+
+    Raises CacheUnwritable when the cache cannot take them.
+
+    Returns:
+        True when something was exported, False when the cache already held them.
+    """
+    directory = Path(directory)
+    config, preprocessing = check_processing(directory)
+    runner = OrtRunner(directory, "fp32", config, preprocessing, progress)
+    missing = [graph for graph in ("segment", "text") if not runner._file(graph).is_file()]
+    if missing:
+        runner._export(missing)
+    return bool(missing)
 
 
 def _session(path: Path):

@@ -50,6 +50,9 @@ class TorchRunner:
             from clipseg_cli.modeling.fastpath import speed_up
 
             speed_up(model, torch_device, dtype)
+        elif torch_device.type == "cuda":  # the exact class: TF32 would round products to 10 bits
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         model = model.to(torch_device)
         return cls(model, tokenizer, torch_device), preprocessing
 

@@ -18,6 +18,9 @@ def download_weights(
     output_dir: Annotated[Path | None, typer.Option(
         "--output-dir", "-o", help="Also write a self-contained copy here (loadable with --weights DIR); "
                                    "with several names, one subfolder per name.")] = None,
+    prepare: Annotated[bool, typer.Option(
+        "--prepare", help="Also prepare the model for CPUs now (the one-time ONNX export that a first run "
+                          "would do), so that the tasks of a job array do not all do it at once.")] = False,
     revision: o.Revision = None,
     quiet: o.Quiet = False,
 ) -> None:
@@ -35,4 +38,8 @@ def download_weights(
     for name in names:
         target = output_dir / name.rsplit("/", 1)[-1] if output_dir and len(names) > 1 else output_dir
         path = download(name, revision=revision, output_dir=target, progress=not quiet)
+        if prepare:
+            from clipseg_cli.backends.ort import prepare_graphs
+
+            prepare_graphs(path, progress=not quiet)
         typer.echo(str(path))

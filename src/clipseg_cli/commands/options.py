@@ -23,9 +23,10 @@ Device = Annotated[str, typer.Option(
     "--device", rich_help_panel=MODEL, help="auto, cpu, cuda or mps. auto picks a GPU when there is one.")]
 Precision = Annotated[str, typer.Option(
     "--precision", rich_help_panel=MODEL,
-    help="auto, fp32, bf16, fp16 or int8. auto: fp16 on GPUs, bf16 on CPUs with bf16 matrix units, else fp32 "
-         "through ONNX Runtime. fp32 reproduces the reference model exactly (torch). int8: ONNX Runtime's dynamic "
-         "quantization, fastest on CPUs, masks about 98 % equal to fp32's.")]
+    help="auto, fast, fp32, bf16, fp16 or int8. auto: the exact class on every machine (fp32: ONNX Runtime on CPUs, "
+         "GPUs without TF32), the same masks wherever it runs. fast: bf16 on CPUs with bf16 units, int8 on other "
+         "CPUs, fp16 on GPUs; masks about 99 % (bf16, fp16) or 98 % (int8) equal to exact's. fp32: the reference "
+         "computation on torch, bit for bit.")]
 Revision = Annotated[str | None, typer.Option(
     "--revision", rich_help_panel=MODEL, help="Hub branch, tag or commit of the weights.")]
 Offline = Annotated[bool, typer.Option(
