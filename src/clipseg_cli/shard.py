@@ -7,8 +7,10 @@ together are exactly the unsharded run.
 
 A finished shard leaves, in ``OUTPUT_DIR/.clipseg-shards/``, ``shard-K-of-N.jsonl`` (its JSON
 lines, one per image and prompt) and ``shard-K-of-N.done`` (written last, only when every image of
-the shard is done). The marker holds the key of the run (inputs, their sizes and times, prompts,
-settings): a rerun with the same key skips the shard; any other rerun redoes what changed.
+the shard is done). The marker holds the key of the run (the content of its inputs, the weights,
+prompts, settings) and the listing it named its outputs from. A marker is a hint: a rerun of a done
+shard still checks every output's fingerprint as a plain rerun does; the marker only gives back its
+stored JSON lines and tells when shards saw different inputs.
 """
 
 from __future__ import annotations
@@ -17,17 +19,26 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import WorkItem
 
+if TYPE_CHECKING:
+    from clipseg_cli.commands.settings import RayOptions, Settings
+
 SHARD_FOLDER = ".clipseg-shards"
 COUNT_VARIABLE = "CLIPSEG_SHARD_COUNT"  # the shard count where the scheduler gives only an index (Kubernetes)
 INDEX_VARIABLE = "CLIPSEG_SHARD_INDEX"  # any other scheduler or CI matrix: index and count by hand
-_SPEC = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+_SPEC = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", re.ASCII)
+_NUMBER = re.compile(r"\s*([0-9]+)\s*", re.ASCII)
+PRESENTATION = frozenset({"json", "quiet", "verbose", "force", "batch_size"})  # settings that change no file
+_OUTPUT_FIELDS = ("mask", "overlay", "cutout")  # the JSON fields that name an output file
+MAX_SHARDS = 100_000  # more markers than any job array has: `clipseg shards` stays quick
 
 
 @dataclass(frozen=True)
@@ -77,9 +88,10 @@ def shard_from_env(environ: Mapping[str, str]) -> Shard:
     """
     def number(name: str) -> int:
         value = environ.get(name, "")
-        if not value.strip().lstrip("-").isdigit():
-            raise ClipSegError(f"--shard auto: {name}={value!r} is not a whole number")
-        return int(value)
+        match = _NUMBER.fullmatch(value)
+        if not match:
+            raise ClipSegError(f"--shard auto: {name}={value!r} is not a whole number (ASCII digits)")
+        return int(match[1])
 
     if "SLURM_ARRAY_TASK_ID" in environ:
         task = number("SLURM_ARRAY_TASK_ID")
@@ -107,6 +119,8 @@ def shard_from_env(environ: Mapping[str, str]) -> Shard:
 def _checked(index: int, count: int, what: str) -> Shard:
     if count < 1:
         raise ClipSegError(f"{what}: the number of shards is {count}; it must be at least 1")
+    if count > MAX_SHARDS:
+        raise ClipSegError(f"{what}: the number of shards is {count}; it must be at most {MAX_SHARDS}")
     if not 0 <= index < count:
         raise ClipSegError(f"{what}: shard {index} does not exist; with {count} shards K runs from 0 to {count - 1}")
     return Shard(index, count)
@@ -127,23 +141,37 @@ def select(items: Iterable[WorkItem], shard: Shard, output_dir: Path) -> list[Wo
     return [item for item in items if shard.holds(item_key(item, output_dir))]
 
 
-def run_key(items: Iterable[WorkItem], shard: Shard, request: Mapping[str, object]) -> str:
-    """What made a shard's outputs: its inputs (path, size, modification time, output name), the shard
-    and the request (prompts and settings); a rerun skips the shard only when this matches.
+def run_key(items: Iterable[WorkItem], shard: Shard, request: Mapping[str, object], listing: str) -> str:
+    """What made a shard's outputs: its inputs (path, output name and the sha256 of the content, the rule of
+    plain reruns), the shard, the listing it named from and the request (prompts, settings, weights).
 
     Returns:
         64 hex characters.
     """
-    digest = hashlib.sha256(json.dumps({"shard": str(shard), "request": request}, sort_keys=True,
-                                       default=str).encode())
+    from clipseg_cli.fingerprint import file_sha256
+
+    digest = hashlib.sha256(json.dumps({"shard": str(shard), "request": request, "listing": listing},
+                                       sort_keys=True, default=str).encode())
     for item in items:
         try:
-            info = item.source.stat()
-            stamp = f"{info.st_size}:{info.st_mtime_ns}"
+            stamp = file_sha256(item.source) if item.source.is_file() else "not a file"
         except OSError:
-            stamp = "missing"
+            stamp = "unreadable"
         digest.update(os.fsencode(f"{item.source}\0{item.output_dir}\0{item.stem}\0{stamp}\n"))
     return digest.hexdigest()
+
+
+def listing_of(items: Iterable[WorkItem], output_dir: Path) -> str:
+    """The whole run's inputs and the output names they got (a name depends on its neighbours: x.jpg and
+    x.png become x_jpg and x_png), as every shard saw them.
+
+    Returns:
+        24 hex characters.
+    """
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(os.fsencode(f"{item_key(item, output_dir)}\0{item.stem}\n"))
+    return digest.hexdigest()[:24]
 
 
 def marker_path(output_dir: Path, shard: Shard) -> Path:
@@ -154,13 +182,19 @@ def manifest_path(output_dir: Path, shard: Shard) -> Path:
     return output_dir / SHARD_FOLDER / f"{shard.name}.jsonl"
 
 
-def is_done(output_dir: Path, shard: Shard, key: str) -> bool:
-    """Whether the shard's done marker is there and was written by a run with this key."""
+def read_marker(output_dir: Path, shard: Shard) -> dict | None:
+    """The shard's done marker, the one reader of it (``batch`` and ``clipseg shards``).
+
+    Returns:
+        The marker, or None when it is missing, empty or not one of ours (not done).
+    """
     try:
         marker = json.loads(marker_path(output_dir, shard).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(marker, dict) and marker.get("key") == key
+        return None
+    if not isinstance(marker, dict) or not isinstance(marker.get("key"), str):
+        return None
+    return marker
 
 
 def forget(output_dir: Path, shard: Shard) -> None:
@@ -168,7 +202,8 @@ def forget(output_dir: Path, shard: Shard) -> None:
     marker_path(output_dir, shard).unlink(missing_ok=True)
 
 
-def record(output_dir: Path, shard: Shard, key: str, lines: list[str], done: bool) -> None:
+def record(output_dir: Path, shard: Shard, key: str, listing: dict[str, object], lines: list[str],
+           done: bool) -> None:
     """Write the shard's manifest (its JSON lines) and, when ``done``, its marker; each atomically."""
     from clipseg_cli.imaging.writing import atomic_write
 
@@ -176,12 +211,161 @@ def record(output_dir: Path, shard: Shard, key: str, lines: list[str], done: boo
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(manifest_path(output_dir, shard), lambda stream: stream.write("".join(lines).encode("utf-8")))
     if done:
-        marker = json.dumps({"key": key, "shard": str(shard), "results": len(lines)}) + "\n"
+        marker = json.dumps({"key": key, "shard": str(shard), "results": len(lines), **listing}) + "\n"
         atomic_write(marker_path(output_dir, shard), lambda stream: stream.write(marker.encode("utf-8")))
 
 
+def check_count(count: int) -> None:
+    """Refuse a shard count that is not 1 to `MAX_SHARDS` (one line)."""
+    if not 1 <= count <= MAX_SHARDS:
+        raise ClipSegError(f"--count {count}: the number of shards must be 1 to {MAX_SHARDS}")
+
+
 def missing_shards(output_dir: Path, count: int) -> list[int]:
-    """Returns: the indices of the shards of ``count`` whose done marker is not in ``output_dir``."""
-    if count < 1:
-        raise ClipSegError(f"--count {count}: the number of shards must be at least 1")
-    return [index for index in range(count) if not marker_path(output_dir, Shard(index, count)).is_file()]
+    """Returns: the indices of the shards of ``count`` that are not done (`read_marker`)."""
+    check_count(count)
+    return [index for index in range(count) if read_marker(output_dir, Shard(index, count)) is None]
+
+
+def other_listings(output_dir: Path, count: int, listing: str | None = None) -> str | None:
+    """Whether done shards of ``count`` named their outputs from different inputs (from each other, or from
+    ``listing``, the inputs of this run).
+
+    Returns:
+        None, or one line saying which shards saw which number of inputs.
+    """
+    seen: dict[str, list[int]] = {}
+    inputs: dict[str, object] = {}
+    for index in range(count):
+        marker = read_marker(output_dir, Shard(index, count))
+        if marker is not None and isinstance(marker.get("listing"), str):
+            seen.setdefault(marker["listing"], []).append(index)
+            inputs[marker["listing"]] = marker.get("inputs", "?")
+    others = {name: shards for name, shards in seen.items() if name != listing}
+    if not others or (listing is None and len(others) == 1):
+        return None
+    parts = "; ".join(f"shard(s) {' '.join(map(str, shards))} from {inputs[name]} input(s)"
+                      for name, shards in others.items())
+    now = "" if listing is None else ", not the inputs there are now"
+    return (f"the shards of {count} named their outputs from different inputs ({parts}{now}); rerun those "
+            f"shards so that the names are the ones a plain run gives")
+
+
+def run_shard(items: list[WorkItem], texts: list[str], settings: Settings, shard: Shard, output_dir: Path,
+              on_ray: RayOptions | None = None) -> int:
+    """Run one shard of the items as a plain run of them would, and record it.
+
+    A done marker with this run's key saves nothing but the message and the JSON lines: every output is
+    still checked against its fingerprint, and stale or missing ones are redone. ``--json`` prints the
+    stored lines of the outputs that were kept, marked skipped.
+
+    Returns:
+        The exit code: 0 all done (or done before), 1 some image failed.
+    """
+    from clipseg_cli.commands.settings import execute
+
+    say = (lambda message: None) if settings.quiet else (lambda message: print(f"clipseg: {message}", file=sys.stderr))
+    mine = select(items, shard, output_dir)
+    listing = {"listing": listing_of(items, output_dir), "inputs": len(items)}
+    key = run_key(mine, shard, shard_request(texts, settings), listing["listing"])
+    problem = other_listings(output_dir, shard.count, listing["listing"])
+    if problem:
+        say(problem)
+    marker = read_marker(output_dir, shard)
+    renamed = marker is not None and marker.get("listing") != listing["listing"]
+    earlier = read_lines(output_dir, shard) if renamed else []
+    done = not settings.force and marker is not None and marker["key"] == key
+    if done:
+        say(f"shard {shard} is done already ({marker_path(output_dir, shard)}); checking its outputs, "
+            "--force redoes it")
+    forget(output_dir, shard)
+    if not mine:
+        if not done:
+            say(f"shard {shard} holds none of the {len(items)} image(s); nothing to do")
+        record(output_dir, shard, key, listing, [], done=True)
+        return 0
+    lines: list[str] = []
+    if not done:
+        code = execute(mine, texts, settings, protected=[item.source for item in items], ray=on_ray, kept=lines)
+    else:
+        code = execute(mine, texts, replace(settings, json=False), protected=[item.source for item in items],
+                       ray=on_ray, kept=lines)
+        lines = _kept_lines(lines, read_lines(output_dir, shard))
+        if settings.json:
+            sys.stdout.write("".join(lines))
+            sys.stdout.flush()
+    _drop_renamed(earlier, lines)
+    record(output_dir, shard, key, listing, lines, done=code == 0)
+    return code
+
+
+def _drop_renamed(earlier: list[str], lines: list[str]) -> None:
+    """Remove the outputs a shard wrote under names that its inputs no longer get (another input came with
+    the same stem): those a plain run would not have; only files that still carry our fingerprint."""
+    from clipseg_cli.fingerprint import read_record
+
+    def outputs(found: list[str]) -> set[str]:
+        paths = set()
+        for line in found:
+            try:
+                result = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(result, dict):
+                paths.update(result[kind] for kind in _OUTPUT_FIELDS if isinstance(result.get(kind), str))
+        return paths
+
+    for name in sorted(outputs(earlier) - outputs(lines)):
+        try:
+            if read_record(Path(name)) is not None:
+                Path(name).unlink()
+        except OSError:
+            continue
+
+
+def read_lines(output_dir: Path, shard: Shard) -> list[str]:
+    """Returns: the shard's stored JSON lines (its manifest), or none when it cannot be read."""
+    try:
+        return manifest_path(output_dir, shard).read_text(encoding="utf-8").splitlines(keepends=True)
+    except (OSError, ValueError):
+        return []
+
+
+def _kept_lines(fresh: list[str], stored: list[str]) -> list[str]:
+    """This run's JSON lines, where an output was kept the stored line of it (with its statistics), marked skipped.
+
+    Returns:
+        One line per (image, prompt), in this run's order.
+    """
+    earlier = {}
+    for line in stored:
+        try:
+            found = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(found, dict) and found.get("status") in ("ok", "skipped"):
+            earlier[(found.get("image"), found.get("prompt"))] = found
+    lines = []
+    for line in fresh:
+        result = json.loads(line)
+        kept = earlier.get((result["image"], result["prompt"])) if result["status"] == "skipped" else None
+        lines.append(line if kept is None else json.dumps({**kept, "status": "skipped", "reason": None},
+                                                          ensure_ascii=False) + "\n")
+    return lines
+
+
+def shard_request(texts: list[str], settings: Settings) -> dict[str, object]:
+    """What a shard's outputs depend on besides its inputs: the prompts, every setting that changes a file and
+    the weights (`checkpoint_identity` of the folder the loader uses, a Hub name's snapshot included).
+
+    Returns:
+        A JSON-serialisable dict.
+    """
+    from clipseg_cli.checkpoints.loading import checkpoint_dir
+    from clipseg_cli.fingerprint import checkpoint_identity
+
+    request = {name: value for name, value in asdict(settings).items() if name not in PRESENTATION}
+    folder = checkpoint_dir(settings.weights, offline=settings.offline or None, revision=settings.revision,
+                            progress=not settings.quiet)
+    request["checkpoint"] = checkpoint_identity(folder)
+    return {"prompts": texts, "settings": request}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -13,11 +12,10 @@ import typer
 from clipseg_cli.commands import options as o
 from clipseg_cli.commands.settings import RayOptions, Settings, check_output_dir, execute, with_settings
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.inputs import WorkItem, collect, no_images
-from clipseg_cli.shard import Shard, forget, is_done, marker_path, parse_shard, record, run_key, select
+from clipseg_cli.inputs import collect, no_images
+from clipseg_cli.shard import parse_shard, run_shard
 
 SCALE = "Scale out"
-PRESENTATION = frozenset({"json", "quiet", "verbose", "force", "batch_size"})  # change no file
 
 
 def read_prompts_file(path: Path) -> list[str]:
@@ -88,44 +86,3 @@ def batch(
     if part is None:
         raise typer.Exit(execute(items, texts, settings, ray=on_ray))
     raise typer.Exit(run_shard(items, texts, settings, part, folder, on_ray))
-
-
-def run_shard(items: list[WorkItem], texts: list[str], settings: Settings, part: Shard, folder: Path,
-              on_ray: RayOptions | None) -> int:
-    """Run one shard of the items; skip it when its done marker matches, record it when it ends.
-
-    Returns:
-        The exit code: 0 all done (or done before), 1 some image failed.
-    """
-    mine = select(items, part, folder)
-    key = run_key(mine, part, shard_request(texts, settings))
-    if not settings.force and is_done(folder, part, key):
-        if not settings.quiet:
-            typer.echo(f"clipseg: shard {part} is done already ({marker_path(folder, part)}); --force redoes it",
-                       err=True)
-        return 0
-    forget(folder, part)
-    if not mine:
-        if not settings.quiet:
-            typer.echo(f"clipseg: shard {part} holds none of the {len(items)} image(s); nothing to do", err=True)
-        record(folder, part, key, [], done=True)
-        return 0
-    lines: list[str] = []
-    code = execute(mine, texts, settings, protected=[item.source for item in items], ray=on_ray, kept=lines)
-    record(folder, part, key, lines, done=code == 0)
-    return code
-
-
-def shard_request(texts: list[str], settings: Settings) -> dict[str, object]:
-    """What a shard's outputs depend on besides its inputs: the prompts and every setting that changes a file.
-
-    Returns:
-        A JSON-serialisable dict (a local checkpoint folder adds its `checkpoint_identity`).
-    """
-    from clipseg_cli.fingerprint import checkpoint_identity
-
-    request = {name: value for name, value in asdict(settings).items() if name not in PRESENTATION}
-    if Path(settings.weights).is_dir():
-        request["checkpoint"] = checkpoint_identity(Path(settings.weights))
-    return {"prompts": texts, "settings": request}
-
