@@ -15,7 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "clipseg_cli"
 # name types and never run, so they do not count (the package's own __init__ names everything so).
 LAYERS = [
     ["clipseg_cli", "clipseg_cli.constants", "clipseg_cli.errors"],  # the package: __version__, lazy names
-    ["clipseg_cli.modeling", "clipseg_cli.imaging", "clipseg_cli.runtime", "clipseg_cli.inputs"],
+    ["clipseg_cli.modeling", "clipseg_cli.imaging", "clipseg_cli.runtime", "clipseg_cli.inputs",
+     "clipseg_cli.watch"],
     ["clipseg_cli.postprocess", "clipseg_cli.fingerprint"],
     ["clipseg_cli.checkpoints"],  # the loader builds the model: modeling never imports it
     ["clipseg_cli.backends"],  # the runtimes a Segmenter runs the model on (torch, ONNX Runtime)

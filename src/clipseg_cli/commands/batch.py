@@ -32,6 +32,43 @@ def read_prompts_file(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
+def texts_of(prompt: list[str] | None, prompts_file: Path | None) -> list[str]:
+    """The prompts of -p, then those of --prompts-file."""
+    return list(prompt or []) + (read_prompts_file(prompts_file) if prompts_file else [])
+
+
+def run_watching(inputs: list[str], folder: Path, recursive: bool, texts: list[str], settings: Settings,
+                 refused: dict[str, object]) -> int:
+    """Process the input folders' images, then every image that lands or changes in them, until a signal.
+
+    Each round is a plain run over the images that became complete, named from the whole listing,
+    so names, skips and fingerprints are those of a plain rerun.
+
+    Returns:
+        Never, but by a signal (it ends the command as it ends a run); 1 where an image failed is what
+        the caller would return.
+    """
+    from clipseg_cli.watch import ready_files
+
+    for flag, value in refused.items():
+        if value:
+            raise ClipSegError(f"--watch runs here, in one process: leave out {flag}")
+    for arg in inputs:
+        if not Path(arg).is_dir():
+            raise ClipSegError(f"--watch watches folders: {arg} is not a folder")
+    folders = [Path(arg) for arg in inputs]
+    items = collect(inputs, output_dir=folder, recursive=recursive)
+    code = execute(items, texts, settings) if items else 0
+    if not settings.quiet:
+        typer.echo(f"clipseg: watching {len(folders)} folder(s) for new images; Ctrl-C stops", err=True)
+    for landed in ready_files(folders, recursive=recursive, skip=folder):
+        fresh = [item for item in collect(inputs, output_dir=folder, recursive=recursive)
+                 if item.source.resolve() in landed]
+        if fresh:
+            code = max(code, execute(fresh, texts, settings))
+    return code
+
+
 def read_stdin_lines() -> list[str]:
     """The lines of stdin; bytes that are not UTF-8 (a file name from `find`) are kept as os.fsdecode keeps them.
 
@@ -67,14 +104,20 @@ def batch(
     ray_actors: Annotated[int | None, typer.Option(
         "--ray-actors", min=1, rich_help_panel=SCALE,
         help="Ray workers, each with one model (default: one per GPU, else one per CPU).")] = None,
+    watch: Annotated[bool, typer.Option(
+        "--watch", help="Then keep watching the input folders: each image that lands or changes is processed once "
+                        "it is complete. Ctrl-C or SIGTERM stops.")] = False,
     *,
     settings: Settings,
 ) -> None:
     """Segment many images with the same prompts; the model is loaded once."""
     folder = check_output_dir(output_dir)
+    if watch:
+        raise typer.Exit(run_watching(inputs, folder, recursive, texts_of(prompt, prompts_file), settings,
+                                      refused={"--shard": shard, "--ray": ray or ray_address}))
     part = parse_shard(shard) if shard is not None else None
     on_ray = RayOptions(ray_address, ray_actors) if ray or ray_address else None
-    texts = list(prompt or []) + (read_prompts_file(prompts_file) if prompts_file else [])
+    texts = texts_of(prompt, prompts_file)
     lines = read_stdin_lines() if "-" in inputs else []
     items = collect(inputs, output_dir=folder, recursive=recursive, stdin=lines)
     if not items:

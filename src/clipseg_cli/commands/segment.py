@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +16,8 @@ from clipseg_cli.constants import OUTPUT_SUFFIXES, TEMP_SUFFIX
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import collect, is_own_output, no_images
 
+PIPE_KINDS = ("mask", "soft", "overlay", "cutout")  # what --stdout writes: soft is the map as 8-bit grey
+
 
 @with_settings
 def segment(
@@ -20,10 +25,16 @@ def segment(
     prompts: Annotated[list[str] | None, typer.Argument(help='What to cut out, e.g. "red car".', show_default=False)]
     = None,
     output_dir: o.OutputDir = None,
+    stdout: Annotated[str | None, typer.Option(
+        "--stdout", rich_help_panel=o.OUTPUT, show_default=False, metavar="|".join(PIPE_KINDS),
+        help="Write one PNG (of one prompt) to stdout instead of files; IMAGE may then be - (image bytes on "
+             "stdin).")] = None,
     *,
     settings: Settings,
 ) -> None:
     """Segment one image: writes IMAGE_STEM.PROMPT.mask.png (and .overlay.png) beside it or in -o."""
+    if stdout is not None:
+        raise typer.Exit(to_stdout(image, list(prompts or []), stdout, output_dir, settings))
     check_image_argument(image)
     items = collect([image], output_dir=check_output_dir(output_dir))
     if not items:  # a folder
@@ -31,13 +42,56 @@ def segment(
     raise typer.Exit(execute(items, list(prompts or []), settings))
 
 
+def to_stdout(image: str, texts: list[str], kind: str, output_dir: str | None, settings: Settings) -> int:
+    """Segment one image (a file, or ``-``: its bytes on stdin) and write one output PNG to stdout.
+
+    The run is the same as for files, into a private folder; only the chosen PNG leaves it.
+
+    Returns:
+        The exit code: 0 written, 1 the image failed (its error is on stderr, stdout stays empty).
+    """
+    if kind not in PIPE_KINDS:
+        raise ClipSegError(f"--stdout {kind!r}: expected one of {', '.join(PIPE_KINDS)}")
+    if output_dir is not None:
+        raise ClipSegError("--stdout writes no files: leave out -o/--output-dir")
+    if settings.json:
+        raise ClipSegError("--stdout carries the PNG: leave out --json")
+    if len(texts) != 1 and not (texts and settings.union):
+        raise ClipSegError(f"--stdout writes one PNG: give one prompt (or --union), not {len(texts)}")
+    if sys.stdout.isatty():
+        raise ClipSegError("refusing to write a PNG to a terminal: redirect stdout (> out.png) or pipe it")
+    with tempfile.TemporaryDirectory(prefix="clipseg-stdout-") as private:
+        folder = Path(private)
+        if image == "-":
+            data = sys.stdin.buffer.read()
+            if not data:
+                raise ClipSegError("stdin is empty: pipe an image in (cat photo.jpg | clipseg segment - ...)")
+            source = folder / "stdin"
+            source.write_bytes(data)
+        else:
+            check_image_argument(image)
+            source = Path(image)
+        items = collect([str(source)], output_dir=folder / "out")
+        if not items:
+            raise ClipSegError(no_images([image], recursive=True))
+        soft = kind == "soft" or (settings.soft and kind == "cutout")  # soft: the map as the mask file
+        wanted = dataclasses.replace(settings, overlay=kind == "overlay", soft=soft, cutout=kind == "cutout",
+                                     force=True)
+        code = execute(items, texts, wanted)
+        written = sorted((folder / "out").rglob(f"*.{'mask' if kind == 'soft' else kind}.png"))
+        if code == 0 and len(written) == 1:
+            sys.stdout.buffer.write(written[0].read_bytes())
+            sys.stdout.buffer.flush()
+        return code
+
+
 def check_image_argument(image: str) -> None:
     """Refuse what segment cannot mean as its image: "", "-" and our own outputs."""
     if image == "":
         raise ClipSegError('the image path is empty (""); give an image file')
     if image == "-":
-        raise ClipSegError("segment reads one image file, not stdin; use `clipseg batch - -p PROMPT -o DIR` "
-                           "to read paths from stdin")
+        raise ClipSegError("segment - reads the image's bytes from stdin and needs --stdout mask|soft|overlay|cutout; "
+                           "use `clipseg batch - -p PROMPT -o DIR` to read paths from stdin")
     if is_own_output(Path(image)):
         kinds = ", ".join(f"*{suffix}" for suffix in (*OUTPUT_SUFFIXES, TEMP_SUFFIX))
         raise ClipSegError(f"{image} is an output of clipseg ({kinds} files are never inputs); "
