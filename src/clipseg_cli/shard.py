@@ -20,7 +20,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -252,18 +252,19 @@ def other_listings(output_dir: Path, count: int, listing: str | None = None) -> 
 
 
 def run_shard(items: list[WorkItem], texts: list[str], settings: Settings, shard: Shard, output_dir: Path,
-              on_ray: RayOptions | None = None) -> int:
+              execute: Callable[..., int], on_ray: RayOptions | None = None) -> int:
     """Run one shard of the items as a plain run of them would, and record it.
 
     A done marker with this run's key saves nothing but the message and the JSON lines: every output is
     still checked against its fingerprint, and stale or missing ones are redone. ``--json`` prints the
     stored lines of the outputs that were kept, marked skipped.
 
+    Arguments:
+        execute: runs items as the command does (the caller's layer: its reporter prints the summary).
+
     Returns:
         The exit code: 0 all done (or done before), 1 some image failed.
     """
-    from clipseg_cli.commands.settings import execute
-
     say = (lambda message: None) if settings.quiet else (lambda message: print(f"clipseg: {message}", file=sys.stderr))
     mine = select(items, shard, output_dir)
     listing = {"listing": listing_of(items, output_dir), "inputs": len(items)}

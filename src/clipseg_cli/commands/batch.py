@@ -128,4 +128,4 @@ def batch(
         raise ClipSegError(no_images(inputs, recursive))
     if part is None:
         raise typer.Exit(execute(items, texts, settings, ray=on_ray))
-    raise typer.Exit(run_shard(items, texts, settings, part, folder, on_ray))
+    raise typer.Exit(run_shard(items, texts, settings, part, folder, execute, on_ray))
