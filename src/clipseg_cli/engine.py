@@ -373,10 +373,11 @@ class Engine:
         try:
             targets = self.targets[part.start : part.stop]
             masks = self._masks(logits, decoded.image, decoded.size, part)
-            for target, result, (mask, soft, foreground) in zip(targets, results, masks, strict=True):
+            for index, target, result, (mask, soft, foreground) in zip(part, targets, results, masks, strict=True):
                 if result.status == "pending":
                     paths = output_paths(item.output_dir, item.stem, target.label, self.plan)
-                    write_outputs(decoded.image, mask, soft, paths, self.plan, result.records, foreground=foreground)
+                    write_outputs(decoded.image, mask, soft, paths, self.plan, result.records, foreground=foreground,
+                                  index=index)
                     result.stats = stats(mask, soft) if self.stats else {}
                     result.refine = self.refiner.name if self.refiner is not None else None
                     result.status = "ok"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -41,7 +42,29 @@ Overlay = Annotated[bool, typer.Option(
 Soft = Annotated[bool, typer.Option(
     "--soft", rich_help_panel=OUTPUT, help="Write the probability as 8-bit grey instead of the binary mask.")]
 Cutout = Annotated[bool, typer.Option(
-    "--cutout", rich_help_panel=OUTPUT, help="Also write an RGBA cut-out with the mask as alpha.")]
+    "--cutout", rich_help_panel=OUTPUT,
+    help="Also write an RGBA cut-out with the mask as alpha (colour 0 where alpha is 0).")]
+
+
+def _color(with_alpha: bool) -> Callable[[str | None], tuple[int, ...] | None]:
+    def parse(value: str | None) -> tuple[int, ...] | None:
+        from clipseg_cli.imaging.writing import parse_color  # not at import: --help stays instant
+
+        try:
+            return None if value is None else parse_color(value, with_alpha=with_alpha)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return parse
+
+
+BgColor = Annotated[str | None, typer.Option(  # the command receives the parsed colour, a tuple
+    "--bg-color", rich_help_panel=OUTPUT, metavar="R,G,B[,A]|NAME", callback=_color(True),
+    help="Lay the cut-out on this colour (e.g. white, or 0,177,64): opaque, or with alpha A.")]
+OverlayColor = Annotated[str | None, typer.Option(  # the command receives the parsed colour, a tuple
+    "--overlay-color", rich_help_panel=OUTPUT, metavar="R,G,B|NAME", callback=_color(False),
+    help="Tint every overlay with this colour [default: one colour-blind-safe colour per prompt].")]
+OverlayAlpha = Annotated[float, typer.Option(
+    "--overlay-alpha", min=0.0, max=1.0, rich_help_panel=OUTPUT, help="Opacity of the overlay's tint.")]
 Force = Annotated[bool, typer.Option(
     "--force", "-f", rich_help_panel=OUTPUT, help="Redo outputs that already exist (they are skipped otherwise).")]
 Json = Annotated[bool, typer.Option(
