@@ -510,3 +510,12 @@ def test_overlays_have_one_palette_colour_per_prompt_and_take_a_colour(photo: Pa
     drawn = pixels(record["overlay"], "RGB", (96, 64))
     assert {tuple(p) for p in drawn[mask]} == {(0, 255, 0), (0, 0, 0)}
     assert (drawn[~mask] == np.asarray(Image.open(photo))[~mask]).all()
+
+
+def test_a_new_bg_color_or_overlay_colour_redoes_the_files_and_names_why(photo: Path, checkpoint: Path) -> None:
+    _segment(photo, checkpoint, "car", "--cutout")
+    assert _segment(photo, checkpoint, "car", "--cutout")[0]["status"] == "skipped"
+    [record] = _segment(photo, checkpoint, "car", "--cutout", "--bg-color", "white")
+    assert (record["status"], record["reason"]) == ("ok", "settings changed (bg_color)")
+    [record] = _segment(photo, checkpoint, "car", "--cutout", "--bg-color", "white", "--overlay-alpha", "0.3")
+    assert (record["status"], record["reason"]) == ("ok", "settings changed (overlay_alpha)")

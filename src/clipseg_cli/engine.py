@@ -342,7 +342,8 @@ class Engine:
                 return self._failed(item, ClipSegError(f"{item.source}: its output {clash} would overwrite an input "
                                                         "file; rename that file or choose another --output-dir"))
             records = {kind: make_record(self.plan.output_kind(kind), input_sha256=digest, prompt=target.key,
-                                         prompt_text=target.text, model=self.model_identity, settings=self.settings)
+                                         prompt_text=target.text, model=self.model_identity,
+                                         settings={**self.settings, **self.plan.looks(kind)})
                        for kind in paths}
             result = Result(str(item.source), target.prompt, "pending", records=records,
                             **{kind: str(path) for kind, path in paths.items()})

@@ -60,14 +60,17 @@ class OutputPlan:
     def settings(self) -> dict[str, object]:
         """Returns: every setting of the plan that changes an output's pixels (for fingerprints)."""
         post = self.post
-        looks = {}  # only with the files they change: a run without them keeps its fingerprints
-        if self.overlay:
-            looks["overlay_color"] = list(self.overlay_color) if self.overlay_color else "palette"
-            looks["overlay_alpha"] = self.overlay_alpha
-        if self.cutout:  # cut-outs had the background's colours under alpha 0 before "bg_color" was recorded
-            looks["bg_color"] = list(self.bg_color) if self.bg_color else "none"
         return {"threshold": post.threshold, "blur": post.blur, "dilate": post.dilate, "erode": post.erode,
-                "min_area": post.min_area, "invert": post.invert, "soft": self.soft, **looks}
+                "min_area": post.min_area, "invert": post.invert, "soft": self.soft}
+
+    def looks(self, kind: str) -> dict[str, object]:
+        """Returns: the settings that change only the files of ``kind`` (added to its fingerprint's settings)."""
+        if kind == "overlay":  # "outline": overlays before it had none
+            return {"overlay_color": list(self.overlay_color) if self.overlay_color else "palette",
+                    "overlay_alpha": self.overlay_alpha, "outline": 2}
+        if kind == "cutout":  # cut-outs before it kept the background's colours under alpha 0
+            return {"bg_color": list(self.bg_color) if self.bg_color else "none"}
+        return {}
 
     def output_kind(self, kind: str) -> str:
         """Returns: what a file of ``kind`` shows: mask, soft mask, overlay, cutout or soft cutout."""
