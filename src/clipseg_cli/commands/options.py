@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from clipseg_cli.checkpoints.registry import available_models
+from clipseg_cli.runtime import DEVICES, PRECISIONS
 
 MODEL = "Model"
 OUTPUT = "Output"
@@ -21,10 +22,11 @@ Weights = Annotated[str, typer.Option(
     help=f"Checkpoint: a published name ({', '.join(available_models())}), "
          "or a directory from `clipseg download-weights --output-dir`.")]
 Device = Annotated[str, typer.Option(
-    "--device", rich_help_panel=MODEL, help="auto, cpu, cuda or mps. auto picks a GPU when there is one.")]
+    "--device", rich_help_panel=MODEL, metavar="|".join(DEVICES), autocompletion=lambda: list(DEVICES),
+    help="Where the model runs. auto picks a GPU when there is one.")]
 Precision = Annotated[str, typer.Option(
-    "--precision", rich_help_panel=MODEL,
-    help="auto, fp32, bf16, fp16 or int8. auto: fp16 on GPUs, bf16 on CPUs with bf16 matrix units, else fp32 "
+    "--precision", rich_help_panel=MODEL, metavar="|".join(PRECISIONS), autocompletion=lambda: list(PRECISIONS),
+    help="auto: fp16 on GPUs, bf16 on CPUs with bf16 matrix units, else fp32 "
          "through ONNX Runtime. fp32 reproduces the reference model exactly (torch). int8: ONNX Runtime's dynamic "
          "quantization, fastest on CPUs, masks about 98 % equal to fp32's.")]
 Revision = Annotated[str | None, typer.Option(
@@ -97,7 +99,7 @@ Negative = Annotated[list[str] | None, typer.Option(
     "--negative", "-n", rich_help_panel=PROMPT, metavar="PROMPT",
     help="Cut out pixels where this prompt fires (repeatable).")]
 Template = Annotated[list[str] | None, typer.Option(
-    "--template", rich_help_panel=PROMPT,
+    "--template", rich_help_panel=PROMPT, metavar="TEXT",
     help='Embed each text prompt in templates like "a photo of a {}." and average (repeatable).')]
 PromptImage = Annotated[list[Path] | None, typer.Option(
     "--prompt-image", rich_help_panel=PROMPT, metavar="REF",
@@ -109,6 +111,7 @@ PromptMask = Annotated[list[Path] | None, typer.Option(
 
 Refine = Annotated[str, typer.Option(
     "--refine", rich_help_panel=REFINE, metavar="none|guided|matting|sam",
+    autocompletion=lambda: ["none", "guided", "matting", "sam"],
     help="Make the map follow the object's edges before the mask steps: guided (fast edge-aware filter), "
          "matting (alpha at hair and fur, clean cut-out colours; needs pymatting) or sam (Segment Anything).")]
 SamWeights = Annotated[str | None, typer.Option(
