@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import time
 import warnings
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from clipseg_cli.constants import OUTPUT_SUFFIXES
 from clipseg_cli.errors import ImageError
 from clipseg_cli.imaging import decode
 from clipseg_cli.imaging.decode import DecodedImage, open_image, to_rgb
@@ -21,6 +23,7 @@ from clipseg_cli.imaging.writing import (
     PALETTE,
     TEMP_SUFFIX,
     atomic_write,
+    combined_overlay,
     contrast_color,
     cutout,
     mask_to_image,
@@ -519,3 +522,22 @@ def test_a_new_bg_color_or_overlay_colour_redoes_the_files_and_names_why(photo: 
     assert (record["status"], record["reason"]) == ("ok", "settings changed (bg_color)")
     [record] = _segment(photo, checkpoint, "car", "--cutout", "--bg-color", "white", "--overlay-alpha", "0.3")
     assert (record["status"], record["reason"]) == ("ok", "settings changed (overlay_alpha)")
+
+
+def test_combined_overlay_draws_every_prompt_in_its_colour_with_a_legend() -> None:
+    image = Image.new("RGB", (200, 120), (128, 128, 128))
+    left, right = np.zeros((120, 200), bool), np.zeros((120, 200), bool)
+    left[60:110, 10:90], right[60:110, 110:190] = True, True
+    drawn = np.asarray(combined_overlay(image, [left, right], ["cat", "coffee cup"], alpha=1.0))
+    assert tuple(drawn[85, 50]) == PALETTE[0] and tuple(drawn[85, 150]) == PALETTE[1]
+    legend = drawn[:40, :100]
+    assert (legend == 255).all(axis=2).any() and (legend == 0).all(axis=2).any()  # a white box with black text
+    assert {PALETTE[0], PALETTE[1]} <= {tuple(p) for p in legend.reshape(-1, 3)}
+
+
+def test_every_file_the_readme_names_under_examples_exists() -> None:
+    root = Path(__file__).resolve().parent.parent
+    named = {path for path in re.findall(r"examples/[\w.-]+\.\w+", (root / "README.md").read_text(encoding="utf-8"))
+             if not path.endswith(OUTPUT_SUFFIXES)}  # what clipseg writes there is not shipped
+    assert named and all((root / path).is_file() for path in named), named
+    assert (root / "LICENSE").read_text().startswith("MIT License")

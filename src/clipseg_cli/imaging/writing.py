@@ -249,6 +249,45 @@ def overlay(
     return tinted
 
 
+def combined_overlay(image: Image.Image, masks: list[np.ndarray], names: list[str], alpha: float = 0.5) -> Image.Image:
+    """Every prompt's mask on one image, each tinted and outlined in its `palette_color`, with a
+    small legend of the prompt texts in the top-left corner.
+
+    Arguments:
+        masks: HxW bool each, in prompt order. names: the prompt texts shown in the legend.
+
+    Returns:
+        A new RGB image of the same size.
+    """
+    from PIL import ImageDraw
+
+    drawn = image if image.mode == "RGB" else image.convert("RGB")
+    for index, mask in enumerate(masks):
+        drawn = overlay(drawn, mask, palette_color(index), alpha)
+    draw = ImageDraw.Draw(drawn)
+    line = max(11, min(drawn.size) // 28)
+    font = _font(line)
+    width = max(draw.textlength(name, font=font) for name in names) + 2.2 * line if names else 0
+    if names:
+        draw.rectangle((4, 4, 8 + width, 8 + 1.3 * line * len(names)), fill=(255, 255, 255))
+    for index, name in enumerate(names):
+        top = 6 + 1.3 * line * index
+        draw.rectangle((8, top + 0.15 * line, 8 + line, top + 1.15 * line), fill=palette_color(index),
+                       outline=(0, 0, 0))
+        draw.text((12 + 1.3 * line, top), name, fill=(0, 0, 0), font=font)
+    return drawn
+
+
+def _font(size: int):
+    """Pillow's built-in font at ``size`` pixels (its bitmap font on Pillow < 10.1)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size)
+    except TypeError:
+        return ImageFont.load_default()
+
+
 def _rings(mask: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Returns: the mask's outermost pixels (HxW bool) and the ``width - 1`` pixels inside them (HxW bool)."""
     import cv2
