@@ -493,10 +493,12 @@ def test_bg_color_lays_the_cutout_on_a_colour(photo: Path, checkpoint: Path) -> 
     assert (pixels(record["cutout"], "RGBA", (96, 64))[~mask] == (0, 0, 255, 128)).all()
 
 
-@pytest.mark.parametrize("value", ["blurple", "1,2", "0,0,300", "1,2,3,4,5"])
-def test_a_bad_colour_is_a_one_line_usage_error(photo: Path, checkpoint: Path, value: str) -> None:
-    done = clipseg("segment", photo, "car", "--cutout", "--bg-color", value, "--weights", checkpoint)
-    assert done.code == 2 and "--bg-color" in done.stderr and "Traceback" not in done.stderr
+@pytest.mark.parametrize(("option", "value"), [("--bg-color", "blurple"), ("--bg-color", "1,2"),
+                                               ("--bg-color", "0,0,300"), ("--bg-color", "1,2,3,4,5"),
+                                               ("--overlay-color", "1,2,3,4"), ("--overlay-color", "#ff000080")])
+def test_a_bad_colour_is_a_one_line_usage_error(photo: Path, checkpoint: Path, option: str, value: str) -> None:
+    done = clipseg("segment", photo, "car", "--cutout", option, value, "--weights", checkpoint)
+    assert done.code == 2 and option in done.stderr and "Traceback" not in done.stderr
     assert not list(photo.parent.glob("*.cutout.png"))
 
 

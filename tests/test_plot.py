@@ -62,3 +62,10 @@ def test_map_steps_change_ap_and_the_curve(tmp_path: Path, checkpoint: Path, cha
     plain, changed = _eval(manifest, checkpoint), _eval(manifest, checkpoint, *change)
     assert changed["ap"] != pytest.approx(plain["ap"], abs=1e-4)
     assert changed["best_miou"] != pytest.approx(plain["best_miou"], abs=1e-4)
+
+
+def test_plot_into_a_missing_folder_is_a_one_line_error_before_any_work(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    done = clipseg("eval", _manifest(tmp_path), "--weights", tmp_path / "no-such-weights", "--plot",
+                   tmp_path / "nowhere" / "c.png")
+    assert done.code == 2 and len(done.errors()) == 1 and "nowhere" in done.errors()[0]

@@ -66,7 +66,7 @@ def eval_command(
     if plot is not None:
         from clipseg_cli.training.plot import check_plotting
 
-        check_plotting()
+        check_plotting(plot)
     post = PostProcess(threshold=threshold, blur=blur, dilate=dilate, erode=erode, min_area=min_area, invert=invert)
     evaluation = evaluate(manifest, weights=weights, device=device, precision=precision, revision=revision,
                           offline=offline or None, post=post, templates=template or [], negatives=negative or [],

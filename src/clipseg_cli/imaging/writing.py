@@ -197,7 +197,10 @@ def parse_color(text: str, *, with_alpha: bool = True) -> tuple[int, ...]:
     parts = [part.strip() for part in text.split(",")]
     if len(parts) == 1:
         try:
-            return ImageColor.getrgb(text.strip())
+            color = ImageColor.getrgb(text.strip())
+            if len(color) == 4 and not with_alpha:
+                raise ValueError
+            return color
         except ValueError:
             raise ValueError(f"{text!r} is not a colour: give R,G,B{'[,A]' if with_alpha else ''} (0..255), "
                              "a name such as white or #rrggbb") from None

@@ -14,12 +14,15 @@ from clipseg_cli.training.metrics import THRESHOLDS, Scores, fg_iou
 MISSING = "--plot needs matplotlib: pip install 'clipseg-cli[plot]'"
 
 
-def check_plotting() -> None:
-    """Refuse --plot before any work when matplotlib is not installed."""
+def check_plotting(path: Path) -> None:
+    """Refuse --plot before any work when matplotlib is not installed or the PNG's folder is missing."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise ClipSegError(MISSING) from None
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise ClipSegError(f"--plot {path}: the folder {folder} does not exist; create it or choose another")
 
 
 def plot_curves(scores: Scores, path: Path) -> None:
@@ -67,4 +70,7 @@ def plot_curves(scores: Scores, path: Path) -> None:
             axes.legend(fontsize="small")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
-    atomic_write(Path(path), lambda handle: handle.write(buffer.getvalue()))
+    try:
+        atomic_write(Path(path), lambda handle: handle.write(buffer.getvalue()))
+    except OSError as exc:
+        raise ClipSegError(f"--plot {path}: cannot write it: {exc.strerror or exc}") from None
