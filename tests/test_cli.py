@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from clipseg_cli.cli import app
 from clipseg_cli.constants import TEMP_SUFFIX
+from clipseg_cli.imaging.writing import PALETTE
 from helpers import Outcome, binary_mask, clipseg, names, noise, pixels, save, subprocess_env
 from hub_server import FakeHub
 
@@ -55,9 +56,10 @@ def test_segment_writes_a_binary_mask_and_a_tinted_overlay_beside_the_image(phot
     overlay = pixels(photo.parent / "photo.red-car.overlay.png", "RGB", (72, 48)).astype(int)
     image = np.asarray(Image.open(photo)).astype(int)
     assert (overlay[~mask] == image[~mask]).all()
-    # masked pixels are half image, half the default tint colour
-    tinted = np.rint(image[mask] * 0.5 + np.array([255, 0, 80]) * 0.5)
-    assert np.abs(overlay[mask] - tinted).max() <= 1
+    # masked pixels are half image, half the first prompt's colour, or on the outline: that colour or black
+    tinted = np.abs(overlay - np.rint(image * 0.5 + np.array(PALETTE[0]) * 0.5)).max(axis=2) <= 1
+    outline = (overlay == PALETTE[0]).all(axis=2) | (overlay == 0).all(axis=2)
+    assert (tinted | outline)[mask].all() and tinted[mask].any() and outline[mask].any()
 
 
 def test_several_prompts_with_colliding_slugs_get_distinct_files(photo: Path, weights: list[str]) -> None:
@@ -115,7 +117,8 @@ def test_cutout_is_the_image_with_the_mask_as_alpha(photo: Path, weights: list[s
     cutout = pixels(record["cutout"], "RGBA", (72, 48))
     assert set(np.unique(cutout[..., 3])) <= {0, 255}
     assert ((cutout[..., 3] == 255) == binary_mask(record["mask"], (72, 48))).all()
-    assert (cutout[..., :3] == np.asarray(Image.open(photo))).all()
+    shown = cutout[..., 3] > 0
+    assert (cutout[shown, :3] == np.asarray(Image.open(photo))[shown]).all() and (cutout[~shown, :3] == 0).all()
 
 
 def test_an_example_image_is_a_prompt(photo: Path, weights: list[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import time
 import warnings
@@ -14,19 +15,25 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from clipseg_cli.constants import OUTPUT_SUFFIXES
 from clipseg_cli.errors import ImageError
 from clipseg_cli.imaging import decode
 from clipseg_cli.imaging.decode import DecodedImage, open_image, to_rgb
 from clipseg_cli.imaging.writing import (
+    PALETTE,
     TEMP_SUFFIX,
     atomic_write,
+    combined_overlay,
+    contrast_color,
     cutout,
     mask_to_image,
     overlay,
+    parse_color,
     probability_to_image,
     save_mask_png,
     save_png,
 )
+from helpers import binary_mask, clipseg, noise, pixels, save
 
 RED = (255, 0, 0)
 
@@ -413,15 +420,19 @@ def test_probability_to_image() -> None:
     assert list(np.asarray(image)[0]) == [0, 128, 255, 51]
 
 
-def test_overlay_tints_only_masked_pixels() -> None:
-    image = Image.new("RGB", (2, 1), (100, 100, 100))
-    mask = np.array([[True, False]])
-    result = overlay(image, mask)
-    assert result.mode == "RGB"
-    assert result.getpixel((0, 0)) == (178, 50, 90)
-    assert result.getpixel((1, 0)) == (100, 100, 100)
-    assert image.getpixel((0, 0)) == (100, 100, 100)
-    assert overlay(image, mask, color=(0, 0, 0), alpha=1.0).getpixel((0, 0)) == (0, 0, 0)
+def test_overlay_tints_only_masked_pixels_and_outlines_them() -> None:
+    image = Image.new("RGB", (7, 7), (100, 100, 100))
+    mask = np.zeros((7, 7), dtype=bool)
+    mask[1:6, 1:6] = True
+    result = np.asarray(overlay(image, mask, color=(0, 0, 200), alpha=0.5))
+    assert (result[~mask] == 100).all() and image.getpixel((0, 0)) == (100, 100, 100)
+    assert tuple(result[1, 1]) == tuple(result[5, 3]) == (255, 255, 255)  # outermost pixel: contrasting
+    assert tuple(result[2, 2]) == tuple(result[2, 4]) == (0, 0, 200)  # next one: the colour, opaque
+    assert tuple(result[3, 3]) == (50, 50, 150)  # inside: tinted
+    yellow = np.asarray(overlay(image, mask, color=PALETTE[3], outline=0))
+    assert tuple(yellow[1, 1]) == tuple(yellow[3, 3])
+    assert contrast_color(PALETTE[3]) == (0, 0, 0)
+    assert overlay(image, mask, color=(0, 0, 0), alpha=1.0, outline=0).getpixel((3, 3)) == (0, 0, 0)
     with pytest.raises(ValueError):
         overlay(image, np.ones((2, 1), dtype=bool))
 
@@ -431,6 +442,104 @@ def test_cutout_alpha() -> None:
     from_mask = cutout(image, np.array([[True, False]]))
     assert from_mask.mode == "RGBA"
     assert from_mask.getpixel((0, 0)) == (5, 6, 7, 255)
-    assert from_mask.getpixel((1, 0)) == (5, 6, 7, 0)
-    from_prob = cutout(image, np.array([[0.25, 1.0]], dtype=np.float32))
-    assert [from_prob.getpixel((x, 0))[3] for x in range(2)] == [64, 255]
+    assert from_mask.getpixel((1, 0)) == (0, 0, 0, 0)  # nothing of the background under alpha 0
+    from_prob = cutout(image, np.array([[0.25, 0.0]], dtype=np.float32))
+    assert [from_prob.getpixel((x, 0)) for x in range(2)] == [(5, 6, 7, 64), (0, 0, 0, 0)]
+    on_white = cutout(image, np.array([[0.25, 0.0]], dtype=np.float32), (255, 255, 255))
+    assert on_white.mode == "RGB" and on_white.getpixel((1, 0)) == (255, 255, 255)
+    assert on_white.getpixel((0, 0)) == tuple(round(c * 64 / 255 + 255 * (1 - 64 / 255)) for c in (5, 6, 7))
+    assert cutout(image, np.array([[False, False]]), (0, 0, 255, 128)).getpixel((0, 0)) == (0, 0, 255, 128)
+
+
+@pytest.mark.parametrize(("text", "color"), [("white", (255, 255, 255)), ("0, 177,64", (0, 177, 64)),
+                                             ("1,2,3,4", (1, 2, 3, 4)), ("#ff0000", (255, 0, 0))])
+def test_parse_color(text: str, color: tuple[int, ...]) -> None:
+    assert parse_color(text) == color
+
+
+# ---- cut-outs and overlays through the command line ---------------------------------------------------------------
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    return save(noise((96, 64), seed=3), tmp_path / "photo.png")
+
+
+def _segment(photo: Path, checkpoint: Path, *args: object) -> list[dict]:
+    done = clipseg("segment", photo, *args, "--weights", checkpoint, "--precision", "fp32", "--json", "-q")
+    assert done.code == 0, done.stderr
+    return done.records()
+
+
+def test_cutout_keeps_nothing_of_the_background_and_is_smaller(photo: Path, checkpoint: Path) -> None:
+    [record] = _segment(photo, checkpoint, "car", "--cutout", "-t", "0.5")
+    cut = pixels(record["cutout"], "RGBA", (96, 64))
+    alpha = cut[..., 3]
+    assert 0.2 < (alpha == 0).mean() < 0.8  # the fixture's mask leaves some of both
+    assert (cut[alpha == 0, :3] == 0).all()  # dropping the alpha shows black, not the background
+    original = np.asarray(Image.open(photo))
+    assert (cut[alpha > 0, :3] == original[alpha > 0]).all()
+    leaky = Image.fromarray(np.dstack([original, alpha]))  # what earlier versions wrote
+    save_png(leaky, photo.parent / "leaky.png")
+    assert Path(record["cutout"]).stat().st_size < 0.8 * (photo.parent / "leaky.png").stat().st_size
+
+
+def test_bg_color_lays_the_cutout_on_a_colour(photo: Path, checkpoint: Path) -> None:
+    [record] = _segment(photo, checkpoint, "car", "--cutout", "-t", "0.5", "--bg-color", "white")
+    on_white = pixels(record["cutout"], "RGB", (96, 64))
+    mask = binary_mask(record["mask"], (96, 64))
+    assert (on_white[~mask] == 255).all() and (on_white[mask] == np.asarray(Image.open(photo))[mask]).all()
+    [record] = _segment(photo, checkpoint, "car", "--cutout", "-t", "0.5", "--bg-color", "0,0,255,128")
+    assert (pixels(record["cutout"], "RGBA", (96, 64))[~mask] == (0, 0, 255, 128)).all()
+
+
+@pytest.mark.parametrize(("option", "value"), [("--bg-color", "blurple"), ("--bg-color", "1,2"),
+                                               ("--bg-color", "0,0,300"), ("--bg-color", "1,2,3,4,5"),
+                                               ("--overlay-color", "1,2,3,4"), ("--overlay-color", "#ff000080")])
+def test_a_bad_colour_is_a_one_line_usage_error(photo: Path, checkpoint: Path, option: str, value: str) -> None:
+    done = clipseg("segment", photo, "car", "--cutout", option, value, "--weights", checkpoint)
+    assert done.code == 2 and option in done.stderr and "Traceback" not in done.stderr
+    assert not list(photo.parent.glob("*.cutout.png"))
+
+
+def test_overlays_have_one_palette_colour_per_prompt_and_take_a_colour(photo: Path, checkpoint: Path) -> None:
+    records = _segment(photo, checkpoint, "car", "tree", "-t", "0.5")
+    for index, record in enumerate(records):
+        mask = binary_mask(record["mask"], (96, 64))
+        assert mask.any()
+        drawn = pixels(record["overlay"], "RGB", (96, 64))
+        assert {tuple(p) for p in drawn[mask]} >= {PALETTE[index], contrast_color(PALETTE[index])}
+    [record] = _segment(photo, checkpoint, "car", "-t", "0.5", "--overlay-color", "0,255,0", "--overlay-alpha", "1",
+                        "--force")
+    mask = binary_mask(record["mask"], (96, 64))
+    drawn = pixels(record["overlay"], "RGB", (96, 64))
+    assert {tuple(p) for p in drawn[mask]} == {(0, 255, 0), (0, 0, 0)}
+    assert (drawn[~mask] == np.asarray(Image.open(photo))[~mask]).all()
+
+
+def test_a_new_bg_color_or_overlay_colour_redoes_the_files_and_names_why(photo: Path, checkpoint: Path) -> None:
+    _segment(photo, checkpoint, "car", "--cutout")
+    assert _segment(photo, checkpoint, "car", "--cutout")[0]["status"] == "skipped"
+    [record] = _segment(photo, checkpoint, "car", "--cutout", "--bg-color", "white")
+    assert (record["status"], record["reason"]) == ("ok", "settings changed (bg_color)")
+    [record] = _segment(photo, checkpoint, "car", "--cutout", "--bg-color", "white", "--overlay-alpha", "0.3")
+    assert (record["status"], record["reason"]) == ("ok", "settings changed (overlay_alpha)")
+
+
+def test_combined_overlay_draws_every_prompt_in_its_colour_with_a_legend() -> None:
+    image = Image.new("RGB", (200, 120), (128, 128, 128))
+    left, right = np.zeros((120, 200), bool), np.zeros((120, 200), bool)
+    left[60:110, 10:90], right[60:110, 110:190] = True, True
+    drawn = np.asarray(combined_overlay(image, [left, right], ["cat", "coffee cup"], alpha=1.0))
+    assert tuple(drawn[85, 50]) == PALETTE[0] and tuple(drawn[85, 150]) == PALETTE[1]
+    legend = drawn[:40, :100]
+    assert (legend == 255).all(axis=2).any() and (legend == 0).all(axis=2).any()  # a white box with black text
+    assert {PALETTE[0], PALETTE[1]} <= {tuple(p) for p in legend.reshape(-1, 3)}
+
+
+def test_every_file_the_readme_names_under_examples_exists() -> None:
+    root = Path(__file__).resolve().parent.parent
+    named = {path for path in re.findall(r"examples/[\w.-]+\.\w+", (root / "README.md").read_text(encoding="utf-8"))
+             if not path.endswith(OUTPUT_SUFFIXES)}  # what clipseg writes there is not shipped
+    assert named and all((root / path).is_file() for path in named), named
+    assert (root / "LICENSE").read_text().startswith("MIT License")

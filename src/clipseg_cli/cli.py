@@ -8,6 +8,7 @@ Importing this module does not import torch, so ``--help`` and ``--version`` are
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -16,6 +17,7 @@ from contextlib import contextmanager, suppress
 from importlib.metadata import PackageNotFoundError, version
 
 import typer
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from clipseg_cli import __version__
 from clipseg_cli.commands.batch import batch
@@ -30,20 +32,66 @@ INTERRUPTED = 130  # the shell's code for a Ctrl-C
 READER_GONE = 128 + 13  # stdout closed by its reader (SIGPIPE), as shells report `yes | head -1`
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
+EXAMPLES = {  # the end of each command's --help (Rich markup: a "[" must be escaped)
+    "segment": """clipseg segment examples/chelsea.jpg cat
+clipseg segment examples/coffee.jpg "coffee cup" spoon --cutout --bg-color white -o out/
+clipseg segment examples/rocket.jpg rocket --overlay-color 0,114,178 --threshold 0.5""",
+    "batch": """clipseg batch examples/ -p cat -p "coffee cup" -o masks/ --json > results.jsonl
+find shots/ -name '*.jpg' | clipseg batch - -p dog -o masks/ -q; echo "exit $?"
+clipseg batch shots/ -r -p car -o masks/ --shard auto""",
+    "download-weights": """clipseg download-weights
+clipseg download-weights --list
+clipseg download-weights CIDAS/clipseg-rd16 --output-dir weights/rd16""",
+    "train": """clipseg train records.jsonl --weights CIDAS/clipseg-rd64-refined -o tuned/ --epochs 20
+clipseg train records.jsonl -o tuned/ --val holdout.jsonl --resume""",
+    "eval": """clipseg eval records.jsonl --precision fp32
+clipseg eval holdout.jsonl --weights tuned/ --json
+clipseg eval records.jsonl --blur 2 --plot curves.png""",
+    "shards": """clipseg shards masks/ --count 100
+clipseg shards masks/ --count 100 || sbatch --array=3,7 masks.sh""",
+}
+
+
+def readable(params: list) -> list:
+    """Make parameters' help show what to type: no ``<bool>`` after a flag, ``NAME`` for a value or
+    an argument, and help text taken literally (``[default: ...]`` is text, not Rich markup).
+
+    Returns:
+        The same parameters (changed in place; doing it again changes nothing).
+    """
+    for param in params:
+        if param.metavar is None:
+            flag = isinstance(param, TyperOption) and (param.is_flag or param.count)
+            param.metavar = "" if flag else (param.name or "value").upper()
+        if getattr(param, "help", None):
+            param.help = re.sub(r"(?<!\\)\[", r"\\[", param.help)
+    return params
+
+
+class Command(TyperCommand):
+    def get_params(self, ctx: typer.Context) -> list:
+        return readable(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    def get_params(self, ctx: typer.Context) -> list:
+        return readable(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="clipseg",
+    cls=Group,
     help="Cut objects out of images by a text prompt or an example image, with CLIPSeg.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command("segment", no_args_is_help=True)(segment)
-app.command("batch", no_args_is_help=True)(batch)
-app.command("download-weights")(download_weights)
-app.command("train", no_args_is_help=True)(train_command)
-app.command("eval", no_args_is_help=True)(eval_command)
-app.command("shards", no_args_is_help=True)(shards)
+app.command("segment", cls=Command, no_args_is_help=True, epilog=EXAMPLES["segment"])(segment)
+app.command("batch", cls=Command, no_args_is_help=True, epilog=EXAMPLES["batch"])(batch)
+app.command("download-weights", cls=Command, epilog=EXAMPLES["download-weights"])(download_weights)
+app.command("train", cls=Command, no_args_is_help=True, epilog=EXAMPLES["train"])(train_command)
+app.command("eval", cls=Command, no_args_is_help=True, epilog=EXAMPLES["eval"])(eval_command)
+app.command("shards", cls=Command, no_args_is_help=True, epilog=EXAMPLES["shards"])(shards)
 
 
 def _versions(value: bool) -> None:

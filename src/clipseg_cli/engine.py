@@ -342,7 +342,8 @@ class Engine:
                 return self._failed(item, ClipSegError(f"{item.source}: its output {clash} would overwrite an input "
                                                         "file; rename that file or choose another --output-dir"))
             records = {kind: make_record(self.plan.output_kind(kind), input_sha256=digest, prompt=target.key,
-                                         prompt_text=target.text, model=self.model_identity, settings=self.settings)
+                                         prompt_text=target.text, model=self.model_identity,
+                                         settings={**self.settings, **self.plan.looks(kind)})
                        for kind in paths}
             result = Result(str(item.source), target.prompt, "pending", records=records,
                             **{kind: str(path) for kind, path in paths.items()})
@@ -373,10 +374,11 @@ class Engine:
         try:
             targets = self.targets[part.start : part.stop]
             masks = self._masks(logits, decoded.image, decoded.size, part)
-            for target, result, (mask, soft, foreground) in zip(targets, results, masks, strict=True):
+            for index, target, result, (mask, soft, foreground) in zip(part, targets, results, masks, strict=True):
                 if result.status == "pending":
                     paths = output_paths(item.output_dir, item.stem, target.label, self.plan)
-                    write_outputs(decoded.image, mask, soft, paths, self.plan, result.records, foreground=foreground)
+                    write_outputs(decoded.image, mask, soft, paths, self.plan, result.records, foreground=foreground,
+                                  index=index)
                     result.stats = stats(mask, soft) if self.stats else {}
                     result.refine = self.refiner.name if self.refiner is not None else None
                     result.status = "ok"

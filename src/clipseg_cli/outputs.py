@@ -13,7 +13,14 @@ from PIL import Image
 
 from clipseg_cli.constants import OUTPUT_KINDS
 from clipseg_cli.fingerprint import PNG_KEY, text_sha256
-from clipseg_cli.imaging.writing import cutout, overlay, probability_to_image, save_mask_png, save_png
+from clipseg_cli.imaging.writing import (
+    cutout,
+    overlay,
+    palette_color,
+    probability_to_image,
+    save_mask_png,
+    save_png,
+)
 from clipseg_cli.postprocess import PostProcess
 
 SLUG_LENGTH = 60
@@ -27,14 +34,19 @@ class OutputPlan:
     """Which files to write per (image, prompt) and how a probability map becomes a mask.
 
     mask: always written; binary 0/255 (the mask M), or with ``soft`` the map m as 8-bit grey.
-    overlay: the image with M tinted. cutout: RGBA, M (or with ``soft`` m) as alpha.
+    overlay: the image with M tinted and outlined. cutout: RGBA, M (or with ``soft`` m) as alpha.
     M and m are defined in `clipseg_cli.postprocess.mask_and_map`.
+    overlay_color: the tint (RGB), default one colour per prompt from `PALETTE`. overlay_alpha: its opacity.
+    bg_color: lay the cut-out over this RGB or RGBA colour (opaque for RGB) instead of leaving it transparent.
     """
 
     overlay: bool = True
     soft: bool = False
     cutout: bool = False
     post: PostProcess = field(default_factory=PostProcess)
+    overlay_color: tuple[int, int, int] | None = None
+    overlay_alpha: float = 0.5
+    bg_color: tuple[int, ...] | None = None
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -50,6 +62,15 @@ class OutputPlan:
         post = self.post
         return {"threshold": post.threshold, "blur": post.blur, "dilate": post.dilate, "erode": post.erode,
                 "min_area": post.min_area, "invert": post.invert, "soft": self.soft}
+
+    def looks(self, kind: str) -> dict[str, object]:
+        """Returns: the settings that change only the files of ``kind`` (added to its fingerprint's settings)."""
+        if kind == "overlay":  # "outline": overlays before it had none
+            return {"overlay_color": list(self.overlay_color) if self.overlay_color else "palette",
+                    "overlay_alpha": self.overlay_alpha, "outline": 2}
+        if kind == "cutout":  # cut-outs before it kept the background's colours under alpha 0
+            return {"bg_color": list(self.bg_color) if self.bg_color else "none"}
+        return {}
 
     def output_kind(self, kind: str) -> str:
         """Returns: what a file of ``kind`` shows: mask, soft mask, overlay, cutout or soft cutout."""
@@ -131,7 +152,7 @@ def _fit(text: str, limit: int) -> str:
 
 def write_outputs(image: Image.Image | None, mask: np.ndarray, soft: np.ndarray | None, paths: dict[str, Path],
                   plan: OutputPlan, records: dict[str, str] | None = None, *,
-                  foreground: np.ndarray | None = None) -> None:
+                  foreground: np.ndarray | None = None, index: int = 0) -> None:
     """Write the files of one mask atomically.
 
     Arguments:
@@ -140,6 +161,7 @@ def write_outputs(image: Image.Image | None, mask: np.ndarray, soft: np.ndarray 
             (needed only when ``plan.soft``).
         records: per kind, the fingerprint record to store in the file (see `fingerprint`).
         foreground: HxWx3 uint8 colours for the cut-out (matting's estimated foreground); default the image's.
+        index: the prompt's place among the image's prompts: picks its overlay colour from `PALETTE`.
     """
     records = records or {}
 
@@ -152,7 +174,8 @@ def write_outputs(image: Image.Image | None, mask: np.ndarray, soft: np.ndarray 
     else:
         save_mask_png(mask, paths["mask"], text("mask"))
     if "overlay" in paths:
-        save_png(overlay(image, mask), paths["overlay"], text=text("overlay"))
+        color = plan.overlay_color or palette_color(index)
+        save_png(overlay(image, mask, color, plan.overlay_alpha), paths["overlay"], text=text("overlay"))
     if "cutout" in paths:
         colours = image if foreground is None else Image.fromarray(foreground)
-        save_png(cutout(colours, soft if plan.soft else mask), paths["cutout"], text=text("cutout"))
+        save_png(cutout(colours, soft if plan.soft else mask, plan.bg_color), paths["cutout"], text=text("cutout"))

@@ -36,6 +36,10 @@ def eval_command(
     per_record: Annotated[bool, typer.Option(
         "--per-record", rich_help_panel=o.OUTPUT, help="Also print one line per record (JSON with --json).")]
     = False,
+    plot: Annotated[Path | None, typer.Option(
+        "--plot", rich_help_panel=o.OUTPUT, metavar="PNG",
+        help="Also draw the precision-recall curve and mIoU against the threshold into this PNG (needs matplotlib: "
+             "the plot extra).")] = None,
     quiet: o.Quiet = False,
     max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
     threshold: o.Threshold = DEFAULT_THRESHOLD,
@@ -59,6 +63,10 @@ def eval_command(
     from clipseg_cli.training.api import evaluate
 
     check_texts([], negatives=negative or [], templates=template or [])
+    if plot is not None:
+        from clipseg_cli.training.plot import check_plotting
+
+        check_plotting(plot)
     post = PostProcess(threshold=threshold, blur=blur, dilate=dilate, erode=erode, min_area=min_area, invert=invert)
     evaluation = evaluate(manifest, weights=weights, device=device, precision=precision, revision=revision,
                           offline=offline or None, post=post, templates=template or [], negatives=negative or [],
@@ -69,6 +77,10 @@ def eval_command(
     summary = evaluation.summary()
     if not summary["records"]:
         raise ClipSegError(f"{manifest}: no usable records; each skipped one is named above")
+    if plot is not None:
+        from clipseg_cli.training.plot import plot_curves
+
+        plot_curves(evaluation.scores, plot)
     if json_output:
         print(json.dumps(summary), flush=True)
     else:

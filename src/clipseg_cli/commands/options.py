@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from clipseg_cli.checkpoints.registry import available_models
+from clipseg_cli.runtime import DEVICES, PRECISIONS
 
 MODEL = "Model"
 OUTPUT = "Output"
@@ -20,10 +22,11 @@ Weights = Annotated[str, typer.Option(
     help=f"Checkpoint: a published name ({', '.join(available_models())}), "
          "or a directory from `clipseg download-weights --output-dir`.")]
 Device = Annotated[str, typer.Option(
-    "--device", rich_help_panel=MODEL, help="auto, cpu, cuda or mps. auto picks a GPU when there is one.")]
+    "--device", rich_help_panel=MODEL, metavar="|".join(DEVICES), autocompletion=lambda: list(DEVICES),
+    help="Where the model runs. auto picks a GPU when there is one.")]
 Precision = Annotated[str, typer.Option(
-    "--precision", rich_help_panel=MODEL,
-    help="auto, fast, fp32, bf16, fp16 or int8. auto: the exact class on every machine (fp32: ONNX Runtime on CPUs, "
+    "--precision", rich_help_panel=MODEL, metavar="|".join(PRECISIONS), autocompletion=lambda: list(PRECISIONS),
+    help="auto: the exact class on every machine (fp32: ONNX Runtime on CPUs, "
          "GPUs without TF32), the same masks wherever it runs. fast: bf16 on CPUs with bf16 units, int8 on other "
          "CPUs, fp16 on GPUs; masks about 99 % (bf16, fp16) or 98 % (int8) equal to exact's. fp32: the reference "
          "computation on torch, bit for bit.")]
@@ -42,7 +45,29 @@ Overlay = Annotated[bool, typer.Option(
 Soft = Annotated[bool, typer.Option(
     "--soft", rich_help_panel=OUTPUT, help="Write the probability as 8-bit grey instead of the binary mask.")]
 Cutout = Annotated[bool, typer.Option(
-    "--cutout", rich_help_panel=OUTPUT, help="Also write an RGBA cut-out with the mask as alpha.")]
+    "--cutout", rich_help_panel=OUTPUT,
+    help="Also write an RGBA cut-out with the mask as alpha (colour 0 where alpha is 0).")]
+
+
+def _color(with_alpha: bool) -> Callable[[str | None], tuple[int, ...] | None]:
+    def parse(value: str | None) -> tuple[int, ...] | None:
+        from clipseg_cli.imaging.writing import parse_color  # not at import: --help stays instant
+
+        try:
+            return None if value is None else parse_color(value, with_alpha=with_alpha)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return parse
+
+
+BgColor = Annotated[str | None, typer.Option(  # the command receives the parsed colour, a tuple
+    "--bg-color", rich_help_panel=OUTPUT, metavar="R,G,B[,A]|NAME", callback=_color(True),
+    help="Lay the cut-out on this colour (e.g. white, or 0,177,64): opaque, or with alpha A.")]
+OverlayColor = Annotated[str | None, typer.Option(  # the command receives the parsed colour, a tuple
+    "--overlay-color", rich_help_panel=OUTPUT, metavar="R,G,B|NAME", callback=_color(False),
+    help="Tint every overlay with this colour [default: one colour-blind-safe colour per prompt].")]
+OverlayAlpha = Annotated[float, typer.Option(
+    "--overlay-alpha", min=0.0, max=1.0, rich_help_panel=OUTPUT, help="Opacity of the overlay's tint.")]
 Force = Annotated[bool, typer.Option(
     "--force", "-f", rich_help_panel=OUTPUT, help="Redo outputs that already exist (they are skipped otherwise).")]
 Json = Annotated[bool, typer.Option(
@@ -75,7 +100,7 @@ Negative = Annotated[list[str] | None, typer.Option(
     "--negative", "-n", rich_help_panel=PROMPT, metavar="PROMPT",
     help="Cut out pixels where this prompt fires (repeatable).")]
 Template = Annotated[list[str] | None, typer.Option(
-    "--template", rich_help_panel=PROMPT,
+    "--template", rich_help_panel=PROMPT, metavar="TEXT",
     help='Embed each text prompt in templates like "a photo of a {}." and average (repeatable).')]
 PromptImage = Annotated[list[Path] | None, typer.Option(
     "--prompt-image", rich_help_panel=PROMPT, metavar="REF",
@@ -87,6 +112,7 @@ PromptMask = Annotated[list[Path] | None, typer.Option(
 
 Refine = Annotated[str, typer.Option(
     "--refine", rich_help_panel=REFINE, metavar="none|guided|matting|sam",
+    autocompletion=lambda: ["none", "guided", "matting", "sam"],
     help="Make the map follow the object's edges before the mask steps: guided (fast edge-aware filter), "
          "matting (alpha at hair and fur, clean cut-out colours; needs pymatting) or sam (Segment Anything).")]
 SamWeights = Annotated[str | None, typer.Option(

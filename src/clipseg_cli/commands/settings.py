@@ -31,6 +31,9 @@ class Settings:
     overlay: o.Overlay = True
     soft: o.Soft = False
     cutout: o.Cutout = False
+    bg_color: o.BgColor = None
+    overlay_color: o.OverlayColor = None
+    overlay_alpha: o.OverlayAlpha = 0.5
     force: o.Force = False
     json: o.Json = False
     quiet: o.Quiet = False
@@ -101,7 +104,9 @@ def job_of(texts: list[str], settings: Settings) -> Job:
 
     post = PostProcess(threshold=settings.threshold, blur=settings.blur, dilate=settings.dilate, erode=settings.erode,
                        min_area=settings.min_area, invert=settings.invert)
-    plan = OutputPlan(overlay=settings.overlay, soft=settings.soft, cutout=settings.cutout, post=post)
+    plan = OutputPlan(overlay=settings.overlay, soft=settings.soft, cutout=settings.cutout, post=post,
+                      bg_color=settings.bg_color, overlay_color=settings.overlay_color,
+                      overlay_alpha=settings.overlay_alpha)
     return Job(texts, templates=settings.template or (), prompt_images=settings.prompt_image or (),
                prompt_masks=settings.prompt_mask or (), negatives=settings.negative or (), union=settings.union,
                plan=plan, force=settings.force, max_pixels=settings.max_pixels, batch_size=settings.batch_size,

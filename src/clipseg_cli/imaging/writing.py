@@ -180,13 +180,57 @@ def probability_to_image(prob: np.ndarray) -> Image.Image:
     return Image.fromarray(np.rint(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8))
 
 
+# Okabe & Ito's colour-blind-safe palette (without black): one colour per prompt, in prompt order.
+PALETTE = ((230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
+           (204, 121, 167))
+OUTLINE_PX = 2
+
+
+def parse_color(text: str, *, with_alpha: bool = True) -> tuple[int, ...]:
+    """Read a colour: ``R,G,B`` or ``R,G,B,A`` (0..255 each), a name (``white``, ``lightgrey``) or ``#rrggbb``.
+
+    Returns:
+        (R, G, B) or (R, G, B, A). Raises ValueError naming what is wrong.
+    """
+    from PIL import ImageColor
+
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) == 1:
+        try:
+            color = ImageColor.getrgb(text.strip())
+            if len(color) == 4 and not with_alpha:
+                raise ValueError
+            return color
+        except ValueError:
+            raise ValueError(f"{text!r} is not a colour: give R,G,B{'[,A]' if with_alpha else ''} (0..255), "
+                             "a name such as white or #rrggbb") from None
+    counts = (3, 4) if with_alpha else (3,)
+    if len(parts) not in counts or not all(part.isdigit() and int(part) <= 255 for part in parts):
+        raise ValueError(f"{text!r}: give {' or '.join(str(n) for n in counts)} numbers 0..255 separated by commas")
+    return tuple(int(part) for part in parts)
+
+
+def palette_color(index: int) -> tuple[int, int, int]:
+    """Returns: the palette's colour for the prompt at ``index`` (the palette repeats after 7)."""
+    return PALETTE[index % len(PALETTE)]
+
+
+def contrast_color(color: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Returns: black or white, whichever stands out more against ``color`` (by its luma)."""
+    red, green, blue = color
+    return (0, 0, 0) if 0.299 * red + 0.587 * green + 0.114 * blue >= 128 else (255, 255, 255)
+
+
 def overlay(
     image: Image.Image,
     mask: np.ndarray,
-    color: tuple[int, int, int] = (255, 0, 80),
+    color: tuple[int, int, int] = PALETTE[0],
     alpha: float = 0.5,
+    outline: int = OUTLINE_PX,
 ) -> Image.Image:
-    """Tint the masked pixels of an RGB image: pixel * (1 - alpha) + color * alpha.
+    """Tint the masked pixels of an RGB image, pixel * (1 - alpha) + color * alpha, and draw the
+    mask's outline: its outermost pixel in black or white (`contrast_color`), the next ones in
+    ``color``, opaque (``outline`` pixels in all, inside the mask; none along the image's border).
 
     Returns:
         A new RGB image of the same size; pixels outside the mask are unchanged.
@@ -200,21 +244,83 @@ def overlay(
     # One 256-entry lookup table per channel (Pillow's point), then a masked paste: all in C.
     levels = np.arange(256, dtype=np.float64)[None, :]
     table = np.rint(levels * (1.0 - alpha) + np.asarray(color, dtype=np.float64)[:, None] * alpha)
-    tinted = rgb.point(table.astype(np.uint8).ravel().tolist())
-    return Image.composite(tinted, rgb, mask_to_image(mask))
+    tinted = Image.composite(rgb.point(table.astype(np.uint8).ravel().tolist()), rgb, mask_to_image(mask))
+    if outline > 0 and mask.any():
+        edge, ring = _rings(mask, outline)
+        tinted.paste(color, mask=mask_to_image(ring))
+        tinted.paste(contrast_color(color), mask=mask_to_image(edge))
+    return tinted
 
 
-def cutout(image: Image.Image, alpha: np.ndarray) -> Image.Image:
-    """Give an RGB image an alpha channel from a bool mask (0/255) or a float probability (0..255).
+def combined_overlay(image: Image.Image, masks: list[np.ndarray], names: list[str], alpha: float = 0.5) -> Image.Image:
+    """Every prompt's mask on one image, each tinted and outlined in its `palette_color`, with a
+    small legend of the prompt texts in the top-left corner.
+
+    Arguments:
+        masks: HxW bool each, in prompt order. names: the prompt texts shown in the legend.
 
     Returns:
-        A new RGBA image of the same size.
+        A new RGB image of the same size.
+    """
+    from PIL import ImageDraw
+
+    drawn = image if image.mode == "RGB" else image.convert("RGB")
+    for index, mask in enumerate(masks):
+        drawn = overlay(drawn, mask, palette_color(index), alpha)
+    draw = ImageDraw.Draw(drawn)
+    line = max(11, min(drawn.size) // 28)
+    font = _font(line)
+    width = max(draw.textlength(name, font=font) for name in names) + 2.2 * line if names else 0
+    if names:
+        draw.rectangle((4, 4, 8 + width, 8 + 1.3 * line * len(names)), fill=(255, 255, 255))
+    for index, name in enumerate(names):
+        top = 6 + 1.3 * line * index
+        draw.rectangle((8, top + 0.15 * line, 8 + line, top + 1.15 * line), fill=palette_color(index),
+                       outline=(0, 0, 0))
+        draw.text((12 + 1.3 * line, top), name, fill=(0, 0, 0), font=font)
+    return drawn
+
+
+def _font(size: int):
+    """Pillow's built-in font at ``size`` pixels (its bitmap font on Pillow < 10.1)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def _rings(mask: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns: the mask's outermost pixels (HxW bool) and the ``width - 1`` pixels inside them (HxW bool)."""
+    import cv2
+
+    kernel = np.ones((3, 3), np.uint8)
+    inside = cv2.erode(mask.astype(np.uint8), kernel).astype(bool)  # the image's border counts as inside
+    deeper = cv2.erode(inside.astype(np.uint8), kernel, iterations=max(1, width - 1)).astype(bool)
+    return mask & ~inside, inside & ~deeper if width > 1 else np.zeros_like(mask)
+
+
+def cutout(image: Image.Image, alpha: np.ndarray, background: tuple[int, ...] | None = None) -> Image.Image:
+    """Give an RGB image an alpha channel from a bool mask (0/255) or a float probability (0..255).
+
+    Colours where alpha is 0 become 0, so nothing of the background survives when the alpha is dropped.
+    With ``background`` (RGB or RGBA), the cut-out is laid over that colour instead.
+
+    Returns:
+        A new RGBA image of the same size; RGB with an opaque ``background``.
     """
     _require_same_size(image, alpha)
     alpha_image = mask_to_image(alpha) if alpha.dtype == np.bool_ else probability_to_image(alpha)
-    rgba = image.convert("RGBA")
+    pixels = np.array(image.convert("RGB"))
+    pixels[np.asarray(alpha_image) == 0] = 0
+    rgba = Image.fromarray(pixels)
     rgba.putalpha(alpha_image)
-    return rgba
+    if background is None:
+        return rgba
+    under = Image.new("RGBA", rgba.size, (*background[:3], background[3] if len(background) > 3 else 255))
+    laid = Image.alpha_composite(under, rgba)
+    return laid.convert("RGB") if under.getpixel((0, 0))[3] == 255 else laid
 
 
 def _create_temp(path: Path) -> tuple[Path, BinaryIO]:
