@@ -61,7 +61,7 @@ def test_help_shows_what_to_type_and_ends_with_examples(monkeypatch: pytest.Monk
 
 def test_choices_are_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     shown = _help(monkeypatch, "segment")
-    for choices in ("auto|cpu|cuda|mps", "auto|fp32|bf16|fp16|int8", "none|guided|matting|sam", "R,G,B[,A]|NAME"):
+    for choices in ("auto|cpu|cuda|mps", "auto|fast|fp32|bf16|fp16|int8", "none|guided|matting|sam", "R,G,B[,A]|NAME"):
         assert choices in shown
     assert "--prompt PROMPT" in " ".join(_help(monkeypatch, "batch").replace("-p ", "").split())
 
@@ -100,5 +100,5 @@ def test_install_completion_makes_bash_complete_commands_options_and_choices(bas
     assert complete("clipseg", "ba") == ["batch"]
     assert "--device" in complete("clipseg", "segment", "--dev")
     assert complete("clipseg", "segment", "photo.jpg", "car", "--device", "") == ["auto", "cpu", "cuda", "mps"]
-    assert complete("clipseg", "batch", "in/", "--precision", "") == ["auto", "fp32", "bf16", "fp16", "int8"]
+    assert complete("clipseg", "batch", "in/", "--precision", "") == ["auto", "fast", "fp32", "bf16", "fp16", "int8"]
     assert "--install-completion" in " ".join(clipseg("--help").stdout.split())
