@@ -13,7 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-from clipseg_cli.backends.cache import entry_dir, graph_path, load_embedding, prepare, store_embedding, unwritable
+from clipseg_cli.backends.cache import (
+    entry_dir,
+    graph_path,
+    load_embedding,
+    prepare,
+    seal_graph,
+    store_embedding,
+    unwritable,
+    use,
+    verify_graph,
+)
 from clipseg_cli.backends.tokenizer import ClipTokenizer
 from clipseg_cli.checkpoints.loading import check_processing
 from clipseg_cli.fingerprint import checkpoint_identity
@@ -39,6 +49,7 @@ class OrtRunner:
         self.preprocessing = preprocessing
         self.progress = progress
         self.entry = entry_dir(directory)
+        self.lock = use(self.entry)  # no other run's cleanup removes the entry while this runner lives
         self.weights = checkpoint_identity(directory)
         self.tokenizer: ClipTokenizer  # built by `load` while the segment session opens
         self._sessions: dict[str, object] = {}
@@ -81,7 +92,7 @@ class OrtRunner:
         rows = []
         for text in texts:
             ids, mask = self.tokenizer([text])
-            row = load_embedding(self.entry, ids[0])
+            row = load_embedding(self.entry, ids[0], self.config.projection_dim, self._note)
             if row is None:
                 row = self._run("text", input_ids=ids, attention_mask=mask)[0]
                 store_embedding(self.entry, ids[0], row)
@@ -121,20 +132,23 @@ class OrtRunner:
             opening = self._opening.pop(graph, None)
             try:
                 self._sessions[graph] = opening.result() if opening else _session(self._file(graph))
-            except Exception:  # a damaged cache file: export it again, once
-                self._export([graph])
+            except Exception as exc:  # a damaged cache file: export it again, once
+                self._export([graph], f"{exc}; exporting it again")
                 self._sessions[graph] = _session(self._file(graph))
 
-    def _export(self, graphs: list[str]) -> None:
-        """Export ``graphs`` from the checkpoint's fp32 weights into the cache (imports torch)."""
+    def _note(self, message: str) -> None:
+        if self.progress:
+            print(f"clipseg: {' '.join(message.split())}", file=sys.stderr)
+
+    def _export(self, graphs: list[str], reason: str = "") -> None:
+        """Export ``graphs`` from the checkpoint's fp32 weights into the cache (imports torch), saying so (or
+        ``reason``) in one line."""
         from clipseg_cli.backends.export import export_graph, quantize_int8
         from clipseg_cli.backends.optimize import store_optimized
         from clipseg_cli.checkpoints.loading import load_directory
 
         prepare(self.entry, self.directory)
-        if self.progress:
-            print(f"clipseg: exporting the model to ONNX once ({', '.join(graphs)}) into {self.entry}",
-                  file=sys.stderr)
+        self._note(reason or f"exporting the model to ONNX once ({', '.join(graphs)}) into {self.entry}")
         model = load_directory(self.directory)
         for graph in graphs:
             data = export_graph(model, graph, self.preprocessing.size)
@@ -142,6 +156,7 @@ class OrtRunner:
                 data = quantize_int8(data)
             try:
                 store_optimized(self._file(graph), data)
+                seal_graph(self._file(graph))
             except OSError as exc:
                 raise unwritable(exc, self._file(graph)) from None
 
@@ -154,6 +169,7 @@ def _session(path: Path):
     """
     import onnxruntime
 
+    verify_graph(path)  # before ONNX Runtime reads it: a damaged file is exported again, not half-read
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only
