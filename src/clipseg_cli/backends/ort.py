@@ -133,6 +133,7 @@ class OrtRunner:
             try:
                 self._sessions[graph] = opening.result() if opening else _session(self._file(graph))
             except Exception as exc:  # a damaged cache file: export it again, once
+                opening = None  # its error's traceback holds this frame: no cycle keeps the runner (and lock) alive
                 self._export([graph], f"{exc}; exporting it again")
                 self._sessions[graph] = _session(self._file(graph))
 
