@@ -19,6 +19,7 @@ import typer
 
 from clipseg_cli import __version__
 from clipseg_cli.commands.batch import batch
+from clipseg_cli.commands.cache import cache_app
 from clipseg_cli.commands.download import download_weights
 from clipseg_cli.commands.eval import eval_command
 from clipseg_cli.commands.segment import segment
@@ -44,6 +45,7 @@ app.command("download-weights")(download_weights)
 app.command("train", no_args_is_help=True)(train_command)
 app.command("eval", no_args_is_help=True)(eval_command)
 app.command("shards", no_args_is_help=True)(shards)
+app.add_typer(cache_app, name="cache")
 
 
 def _versions(value: bool) -> None:
