@@ -52,7 +52,8 @@ def segment(photo: Path, weights: Path, out: Path, *extra: object):
 
 
 def notes(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("clipseg:")]
+    """Returns: the lines of stderr about the cache (a run without -q also prints its progress and summary)."""
+    return [line for line in stderr.splitlines() if "cache" in line or "ONNX" in line]
 
 
 # ---- item 19.7: every cached item is checked when used --------------------------------------------------
@@ -116,7 +117,8 @@ def test_zeroed_activation_files_are_computed_again_and_give_the_same_weights(tm
     done, again = train("again")
     assert all(torch.equal(clean[key], again[key]) for key in clean)
     damaged = [line for line in done.stderr.splitlines() if "cached activations" in line]
-    assert len(damaged) == len(files) and all("damaged" in line for line in damaged)
+    # one line per damaged file read (a miss computes all variants of its image, replacing their files unread)
+    assert 0 < len(damaged) <= len(files) and all("damaged" in line for line in damaged)
 
 
 # ---- item 19.12: runs never remove each other's entries -------------------------------------------------
