@@ -141,6 +141,7 @@ def test_cache_is_keyed_by_the_checkpoint_and_rebuilt_when_stale(tmp_path, onnx_
     graph.write_bytes(b"not a graph")  # damaged: exported again
     assert np.array_equal(on_onnxruntime(directory).predict(probe_image(0), TEXTS), expected)
 
+    first.runner.lock.release()  # done with the old entry (a live one is kept: tests/test_cache.py)
     build_checkpoint(directory, "plain", seed=5)  # new weights in the same folder: a new entry, the old one gone
     fresh = on_onnxruntime(directory)
     old, new = first.runner.entry, fresh.runner.entry

@@ -21,6 +21,7 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from clipseg_cli import __version__
 from clipseg_cli.commands.batch import batch
+from clipseg_cli.commands.cache import cache_app
 from clipseg_cli.commands.download import download_weights
 from clipseg_cli.commands.eval import eval_command
 from clipseg_cli.commands.segment import segment
@@ -92,6 +93,7 @@ app.command("download-weights", cls=Command, epilog=EXAMPLES["download-weights"]
 app.command("train", cls=Command, no_args_is_help=True, epilog=EXAMPLES["train"])(train_command)
 app.command("eval", cls=Command, no_args_is_help=True, epilog=EXAMPLES["eval"])(eval_command)
 app.command("shards", cls=Command, no_args_is_help=True, epilog=EXAMPLES["shards"])(shards)
+app.add_typer(cache_app, name="cache")
 
 
 def _versions(value: bool) -> None:

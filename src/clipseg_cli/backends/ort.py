@@ -16,7 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
-from clipseg_cli.backends.cache import entry_dir, graph_path, load_embedding, prepare, store_embedding, unwritable
+from clipseg_cli.backends.cache import (
+    entry_dir,
+    graph_path,
+    load_embedding,
+    prepare,
+    seal_graph,
+    store_embedding,
+    unwritable,
+    use,
+    verify_graph,
+)
 from clipseg_cli.backends.tokenizer import ClipTokenizer
 from clipseg_cli.checkpoints.loading import check_processing
 from clipseg_cli.fingerprint import checkpoint_identity
@@ -42,6 +52,7 @@ class OrtRunner:
         self.preprocessing = preprocessing
         self.progress = progress
         self.entry = entry_dir(directory)
+        self.lock = use(self.entry)  # no other run's cleanup removes the entry while this runner lives
         self.weights = checkpoint_identity(directory)
         self.tokenizer: ClipTokenizer  # built by `load` while the segment session opens
         self._sessions: dict[str, object] = {}
@@ -84,7 +95,7 @@ class OrtRunner:
         rows = []
         for text in texts:
             ids, mask = self.tokenizer([text])
-            row = load_embedding(self.entry, ids[0])
+            row = load_embedding(self.entry, ids[0], self.config.projection_dim, self._note)
             if row is None:
                 row = self._run("text", input_ids=ids, attention_mask=mask)[0]
                 store_embedding(self.entry, ids[0], row)
@@ -124,20 +135,25 @@ class OrtRunner:
             opening = self._opening.pop(graph, None)
             try:
                 self._sessions[graph] = opening.result() if opening else _session(self._file(graph))
-            except Exception:  # a damaged cache file: export it again, once
-                self._export([graph])
+            except Exception as exc:  # a damaged cache file: export it again, once
+                opening = None  # its error's traceback holds this frame: no cycle keeps the runner (and lock) alive
+                self._export([graph], f"{exc}; exporting it again")
                 self._sessions[graph] = _session(self._file(graph))
 
-    def _export(self, graphs: list[str]) -> None:
-        """Export ``graphs`` from the checkpoint's fp32 weights into the cache (imports torch)."""
+    def _note(self, message: str) -> None:
+        if self.progress:
+            print(f"clipseg: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+    def _export(self, graphs: list[str], reason: str = "") -> None:
+        """Export ``graphs`` from the checkpoint's fp32 weights into the cache (imports torch), saying so (or
+        ``reason``) in one line."""
         from clipseg_cli.backends.export import export_graph, export_seconds, quantize_int8
         from clipseg_cli.backends.optimize import store_optimized
         from clipseg_cli.checkpoints.loading import load_directory
 
         prepare(self.entry, self.directory)
-        if self.progress:
-            print(f"clipseg: preparing the model for this CPU, once (about {export_seconds(self.directory, graphs)} s)",
-                  file=sys.stderr, flush=True)
+        seconds = export_seconds(self.directory, graphs)
+        self._note(reason or f"preparing the model for this CPU, once (about {seconds} s)")
         model = load_directory(self.directory)
         for graph in graphs:
             data = export_graph(model, graph, self.preprocessing.size)
@@ -145,6 +161,7 @@ class OrtRunner:
                 data = quantize_int8(data)
             try:
                 store_optimized(self._file(graph), data)
+                seal_graph(self._file(graph))
             except OSError as exc:
                 raise unwritable(exc, self._file(graph)) from None
 
@@ -174,6 +191,7 @@ def _session(path: Path):
     """
     import onnxruntime
 
+    verify_graph(path)  # before ONNX Runtime reads it: a damaged file is exported again, not half-read
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only

@@ -46,7 +46,7 @@ def train_command(
     = False,
     cache_dir: Annotated[Path | None, typer.Option(
         "--cache-dir", rich_help_panel=TRAIN, metavar="DIR",
-        help="Where image activations are cached (default: ~/.cache/clipseg/activations).")] = None,
+        help="Where image activations are cached [default: the activations folder of `clipseg cache`].")] = None,
     cache_size: Annotated[float, typer.Option("--cache-size", min=0.0, rich_help_panel=TRAIN, metavar="GB",
                                               help="Largest size of that cache.")] = 10.0,
     threads: Annotated[int | None, typer.Option(

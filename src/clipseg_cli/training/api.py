@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,12 +22,6 @@ from clipseg_cli.training.metrics import Scores
 from clipseg_cli.training.trainer import STATE_FILE, Trainer, TrainOptions, prepare, split_by_image
 
 DEFAULT_CACHE_BYTES = 10 << 30
-
-
-def default_cache_dir() -> Path:
-    """Where activations are cached unless told: $XDG_CACHE_HOME/clipseg/activations (~/.cache/...)."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "clipseg" / "activations"
 
 
 def _stderr(message: str) -> None:
@@ -134,7 +127,7 @@ def train(manifest: str | Path, *, weights: str | Path = DEFAULT_MODEL, out_dir:
 
     from clipseg_cli.checkpoints.loading import checkpoint_dir
     from clipseg_cli.predictor import Segmenter
-    from clipseg_cli.training.cache import ArrayCache
+    from clipseg_cli.training.cache import ArrayCache, default_cache_dir
 
     options = options or TrainOptions()
     out = Path(out_dir)
@@ -164,7 +157,7 @@ def train(manifest: str | Path, *, weights: str | Path = DEFAULT_MODEL, out_dir:
     }
     data = prepare(segmenter, train_records, held, options, description)
     out.mkdir(parents=True, exist_ok=True)
-    cache = ArrayCache(Path(cache_dir) if cache_dir else default_cache_dir(), cache_bytes)
+    cache = ArrayCache(Path(cache_dir) if cache_dir else default_cache_dir(), cache_bytes, log)
     trainer = Trainer(segmenter, base, data, out, options, cache, log, progress)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
