@@ -51,7 +51,7 @@ def test_help_shows_what_to_type_and_ends_with_examples(monkeypatch: pytest.Monk
     monkeypatch.setenv("COLUMNS", "1000")
     text = clipseg(name, "--help").stdout
     options = [line for line in text.splitlines() if line.strip("│ ").lstrip("* ").startswith("--")]
-    assert len(options) >= 2
+    assert len(options) >= (1 if name == "cache" else 2)  # cache: a group, its options are its commands'
     for typed in ("<bool>", "<str>", "<list[str]>", "<int range>", "<float range>"):
         assert not any(typed in line for line in options), typed
     last = [line.strip() for line in text.splitlines() if line.strip()][-len(EXAMPLES[name].splitlines()):]

@@ -50,6 +50,9 @@ clipseg eval holdout.jsonl --weights tuned/ --json
 clipseg eval records.jsonl --blur 2 --plot curves.png""",
     "shards": """clipseg shards masks/ --count 100
 clipseg shards masks/ --count 100 || sbatch --array=3,7 masks.sh""",
+    "cache": """clipseg cache
+clipseg cache clear --older-than 30
+clipseg cache clear --what embeddings""",
 }
 
 
@@ -93,7 +96,7 @@ app.command("download-weights", cls=Command, epilog=EXAMPLES["download-weights"]
 app.command("train", cls=Command, no_args_is_help=True, epilog=EXAMPLES["train"])(train_command)
 app.command("eval", cls=Command, no_args_is_help=True, epilog=EXAMPLES["eval"])(eval_command)
 app.command("shards", cls=Command, no_args_is_help=True, epilog=EXAMPLES["shards"])(shards)
-app.add_typer(cache_app, name="cache")
+app.add_typer(cache_app, name="cache", cls=Group, epilog=EXAMPLES["cache"])
 
 
 def _versions(value: bool) -> None:
