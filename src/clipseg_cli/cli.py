@@ -22,6 +22,7 @@ from clipseg_cli.commands.batch import batch
 from clipseg_cli.commands.download import download_weights
 from clipseg_cli.commands.eval import eval_command
 from clipseg_cli.commands.segment import segment
+from clipseg_cli.commands.serve import serve
 from clipseg_cli.commands.shards import shards
 from clipseg_cli.commands.train import train_command
 from clipseg_cli.errors import ClipSegError, ReaderGone, printable
@@ -44,6 +45,7 @@ app.command("download-weights")(download_weights)
 app.command("train", no_args_is_help=True)(train_command)
 app.command("eval", no_args_is_help=True)(eval_command)
 app.command("shards", no_args_is_help=True)(shards)
+app.command("serve")(serve)
 
 
 def _versions(value: bool) -> None:
