@@ -60,7 +60,7 @@ def serve(
     loaded = Loaded(segmenter, load_refiner(refine, device=segmenter.device_type))
     config = ServeConfig(token=token, cors=tuple(cors or ()), max_upload_mb=max_upload_mb, max_queue=max_queue,
                          batch_size=batch_size, batch_wait_ms=batch_wait_ms, max_pixels=max_pixels, refine=refine)
-    server = _Server(uvicorn.Config(create_app(lambda: loaded, config), host=host, port=port, log_level="warning",
+    server = _server(uvicorn.Config(create_app(lambda: loaded, config), host=host, port=port, log_level="warning",
                                     timeout_graceful_shutdown=60, lifespan="on"))
     print(f"clipseg serve: http://{host}:{port}/ (API docs at /docs); Ctrl-C stops", file=sys.stderr)
     server.run()
@@ -107,5 +107,6 @@ def _server_class():
     return Server
 
 
-def _Server(config):  # noqa: N802 - a class made on first use: importing this module never imports uvicorn
+def _server(config):
+    """A draining uvicorn server; the class is made on first use: importing this module never imports uvicorn."""
     return _server_class()(config)
