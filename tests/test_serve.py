@@ -256,7 +256,8 @@ def test_cors_only_for_the_origin_given(server):
 def test_metrics_count_requests_by_status(server, images):
     before = server.metric('clipseg_requests_total{status="422"}')
     post(server, images[0], " ")
-    assert server.metric('clipseg_requests_total{status="422"}') == before + 1
+    post(server, images[0], "car", threshold=-1)  # refused by the form's validation
+    assert server.metric('clipseg_requests_total{status="422"}') == before + 2
     text = httpx.get(f"{server.url}/metrics", headers=AUTH).text
     for name in ("clipseg_request_seconds_bucket", "clipseg_queue_depth", "clipseg_batch_size_bucket",
                  "clipseg_model_seconds_sum"):

@@ -260,6 +260,7 @@ def _handlers(api: FastAPI) -> None:
 
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        request.app.state.metrics.requests.labels("422").inc()
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
         return JSONResponse({"error": " ".join(f"{where}: {first.get('msg', 'invalid')}".split())}, 422)
