@@ -25,6 +25,7 @@ from clipseg_cli.commands.cache import cache_app
 from clipseg_cli.commands.download import download_weights
 from clipseg_cli.commands.eval import eval_command
 from clipseg_cli.commands.segment import segment
+from clipseg_cli.commands.serve import serve
 from clipseg_cli.commands.shards import shards
 from clipseg_cli.commands.train import train_command
 from clipseg_cli.errors import ClipSegError, ReaderGone, printable
@@ -50,6 +51,9 @@ clipseg eval holdout.jsonl --weights tuned/ --json
 clipseg eval records.jsonl --blur 2 --plot curves.png""",
     "shards": """clipseg shards masks/ --count 100
 clipseg shards masks/ --count 100 || sbatch --array=3,7 masks.sh""",
+    "serve": """clipseg serve
+clipseg serve --port 8080 --batch-size 8 --max-queue 64
+CLIPSEG_TOKEN=secret clipseg serve --host 0.0.0.0""",
     "cache": """clipseg cache
 clipseg cache clear --older-than 30
 clipseg cache clear --what embeddings""",
@@ -96,6 +100,7 @@ app.command("download-weights", cls=Command, epilog=EXAMPLES["download-weights"]
 app.command("train", cls=Command, no_args_is_help=True, epilog=EXAMPLES["train"])(train_command)
 app.command("eval", cls=Command, no_args_is_help=True, epilog=EXAMPLES["eval"])(eval_command)
 app.command("shards", cls=Command, no_args_is_help=True, epilog=EXAMPLES["shards"])(shards)
+app.command("serve", cls=Command, epilog=EXAMPLES["serve"])(serve)
 app.add_typer(cache_app, name="cache", cls=Group, epilog=EXAMPLES["cache"])
 
 

@@ -1,0 +1,6 @@
+"""``clipseg serve``: the model loaded once, masks over HTTP and in the browser.
+
+`create_app` builds the FastAPI app (`app`), `MicroBatcher` runs concurrent requests in one model
+call (`batching`), `library.run_job` is the one call into the library the CLI uses (`library`).
+Needs the ``serve`` extra: ``pip install "clipseg-cli[serve]"``.
+"""
