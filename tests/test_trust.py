@@ -76,3 +76,90 @@ def test_training_does_not_reuse_the_activations_of_weights_replaced_in_place(
     assert passes("again") == 0  # the same weights: every activation comes from the cache
     replace_in_place(used / "model.safetensors", other / "model.safetensors")
     assert passes("replaced") == first
+
+
+# ---- item 8: lines end at \n, \r\n and \r only; JSON escapes the other line separators -------------------
+
+ODD = "red\u2028car\u2029x\x85y\x0bz\x0cw"  # str.splitlines would cut this prompt in six
+
+
+def test_a_prompt_with_unicode_line_separators_stays_one_prompt_and_its_record_one_line(
+        checkpoint: Path, tmp_path: Path) -> None:
+    photo = save(noise(SIZE, seed=5), tmp_path / "in" / "photo.png")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(f"{ODD}\r\ntree\rsky\n".encode())
+    outcome = clipseg("batch", photo, "--prompts-file", prompts, "-o", tmp_path / "out", "--weights", checkpoint,
+                      "--precision", "fp32", "--json", "-q")
+    assert outcome.code == 0, outcome.stderr
+    lines = outcome.stdout.split("\n")[:-1]
+    assert len(lines) == 3 and not any(c in outcome.stdout for c in "\u2028\u2029\x85")  # escaped
+    assert [json.loads(line)["prompt"] for line in lines] == [ODD, "tree", "sky"]
+    manifest = tmp_path / "run.jsonl"
+    manifest.write_text(outcome.stdout.replace("\\u2028", "\u2028"), encoding="utf-8")  # as another tool may write it
+    scored = clipseg("eval", manifest, "--weights", checkpoint, "--precision", "fp32", "--json", "-q")
+    assert scored.code == 0, scored.stderr
+    summary = json.loads(scored.stdout)
+    assert (summary["records"], summary["skipped"]) == (3, 0) and summary["miou"] > 0.99  # its own masks
+
+
+# ---- item 13: a NUL byte or a lone surrogate in a manifest is one line, never an internal error ----------
+
+
+def small_task(tmp_path: Path) -> tuple[Path, list[dict]]:
+    folder = tmp_path / "data"
+    return folder, shapes_task(folder, 2)
+
+
+def test_a_nul_byte_or_a_lone_surrogate_in_a_manifest_is_a_bad_record_named_in_one_line(
+        checkpoint: Path, tmp_path: Path) -> None:
+    folder, records = small_task(tmp_path)
+    bad = [{**records[1], "image": "img\x00001.png"}, {**records[2], "prompt": "red\ud800"},
+           {**records[3], "mask": "m\udfff.png"}]
+    manifest = folder / "bad.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in [records[0], *bad]), encoding="utf-8")
+    scored = clipseg("eval", manifest, "--weights", checkpoint, "--precision", "fp32", "--json", "--per-record", "-q")
+    assert scored.code == 1, scored.stderr
+    assert json.loads(scored.stdout.splitlines()[-1])["records"] == 1
+    errors = scored.stderr.splitlines()
+    assert [e for e in errors if "internal error" in e] == []
+    assert any("line 2: 'image' holds a NUL byte" in e for e in errors), errors
+    assert any("line 3: 'prompt' is not valid Unicode text" in e for e in errors), errors
+    assert any("line 4: 'mask' is not valid Unicode text" in e for e in errors), errors
+    trained = clipseg("train", manifest, "--weights", checkpoint, "-o", tmp_path / "out", "--precision", "fp32",
+                      "--cache-dir", tmp_path / "cache", "--epochs", "1", "-q")
+    assert trained.code == 2 and "internal error" not in trained.stderr
+    assert trained.errors() == [f"error: {manifest}: 3 bad record(s), named above; fix them or pass --skip-bad"]
+
+
+# ---- item 15: quieter and clearer ------------------------------------------------------------------------
+
+
+def test_a_repeated_manifest_line_is_reported_and_counted_once(checkpoint: Path, tmp_path: Path) -> None:
+    folder, records = small_task(tmp_path)
+    manifest = write_manifest(folder / "twice.jsonl", [records[0], records[1], records[0]])
+    scored = clipseg("eval", manifest, "--weights", checkpoint, "--precision", "fp32", "--json", "-q")
+    summary = json.loads(scored.stdout)
+    assert (scored.code, summary["records"], summary["skipped"]) == (1, 2, 1)
+    assert f"{manifest} line 3: a repeat of {manifest} line 1 (counted once)" in scored.stderr
+
+
+def test_a_nan_threshold_is_not_a_number(checkpoint: Path, tmp_path: Path) -> None:
+    photo = save(noise(SIZE, seed=5), tmp_path / "photo.png")
+    for command in (["segment", photo, "car"], ["batch", photo, "-p", "car"]):
+        outcome = clipseg(*command, "-o", tmp_path / "out", "--weights", checkpoint, "-t", "nan")
+        assert outcome.code == 2 and "nan is not a number" in outcome.stderr, outcome.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_hf_home_is_treated_as_unset(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+
+    env = subprocess_env(HF_HOME="", XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    env.pop("CLIPSEG_CACHE", None)
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    shown = subprocess.run([sys.executable, "-c", "from clipseg_cli.backends.cache import cache_root; "
+                            "print(cache_root())"], env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == str(tmp_path / "xdg" / "huggingface" / "clipseg" / "onnx")

@@ -81,6 +81,7 @@ def _run(evaluation, json_output: bool, per_record: bool, quiet: bool) -> None:
     from tqdm import tqdm
 
     from clipseg_cli.errors import printable
+    from clipseg_cli.textlines import json_text
 
     records = evaluation.manifest.records
     bar = tqdm(total=len(records), unit="rec", file=sys.stderr, leave=False,
@@ -91,7 +92,7 @@ def _run(evaluation, json_output: bool, per_record: bool, quiet: bool) -> None:
             bar.write(printable(f"skipped: {outcome.error}"), file=sys.stderr)
         if per_record and json_output:
             line = {key: printable(v) if isinstance(v, str) else v for key, v in outcome.to_json().items()}
-            print(json.dumps(line, ensure_ascii=False), flush=True)
+            print(json_text(line), flush=True)
         elif per_record and outcome.iou is not None:
             print(printable(f"{outcome.iou:.4f}  {outcome.record.image}  {outcome.record.prompt}"), flush=True)
     bar.close()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from PIL import Image
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS
 from clipseg_cli.errors import ClipSegError, ImageError
 from clipseg_cli.imaging.decode import open_image
+from clipseg_cli.textlines import split_lines
 
 COLUMNS = ("image", "prompt", "mask")
 MASK_MODES = ("1", "L", "P", "RGB", "LA", "RGBA")  # 8-bit or 1-bit; alpha is ignored
@@ -67,18 +70,22 @@ def read_manifest(path: str | Path) -> Manifest:
     except UnicodeDecodeError:
         raise ClipSegError(f"{path}: the manifest is not UTF-8 text") from None
     rows = _csv_rows(path, text) if path.suffix.lower() == ".csv" else _jsonl_rows(path, text)
-    records, problems = [], []
+    records, problems, seen = [], [], {}
     for where, row in rows:
         if isinstance(row, str):
             problems.append(f"{where}: {row}")
             continue
         record = _record(path.parent, where, row)
+        if isinstance(record, Record):
+            first = seen.setdefault((record.image, record.prompt, record.mask), record.where)
+            if first != record.where:  # counted once: a second copy would weigh the record twice
+                record = f"{where}: a repeat of {first} (counted once)"
         (problems if isinstance(record, str) else records).append(record)
     return Manifest(path, records, problems, hashlib.sha256(data).hexdigest())
 
 
 def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[str, dict | str]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             continue
         try:
@@ -90,7 +97,7 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[str, dict | str]]:
 
 
 def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, dict | str]]:
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # lines end at \n, \r\n, \r (quoted ones kept)
     missing = [column for column in COLUMNS if column not in (reader.fieldnames or [])]
     if missing:
         raise ClipSegError(f"{path}: the CSV header must name the columns {', '.join(COLUMNS)} "
@@ -107,6 +114,12 @@ def _record(folder: Path, where: str, row: dict) -> Record | str:
         value = row.get(key)
         if not isinstance(value, str) or not value:
             return f"{where}: {key!r} is missing or not a non-empty string"
+        if "\0" in value:
+            return f"{where}: {key!r} holds a NUL byte"
+        try:
+            os.fsencode(value) if key != "prompt" else value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (a JSON escape such as \ud800)
+            return f"{where}: {key!r} is not valid Unicode text (it holds a lone surrogate)"
     return Record(folder / row["image"], row["prompt"], folder / row["mask"], where)
 
 
