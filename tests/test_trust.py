@@ -163,3 +163,56 @@ def test_an_empty_hf_home_is_treated_as_unset(tmp_path: Path) -> None:
     shown = subprocess.run([sys.executable, "-c", "from clipseg_cli.backends.cache import cache_root; "
                             "print(cache_root())"], env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
     assert shown.stdout.strip() == str(tmp_path / "xdg" / "huggingface" / "clipseg" / "onnx")
+
+
+# ---- item 11: train leaves no temporary file and writes its checkpoint folder whole ---------------------
+
+
+def run_python(code: str, *args: object, limit_bytes: int | None = None):
+    """Run Python code in a child process with our source (and optionally a file size limit)."""
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    env = {**subprocess_env(), "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], env=env, capture_output=True, text=True,
+                          preexec_fn=limit if limit_bytes else None, timeout=600)
+
+
+def test_train_sweeps_the_targets_file_a_killed_run_left_in_the_cache(tmp_path: Path) -> None:
+    base = build_checkpoint(tmp_path / "base", "fine")
+    manifest = write_manifest(tmp_path / "data" / "train.jsonl", shapes_task(tmp_path / "data", 3))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    left = run_python("import sys; from pathlib import Path; from clipseg_cli.imaging.writing import temp_folder; "
+                      "(temp_folder(Path(sys.argv[1]) / 'targets') / 'targets.u8').write_bytes(bytes(4096))", cache)
+    assert left.returncode == 0, left.stderr  # what a run killed while training leaves: its writer is gone
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".npy")]
+    outcome = clipseg("train", manifest, "--weights", base, "-o", tmp_path / "out", "--precision", "fp32",
+                      "--device", "cpu", "--cache-dir", cache, "--epochs", "1", "--threads", "1", "-q")
+    assert outcome.code == 0, outcome.stderr
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".npy")] == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE")
+def test_a_full_disk_during_train_is_one_line_and_leaves_no_half_checkpoint(tmp_path: Path) -> None:
+    base = build_checkpoint(tmp_path / "base", "fine")
+    manifest = write_manifest(tmp_path / "data" / "train.jsonl", shapes_task(tmp_path / "data", 3))
+    assert (base / "model.safetensors").stat().st_size > 300_000  # the limit stops the weights, not the cache
+    out = tmp_path / "out"
+    done = run_python("import sys; from clipseg_cli.cli import main; sys.exit(main(sys.argv[1:]))",
+                      "train", manifest, "--weights", base, "-o", out, "--precision", "fp32", "--device", "cpu",
+                      "--cache-dir", tmp_path / "cache", "--epochs", "1", "--threads", "1", "-q",
+                      limit_bytes=300_000)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"error: --output-dir {out}: cannot write the checkpoint (File too large); "
+                                        "the folder holds the last complete epoch, if any (free some space, then "
+                                        "--resume or start again)"]
+    assert not out.exists()  # no folder with config and tokenizer but no weights, no temporary folder
+    assert sorted(os.listdir(tmp_path)) == ["base", "cache", "data"]

@@ -163,7 +163,6 @@ def train(manifest: str | Path, *, weights: str | Path = DEFAULT_MODEL, out_dir:
         "val": val_info,
     }
     data = prepare(segmenter, train_records, held, options, description)
-    out.mkdir(parents=True, exist_ok=True)
     cache = ArrayCache(Path(cache_dir) if cache_dir else default_cache_dir(), cache_bytes)
     trainer = Trainer(segmenter, base, data, out, options, cache, log, progress)
     previous = torch.get_num_threads()

@@ -9,8 +9,7 @@ one batch the first time any of them is needed.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import shutil
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from PIL import Image
 
 from clipseg_cli.fingerprint import file_sha256
 from clipseg_cli.imaging.decode import open_image
+from clipseg_cli.imaging.writing import remove_stale_temps, temp_folder
 from clipseg_cli.training.augment import Variant, can_flip, make_variants, object_box
 from clipseg_cli.training.cache import ArrayCache, cache_key
 from clipseg_cli.training.manifest import Record, read_mask
@@ -130,20 +130,26 @@ def embed_prompts(segmenter, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
 class Targets:
     """Every record's mask at model size for every variant: uint8 0..255, in one memory-mapped file.
 
-    The file is temporary (in the cache folder) and removed by `close`.
+    The file is temporary: in a temporary folder of the cache folder (named as `atomic_write` names
+    its files), removed by `close`, and by the next run when a killed run left it.
     """
 
     def __init__(self, records: Sequence[Record], entries: dict[str, ImageEntry], count: int,
                  size: tuple[int, int], folder: Path) -> None:
         height, width = size
-        handle, name = tempfile.mkstemp(prefix=".targets-", suffix=".u8", dir=folder)
-        os.close(handle)
-        self.path = Path(name)
-        self.array = np.memmap(self.path, dtype=np.uint8, mode="w+", shape=(max(1, len(records)), count, height, width))
-        for index, record in enumerate(records):
-            mask = read_mask(record.mask)
-            for variant, crop in enumerate(entries[str(record.image)].variants):
-                self.array[index, variant] = model_sized(crop.mask(mask), (width, height))
+        remove_stale_temps(folder)  # of runs that were killed
+        self.folder = temp_folder(folder / "targets")
+        self.path = self.folder / "targets.u8"
+        try:
+            self.array = np.memmap(self.path, dtype=np.uint8, mode="w+",
+                                   shape=(max(1, len(records)), count, height, width))
+            for index, record in enumerate(records):
+                mask = read_mask(record.mask)
+                for variant, crop in enumerate(entries[str(record.image)].variants):
+                    self.array[index, variant] = model_sized(crop.mask(mask), (width, height))
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
 
     def get(self, index: int, variant: int) -> np.ndarray:
         """Returns: float32 HxW target in [0, 1] (the mask's fraction of each model pixel)."""
@@ -151,7 +157,7 @@ class Targets:
 
     def close(self) -> None:
         del self.array
-        self.path.unlink(missing_ok=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def model_sized(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
