@@ -216,3 +216,33 @@ def test_a_full_disk_during_train_is_one_line_and_leaves_no_half_checkpoint(tmp_
                                         "--resume or start again)"]
     assert not out.exists()  # no folder with config and tokenizer but no weights, no temporary folder
     assert sorted(os.listdir(tmp_path)) == ["base", "cache", "data"]
+
+
+# ---- item 14: a mask's header is checked before its pixels; variants are computed in bounded groups ------
+
+
+def test_a_masks_size_is_checked_against_the_image_before_it_is_decoded(checkpoint: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder, records = small_task(tmp_path)
+    huge = folder / "huge.mask.png"
+    Image.new("1", (12000, 12000)).save(huge)
+    huge.write_bytes(huge.read_bytes()[:200])  # a valid header, then nothing: decoding it would fail
+    manifest = write_manifest(folder / "m.jsonl", [records[0], {**records[1], "mask": "huge.mask.png"}])
+    for command in (["eval", manifest], ["train", manifest, "-o", tmp_path / "out", "--cache-dir", tmp_path / "c"]):
+        outcome = clipseg(*command, "--weights", checkpoint, "--precision", "fp32", "-q")
+        assert outcome.code in (1, 2)
+        assert f"line 2: {huge}: mask is 12000x12000, the image is 64x64" in outcome.stderr, outcome.stderr
+
+
+def test_train_computes_the_variants_of_an_image_in_bounded_groups(tmp_path: Path) -> None:
+    from clipseg_cli.training.features import VARIANT_GROUP
+
+    base = build_checkpoint(tmp_path / "base", "fine")
+    manifest = write_manifest(tmp_path / "data" / "train.jsonl", shapes_task(tmp_path / "data", 1))
+    outcome = clipseg("train", manifest, "--weights", base, "-o", tmp_path / "out", "--precision", "fp32",
+                      "--device", "cpu", "--cache-dir", tmp_path / "cache", "--variants", "64", "--steps", "1",
+                      "--batch-size", "1", "--val-fraction", "0", "--threads", "1", "-q")
+    assert outcome.code == 0, outcome.stderr
+    log = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert log["epochs"][-1]["image_tower_passes"] == VARIANT_GROUP < 64  # one step needs one group, not all 64

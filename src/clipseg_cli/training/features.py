@@ -3,8 +3,9 @@ per (image, augmentation variant), the prompts' embeddings, and the target masks
 
 Activations go through the on-disk `ArrayCache`, keyed by the checkpoint, the precision, the
 preprocessing, the image's bytes and the variant, so later epochs (and later runs) read them back
-by memory map instead of running the image tower again. All variants of an image are computed in
-one batch the first time any of them is needed.
+by memory map instead of running the image tower again. The variants of an image are computed in
+groups of at most VARIANT_GROUP, a group the first time any of its variants is needed, so that
+memory stays bounded whatever ``--variants``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from clipseg_cli.training.cache import ArrayCache, cache_key
 from clipseg_cli.training.manifest import Record, read_mask
 
 RECENT = 32  # activations kept in memory besides the cache (when the cache is full)
+VARIANT_GROUP = 8  # variants of one image run through the image tower together
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class Activations:
                          variant=entry.variants[variant].describe())
 
     def get(self, entry: ImageEntry, variant: int) -> np.ndarray:
-        """Activations of one variant of an image; every variant is computed on the first miss.
+        """Activations of one variant of an image; its group of variants is computed on a miss.
 
         Returns:
             float32 array (layers, L, C), read-only.
@@ -87,8 +89,8 @@ class Activations:
         if found is None:
             found = self.cache.get(key)
         if found is None:
-            computed = self._compute(entry)
-            found = computed[variant]
+            start = variant - variant % VARIANT_GROUP
+            found = self._compute(entry, start)[variant - start]
         self._remember(key, found)
         return found
 
@@ -99,16 +101,21 @@ class Activations:
             self.recent.popitem(last=False)
 
     @torch.inference_mode()
-    def _compute(self, entry: ImageEntry) -> list[np.ndarray]:
-        """Run the image tower once on all variants of an image and store them."""
+    def _compute(self, entry: ImageEntry, start: int) -> list[np.ndarray]:
+        """Run the image tower once on the variants ``start .. start + VARIANT_GROUP`` of an image and store them.
+
+        Returns:
+            Their activations, float32 (layers, L, C) each.
+        """
         image = open_image(entry.path).image
         segmenter = self.segmenter
-        pixels = segmenter.preprocessing([variant.image(image) for variant in entry.variants])
+        group = entry.variants[start : start + VARIANT_GROUP]
+        pixels = segmenter.preprocessing([variant.image(image) for variant in group])
         layers = segmenter.model.encode_image(pixels.to(segmenter.runner.device, segmenter.runner.dtype))
         stacked = torch.stack(layers, dim=1).float().cpu().numpy()  # K x layers x L x C
-        self.computed += len(entry.variants)
+        self.computed += len(group)
         arrays = []
-        for variant, array in enumerate(stacked):
+        for variant, array in enumerate(stacked, start=start):
             key = self.key(entry, variant)
             self.cache.put(key, array)
             arrays.append(array)

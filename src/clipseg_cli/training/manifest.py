@@ -123,8 +123,11 @@ def _record(folder: Path, where: str, row: dict) -> Record | str:
     return Record(folder / row["image"], row["prompt"], folder / row["mask"], where)
 
 
-def read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path, size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A mask file as booleans: non-zero pixels (in any colour channel) are the object.
+
+    Its header is checked before its pixels are decoded: at most ``max_pixels`` pixels and, when
+    given, the (width, height) ``size`` of its upright image.
 
     Returns:
         HxW bool array; raises ImageError naming the file.
@@ -133,6 +136,12 @@ def read_mask(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             if img.mode not in MASK_MODES:
                 raise ImageError(path, f"mask must be an 8-bit or 1-bit image, got mode {img.mode}")
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(path, f"mask is {width}x{height}, more than --max-pixels {max_pixels} pixels")
+            if size is not None and img.size != tuple(size):
+                raise ImageError(path, f"mask is {width}x{height}, the image is {size[0]}x{size[1]} (upright); "
+                                       "masks must have the image's size")
             img.load()
             if img.mode == "P":
                 img = img.convert("RGB")
@@ -150,19 +159,16 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def check_record(record: Record, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
-    """Decode a record's image and mask and compare their sizes.
+    """Decode a record's image, then check its mask's header against it and decode the mask.
 
     Returns:
         None when usable, else one line naming the file and the reason.
     """
     try:
         size = open_image(record.image, max_pixels=max_pixels).size
-        mask = read_mask(record.mask)
+        read_mask(record.mask, size, max_pixels)
     except ImageError as exc:
         return f"{record.where}: {exc}"
-    if mask.shape != (size[1], size[0]):
-        return (f"{record.where}: {record.mask}: mask is {mask.shape[1]}x{mask.shape[0]}, "
-                f"the image {record.image} is {size[0]}x{size[1]} (upright); masks must have the image's size")
     return None
 
 
