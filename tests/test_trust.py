@@ -246,3 +246,23 @@ def test_train_computes_the_variants_of_an_image_in_bounded_groups(tmp_path: Pat
     assert outcome.code == 0, outcome.stderr
     log = json.loads((tmp_path / "out" / "training.json").read_text())
     assert log["epochs"][-1]["image_tower_passes"] == VARIANT_GROUP < 64  # one step needs one group, not all 64
+
+
+def test_eval_per_record_lists_every_line_in_manifest_order(checkpoint: Path, tmp_path: Path) -> None:
+    folder, records = small_task(tmp_path)
+    manifest = folder / "m.jsonl"
+    lines = [json.dumps(records[0]), "{not json", json.dumps(records[2]), json.dumps(records[1]),
+             json.dumps({**records[3], "image": "gone.png"}), json.dumps(records[0])]
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for args in (["--json"], []):
+        scored = clipseg("eval", manifest, "--weights", checkpoint, "--precision", "fp32", "--per-record", "-q", *args)
+        assert scored.code == 1, scored.stderr
+        shown = scored.stdout.splitlines()
+        if args:
+            listed = [json.loads(line) for line in shown[:-1]]
+            assert [(r["line"], r["status"]) for r in listed] == [
+                (1, "ok"), (2, "skipped"), (3, "ok"), (4, "ok"), (5, "skipped"), (6, "skipped")]
+            assert "repeat of" in listed[5]["error"] and "gone.png" in listed[4]["error"]
+        else:
+            assert [line.startswith("skipped") for line in shown[:6]] == [False, True, False, False, True, True]
+            assert "line 2: not valid JSON" in shown[1] and "gone.png" in shown[4] and "repeat" in shown[5]

@@ -31,8 +31,8 @@ class Outcome:
     error: str | None = None
 
     def to_json(self) -> dict:
-        return {**self.record.key(), "status": "skipped" if self.error else "ok", "iou": self.iou,
-                "error": self.error}
+        return {"line": self.record.line, **self.record.key(), "status": "skipped" if self.error else "ok",
+                "iou": self.iou, "error": self.error}
 
 
 def group_by_image(records: Sequence[Record]) -> list[list[Record]]:

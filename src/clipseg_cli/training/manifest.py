@@ -16,7 +16,7 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ class Record:
     prompt: str
     mask: Path
     where: str  # "manifest.jsonl line 3", for messages
+    line: int = 0  # its line in the manifest
 
     def key(self) -> dict[str, str]:
         """The record as ``--per-record`` prints it."""
@@ -53,6 +54,7 @@ class Manifest:
     records: list[Record]
     problems: list[str]
     sha256: str
+    problem_lines: list[int] = field(default_factory=list)  # the line of each problem
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -70,43 +72,45 @@ def read_manifest(path: str | Path) -> Manifest:
     except UnicodeDecodeError:
         raise ClipSegError(f"{path}: the manifest is not UTF-8 text") from None
     rows = _csv_rows(path, text) if path.suffix.lower() == ".csv" else _jsonl_rows(path, text)
-    records, problems, seen = [], [], {}
-    for where, row in rows:
-        if isinstance(row, str):
-            problems.append(f"{where}: {row}")
-            continue
-        record = _record(path.parent, where, row)
+    records, problems, problem_lines, seen = [], [], [], {}
+    for number, row in rows:
+        where = f"{path} line {number}"
+        record = f"{where}: {row}" if isinstance(row, str) else _record(path.parent, where, number, row)
         if isinstance(record, Record):
             first = seen.setdefault((record.image, record.prompt, record.mask), record.where)
             if first != record.where:  # counted once: a second copy would weigh the record twice
                 record = f"{where}: a repeat of {first} (counted once)"
-        (problems if isinstance(record, str) else records).append(record)
-    return Manifest(path, records, problems, hashlib.sha256(data).hexdigest())
+        if isinstance(record, Record):
+            records.append(record)
+        else:
+            problems.append(record)
+            problem_lines.append(number)
+    return Manifest(path, records, problems, hashlib.sha256(data).hexdigest(), problem_lines)
 
 
-def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[str, dict | str]]:
+def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict | str]]:
     for number, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield f"{path} line {number}", f"not valid JSON ({exc.msg})"
+            yield number, f"not valid JSON ({exc.msg})"
             continue
-        yield f"{path} line {number}", row if isinstance(row, dict) else "not a JSON object"
+        yield number, row if isinstance(row, dict) else "not a JSON object"
 
 
-def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, dict | str]]:
+def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict | str]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))  # lines end at \n, \r\n, \r (quoted ones kept)
     missing = [column for column in COLUMNS if column not in (reader.fieldnames or [])]
     if missing:
         raise ClipSegError(f"{path}: the CSV header must name the columns {', '.join(COLUMNS)} "
                            f"(missing: {', '.join(missing)})")
     for row in reader:
-        yield f"{path} line {reader.line_num}", row
+        yield reader.line_num, row
 
 
-def _record(folder: Path, where: str, row: dict) -> Record | str:
+def _record(folder: Path, where: str, line: int, row: dict) -> Record | str:
     """A Record, or the one-line reason why the row is not one."""
     if row.get("status") == "failed":  # a line of `batch --json` for an image that failed
         return f"{where}: batch failed on this image ({row.get('error') or 'no mask'})"
@@ -120,7 +124,7 @@ def _record(folder: Path, where: str, row: dict) -> Record | str:
             os.fsencode(value) if key != "prompt" else value.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate (a JSON escape such as \ud800)
             return f"{where}: {key!r} is not valid Unicode text (it holds a lone surrogate)"
-    return Record(folder / row["image"], row["prompt"], folder / row["mask"], where)
+    return Record(folder / row["image"], row["prompt"], folder / row["mask"], where, line)
 
 
 def read_mask(path: Path, size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
