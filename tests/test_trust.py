@@ -266,3 +266,20 @@ def test_eval_per_record_lists_every_line_in_manifest_order(checkpoint: Path, tm
         else:
             assert [line.startswith("skipped") for line in shown[:6]] == [False, True, False, False, True, True]
             assert "line 2: not valid JSON" in shown[1] and "gone.png" in shown[4] and "repeat" in shown[5]
+
+
+def test_matting_a_one_pixel_high_image_warns_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("pymatting")
+    code = """
+import numpy as np
+from PIL import Image
+from clipseg_cli import refine_map
+rng = np.random.default_rng(0)
+for shape in ((1, 60), (60, 1), (2, 60)):
+    image = Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
+    prob = np.linspace(0, 1, shape[0] * shape[1], dtype=np.float32).reshape(shape)  # object, rim, background
+    alpha = refine_map(image, prob, "matting")
+    assert alpha.shape == shape and np.isfinite(alpha).all()
+"""
+    done = run_python("import warnings; warnings.simplefilter('default')\n" + code)
+    assert (done.returncode, done.stderr) == (0, "")
