@@ -122,9 +122,14 @@ def content_sha256(path: Path) -> str:
 
 
 def _memo_folder() -> Path:
-    from clipseg_cli.backends.cache import cache_root  # that module imports this one
+    """Returns: ``content-sha256/`` in clipseg's cache root (``$CLIPSEG_CACHE``, else ``$HF_HOME/clipseg``)."""
+    try:
+        from clipseg_cli.cachedir import cache_root  # the root itself (where the cache code keeps it)
+    except ImportError:  # the cache code of this branch names the graphs' folder, ``<root>/onnx``
+        from clipseg_cli.backends.cache import cache_root as graph_root  # that module imports this one
 
-    return cache_root().parent / _MEMO_FOLDER
+        return graph_root().parent / _MEMO_FOLDER
+    return cache_root() / _MEMO_FOLDER
 
 
 def prompt_key(prompt: object) -> str:
