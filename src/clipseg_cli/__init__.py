@@ -51,6 +51,10 @@ __version__ = "0.1.0"  # the one place: pyproject.toml reads it ([tool.setuptool
 # descheduled spinner: 15x slower element-wise ops were measured on 2 cores. Passive workers
 # sleep instead. Read once, when torch loads; a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# An empty cache variable means unset (huggingface_hub would put its cache under ./ instead).
+for _name in ("HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME"):
+    if os.environ.get(_name) == "":
+        del os.environ[_name]
 
 _EXPORTS = {
     "ClipSeg": "clipseg_cli.modeling",

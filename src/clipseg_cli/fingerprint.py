@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
+import time
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,12 +31,15 @@ from clipseg_cli.constants import (
 )
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.visual_prompt import VisualPrompt
-from clipseg_cli.imaging.writing import PNG_SIGNATURE
+from clipseg_cli.imaging.writing import PNG_SIGNATURE, atomic_write
 
 PNG_KEY = "clipseg"
 RECORD_VERSION = 1
 _HEAD_BYTES = 1 << 14
 _READ_BLOCK = 1 << 20
+_MEMO_FOLDER = "content-sha256"  # beside the graph cache: weights' sha256 by (path, inode, size, mtime, ctime)
+_SETTLED_NS = 2_000_000_000  # a file changed this recently may change again within one timestamp tick
+_memo: dict[str, str] = {}
 _SHOWN_PROMPT_CHARS = 200
 # Small files of a checkpoint that change the outputs (config, preprocessing of both layouts, tokenizer).
 _CHECKPOINT_FILES = (CONFIG_FILE, PREPROCESSOR_FILE, PROCESSOR_FILE, VOCAB_FILE, MERGES_FILE, TOKENIZER_FILE,
@@ -67,10 +72,9 @@ def text_sha256(text: str) -> str:
 
 
 def checkpoint_identity(directory: Path) -> str:
-    """What names a checkpoint's weights and files, cheaply (no pass over the weights).
-
-    The weights file's resolved path (in a hub cache a blob named by its sha256), its size and
-    modification time, and the bytes of the config, preprocessing and tokenizer files.
+    """What names a checkpoint: the sha256 of its weights' bytes and the bytes of its config,
+    preprocessing and tokenizer files. Any change of any byte gives another identity; a copy
+    elsewhere (same bytes) gives the same one.
 
     Returns:
         24 hex characters.
@@ -79,14 +83,56 @@ def checkpoint_identity(directory: Path) -> str:
     for name in _WEIGHTS_FILES:
         path = Path(directory) / name
         if path.is_file():
-            info = path.stat()
-            digest.update(f"{path.resolve()}\0{info.st_size}\0{info.st_mtime_ns}\0".encode("utf-8", "surrogatepass"))
+            digest.update(f"{name}\0{content_sha256(path)}\0".encode())
             break
     for name in _CHECKPOINT_FILES:
         path = Path(directory) / name
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:24]
+
+
+def content_sha256(path: Path) -> str:
+    """A large file's sha256, read once and remembered under (path, device, inode, size, mtime, ctime).
+
+    Any write to a file sets its ctime to the clock, and no user tool sets a ctime back (``cp -p``,
+    ``rsync -a``, ``tar x`` and ``os.utime`` keep or set the mtime only), so a remembered sum is only
+    used for the same bytes. A file changed in the last two seconds is read every time (its next
+    change could fall within the same timestamp tick) by each new process. The memo is one small file per state in
+    ``content-sha256/`` beside the graph cache; a memo that cannot be written only costs the reading.
+
+    Returns:
+        64 hex characters.
+    """
+    info = os.stat(path)
+    state = (f"{os.fsdecode(Path(path).resolve())}\0{info.st_dev}\0{info.st_ino}\0{info.st_size}\0"
+             f"{info.st_mtime_ns}\0{info.st_ctime_ns}")
+    key = text_sha256(state)[:40]
+    if key in _memo:
+        return _memo[key]
+    memo = _memo_folder() / key
+    try:
+        found = memo.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        found = ""
+    if len(found) == 64 and all(c in "0123456789abcdef" for c in found):
+        _memo[key] = found
+        return found
+    found = _memo[key] = file_sha256(path)
+    if time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) > _SETTLED_NS:
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(memo, lambda handle: handle.write(found.encode() + b"\n"))
+        except OSError:
+            pass  # a read-only cache: the next run reads the file again
+    return found
+
+
+def _memo_folder() -> Path:
+    """Returns: ``content-sha256/`` in clipseg's cache root (``$CLIPSEG_CACHE``, else ``$HF_HOME/clipseg``)."""
+    from clipseg_cli.cachedir import cache_root
+
+    return cache_root() / _MEMO_FOLDER
 
 
 def prompt_key(prompt: object) -> str:

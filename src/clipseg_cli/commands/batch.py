@@ -19,14 +19,16 @@ SCALE = "Scale out"
 
 
 def read_prompts_file(path: Path) -> list[str]:
-    """Prompts from a UTF-8 text file (a byte-order mark and CRLF line ends are fine): one per line;
-    blank lines and lines starting with # are skipped.
+    """Prompts from a UTF-8 text file (a byte-order mark and CRLF line ends are fine): one per line (a
+    line ends at \\n, \\r\\n or \\r only); blank lines and lines starting with # are skipped.
 
     Returns:
         The prompts in file order.
     """
+    from clipseg_cli.textlines import split_lines
+
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        lines = split_lines(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ClipSegError(f"--prompts-file {path}: cannot read ({exc})") from None
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]

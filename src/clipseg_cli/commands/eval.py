@@ -89,23 +89,40 @@ def eval_command(
 
 
 def _run(evaluation, json_output: bool, per_record: bool, quiet: bool) -> None:
-    """Score every record, with a progress bar; print per-record lines and skipped records as they come."""
+    """Score every record, with a progress bar; print skipped records as they come and, with ``per_record``,
+    one line per manifest line (scored or skipped) in manifest order.
+    """
     from tqdm import tqdm
 
     from clipseg_cli.errors import printable
+    from clipseg_cli.textlines import json_text
 
-    records = evaluation.manifest.records
-    bar = tqdm(total=len(records), unit="rec", file=sys.stderr, leave=False,
+    manifest = evaluation.manifest
+    pending: dict[int, str] = {}  # manifest line -> its per-record line, until the lines before it are printed
+    for line, problem in zip(manifest.problem_lines, manifest.problems, strict=True):
+        pending[line] = (json_text({"line": line, "image": None, "prompt": None, "mask": None, "status": "skipped",
+                                    "iou": None, "error": printable(problem)}) if json_output
+                         else printable(f"skipped  {problem}"))
+    order = iter(sorted([*pending, *(record.line for record in manifest.records)]))
+    waiting = next(order, None)
+    bar = tqdm(total=len(manifest.records), unit="rec", file=sys.stderr, leave=False,
                disable=quiet or not sys.stderr.isatty())
     for outcome in evaluation.outcomes():
         bar.update(1)
         if outcome.error:
             bar.write(printable(f"skipped: {outcome.error}"), file=sys.stderr)
-        if per_record and json_output:
-            line = {key: printable(v) if isinstance(v, str) else v for key, v in outcome.to_json().items()}
-            print(json.dumps(line, ensure_ascii=False), flush=True)
-        elif per_record and outcome.iou is not None:
-            print(printable(f"{outcome.iou:.4f}  {outcome.record.image}  {outcome.record.prompt}"), flush=True)
+        if not per_record:
+            continue
+        if json_output:
+            shown = json_text({key: printable(v) if isinstance(v, str) else v for key, v in outcome.to_json().items()})
+        elif outcome.error:
+            shown = printable(f"skipped  {outcome.error}")
+        else:
+            shown = printable(f"{outcome.iou:.4f}  {outcome.record.image}  {outcome.record.prompt}")
+        pending[outcome.record.line] = shown
+        while waiting in pending:
+            print(pending.pop(waiting), flush=True)
+            waiting = next(order, None)
     bar.close()
 
 

@@ -80,8 +80,17 @@ MaxPixels = Annotated[int, typer.Option(
     "--max-pixels", min=1, rich_help_panel=OUTPUT,
     help="Refuse images with more pixels than this, before decoding them (decompression bombs).")]
 
+def _fraction(value: float) -> float:
+    """A number in [0, 1]; NaN would fail a range check with a misleading bound."""
+    if value != value:
+        raise typer.BadParameter("nan is not a number; give a number from 0 to 1")
+    if not 0.0 <= value <= 1.0:
+        raise typer.BadParameter(f"{value} is not in the range 0 to 1")
+    return value
+
+
 Threshold = Annotated[float, typer.Option(
-    "--threshold", "-t", min=0.0, max=1.0, rich_help_panel=MASK,
+    "--threshold", "-t", metavar="FLOAT 0..1", rich_help_panel=MASK, callback=_fraction,
     help="A pixel is in the mask where its probability is >= this.")]
 Blur = Annotated[float, typer.Option(
     "--blur", min=0.0, rich_help_panel=MASK, metavar="SIGMA",

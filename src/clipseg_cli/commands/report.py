@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from typing import TextIO
@@ -10,6 +9,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from clipseg_cli.errors import ReaderGone, printable
+from clipseg_cli.textlines import json_text
 
 
 class Reporter:
@@ -78,7 +78,7 @@ class Reporter:
 def json_line(result) -> str:
     """Returns: the JSON line of one result, ending in a newline, valid UTF-8 whatever the file names."""
     record = {key: printable(value) if isinstance(value, str) else value for key, value in result.to_json().items()}
-    return json.dumps(record, ensure_ascii=False) + "\n"
+    return json_text(record) + "\n"
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from clipseg_cli.commands import options as o
-from clipseg_cli.constants import DEFAULT_MODEL, DEFAULT_THRESHOLD
+from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
 
 TRAIN = "Training"
 
@@ -58,6 +58,7 @@ def train_command(
     revision: o.Revision = None,
     offline: o.Offline = False,
     quiet: o.Quiet = False,
+    max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Train the decoder on a manifest, both CLIP towers frozen; OUT_DIR is a checkpoint for --weights."""
     from clipseg_cli.errors import printable
@@ -74,7 +75,7 @@ def train_command(
         train(manifest, weights=weights, out_dir=output_dir, options=options, val=val, val_fraction=val_fraction,
               resume=resume, skip_bad=skip_bad, device=device, precision=precision, revision=revision,
               offline=offline or None, cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30), threads=threads,
-              log=log, progress=not quiet and sys.stderr.isatty())
+              max_pixels=max_pixels, log=log, progress=not quiet and sys.stderr.isatty())
     except KeyboardInterrupt:
         if (output_dir / "resume.pt").is_file():
             print(printable(f"clipseg: {output_dir} holds the checkpoint of the last complete epoch; "

@@ -133,7 +133,8 @@ def _solve(crop: np.ndarray, sure_fg: np.ndarray, sure_bg: np.ndarray, solve_pix
 
     Returns:
         (hxw float32 alpha, hxwx3 uint8 foreground colours), or None when the reduced trimap has
-        no sure foreground or no sure background, or the solver's preconditioner fails.
+        no sure foreground or no sure background, the crop is under 3 pixels on a side, or the
+        solver's preconditioner fails.
     """
     import cv2
     from pymatting import estimate_alpha_cf, estimate_foreground_ml
@@ -148,6 +149,8 @@ def _solve(crop: np.ndarray, sure_fg: np.ndarray, sure_bg: np.ndarray, solve_pix
         reduced = cv2.resize(trimap, size, interpolation=cv2.INTER_AREA)
         trimap = np.where(reduced >= 1 - 1e-6, np.float32(1), np.where(reduced <= 1e-6, np.float32(0), np.float32(0.5)))
     if not (trimap == 1).any() or not (trimap == 0).any():
+        return None
+    if min(size) < 3:  # no 3x3 window of the closed-form Laplacian fits: the solver divides by zero
         return None
     pixels = small.astype(np.float64) / 255
     try:

@@ -90,14 +90,15 @@ def evaluate(manifest: str | Path, *, weights: str | Path = DEFAULT_MODEL, devic
                       max_pixels=max_pixels, refiner=refiner)
 
 
-def checked_records(path: str | Path, skip_bad: bool, log: Callable[[str], None]) -> tuple[Manifest, list[Record]]:
+def checked_records(path: str | Path, skip_bad: bool, log: Callable[[str], None],
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Manifest, list[Record]]:
     """A manifest's records whose files are all usable; every bad record is named in one line.
 
     Returns:
         (the manifest, its good records); raises ClipSegError for bad records unless ``skip_bad``.
     """
     manifest = read_manifest(path)
-    good, problems = check_files(manifest.records)
+    good, problems = check_files(manifest.records, max_pixels)
     problems = manifest.problems + problems
     for problem in problems:
         log(problem)
@@ -112,11 +113,12 @@ def train(manifest: str | Path, *, weights: str | Path = DEFAULT_MODEL, out_dir:
           options: TrainOptions | None = None, val: str | Path | None = None, val_fraction: float = 0.1,
           resume: bool = False, skip_bad: bool = False, device: str = "auto", precision: str = "auto",
           revision: str | None = None, offline: bool | None = None, cache_dir: str | Path | None = None,
-          cache_bytes: int = DEFAULT_CACHE_BYTES, threads: int | None = None,
+          cache_bytes: int = DEFAULT_CACHE_BYTES, threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
           log: Callable[[str], None] = _stderr, progress: bool = True) -> dict:
     """Fine-tune the decoder of ``weights`` on a manifest; OUT_DIR becomes a checkpoint (best by val mIoU).
 
     Arguments:
+        max_pixels: the largest image or mask (``--max-pixels``), checked before decoding.
         threads: torch's CPU threads while training (restored afterwards); None keeps torch's setting.
             Small decoders train much faster on one thread when other processes load the CPU.
 
@@ -137,9 +139,9 @@ def train(manifest: str | Path, *, weights: str | Path = DEFAULT_MODEL, out_dir:
     if not resume and out.exists() and any(out.iterdir()):
         hint = "continue it with --resume" if (out / STATE_FILE).is_file() else "give an empty or new folder"
         raise ClipSegError(f"--output-dir {out}: not empty; {hint}")
-    parsed, records = checked_records(manifest, skip_bad, log)
+    parsed, records = checked_records(manifest, skip_bad, log, max_pixels)
     if val is not None:
-        val_manifest, val_records = checked_records(val, skip_bad, log)
+        val_manifest, val_records = checked_records(val, skip_bad, log, max_pixels)
         train_records, held = records, val_records
         val_info = {"manifest": str(val), "sha256": val_manifest.sha256, "records": len(val_records)}
     else:
@@ -156,7 +158,6 @@ def train(manifest: str | Path, *, weights: str | Path = DEFAULT_MODEL, out_dir:
         "val": val_info,
     }
     data = prepare(segmenter, train_records, held, options, description)
-    out.mkdir(parents=True, exist_ok=True)
     cache = ArrayCache(Path(cache_dir) if cache_dir else default_cache_dir(), cache_bytes, log)
     trainer = Trainer(segmenter, base, data, out, options, cache, log, progress)
     previous = torch.get_num_threads()

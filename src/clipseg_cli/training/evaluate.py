@@ -31,8 +31,8 @@ class Outcome:
     error: str | None = None
 
     def to_json(self) -> dict:
-        return {**self.record.key(), "status": "skipped" if self.error else "ok", "iou": self.iou,
-                "error": self.error}
+        return {"line": self.record.line, **self.record.key(), "status": "skipped" if self.error else "ok",
+                "iou": self.iou, "error": self.error}
 
 
 def group_by_image(records: Sequence[Record]) -> list[list[Record]]:
@@ -48,13 +48,15 @@ def group_by_image(records: Sequence[Record]) -> list[list[Record]]:
 
 
 def score_image(scores: Scores, records: Sequence[Record], logits: torch.Tensor, size: tuple[int, int],
-                post: PostProcess, negatives: int = 0, refiner=None, image=None) -> list[Outcome]:
+                post: PostProcess, negatives: int = 0, refiner=None, image=None,
+                max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Outcome]:
     """Score the records of one image from its logits, as ``batch`` turns logits into masks.
 
     Arguments:
         logits: (R+N)xhxw float32, one row per record, then one per negative prompt.
         size: (width, height) of the upright image.
         refiner: a `clipseg_cli.refine.Refiner` (``--refine``), applied with ``image`` as ``batch`` does.
+        max_pixels: the largest mask (``--max-pixels``); a mask's size is checked before it is decoded.
 
     Returns:
         One Outcome per record.
@@ -65,13 +67,9 @@ def score_image(scores: Scores, records: Sequence[Record], logits: torch.Tensor,
     outcomes = []
     for index, record in enumerate(records):
         try:
-            truth = read_mask(record.mask)
+            truth = read_mask(record.mask, size, max_pixels)
         except ClipSegError as exc:
             outcomes.append(Outcome(record, error=f"{record.where}: {exc}"))
-            continue
-        if truth.shape != (size[1], size[0]):
-            outcomes.append(Outcome(record, error=f"{record.where}: {record.mask}: mask is {truth.shape[1]}x"
-                                    f"{truth.shape[0]}, the image is {size[0]}x{size[1]}; masks must have its size"))
             continue
         prob = veto(probabilities(logits[index : index + 1], size)[0], vetoed)
         if refiner is not None:  # as the engine: after the prompt algebra, before the mask steps
@@ -108,7 +106,8 @@ def evaluate_segmenter(segmenter, records: Sequence[Record], scores: Scores, pos
             decoding[index] = None  # free the image once used
             prompts = [prompt_for(record.prompt) for record in group] + list(negatives)
             logits = segmenter.logits([decoded.image], prompts)[0]
-            yield from score_image(scores, group, logits, decoded.size, post, len(negatives), refiner, decoded.image)
+            yield from score_image(scores, group, logits, decoded.size, post, len(negatives), refiner, decoded.image,
+                                  max_pixels)
 
 
 def summary_line(summary: dict) -> str:

@@ -3,14 +3,14 @@ per (image, augmentation variant), the prompts' embeddings, and the target masks
 
 Activations go through the on-disk `ArrayCache`, keyed by the checkpoint, the precision, the
 preprocessing, the image's bytes and the variant, so later epochs (and later runs) read them back
-by memory map instead of running the image tower again. All variants of an image are computed in
-one batch the first time any of them is needed.
+by memory map instead of running the image tower again. The variants of an image are computed in
+groups of at most VARIANT_GROUP, a group the first time any of its variants is needed, so that
+memory stays bounded whatever ``--variants``.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import shutil
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,11 +22,13 @@ from PIL import Image
 
 from clipseg_cli.fingerprint import file_sha256
 from clipseg_cli.imaging.decode import open_image
+from clipseg_cli.imaging.writing import remove_stale_temps, temp_folder
 from clipseg_cli.training.augment import Variant, can_flip, make_variants, object_box
 from clipseg_cli.training.cache import ArrayCache, cache_key
 from clipseg_cli.training.manifest import Record, read_mask
 
 RECENT = 32  # activations kept in memory besides the cache (when the cache is full)
+VARIANT_GROUP = 8  # variants of one image run through the image tower together
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class Activations:
                          variant=entry.variants[variant].describe())
 
     def get(self, entry: ImageEntry, variant: int) -> np.ndarray:
-        """Activations of one variant of an image; every variant is computed on the first miss.
+        """Activations of one variant of an image; its group of variants is computed on a miss.
 
         Returns:
             float32 array (layers, L, C), read-only.
@@ -87,8 +89,8 @@ class Activations:
         if found is None:
             found = self.cache.get(key)
         if found is None:
-            computed = self._compute(entry)
-            found = computed[variant]
+            start = variant - variant % VARIANT_GROUP
+            found = self._compute(entry, start)[variant - start]
         self._remember(key, found)
         return found
 
@@ -99,16 +101,21 @@ class Activations:
             self.recent.popitem(last=False)
 
     @torch.inference_mode()
-    def _compute(self, entry: ImageEntry) -> list[np.ndarray]:
-        """Run the image tower once on all variants of an image and store them."""
+    def _compute(self, entry: ImageEntry, start: int) -> list[np.ndarray]:
+        """Run the image tower once on the variants ``start .. start + VARIANT_GROUP`` of an image and store them.
+
+        Returns:
+            Their activations, float32 (layers, L, C) each.
+        """
         image = open_image(entry.path).image
         segmenter = self.segmenter
-        pixels = segmenter.preprocessing([variant.image(image) for variant in entry.variants])
+        group = entry.variants[start : start + VARIANT_GROUP]
+        pixels = segmenter.preprocessing([variant.image(image) for variant in group])
         layers = segmenter.model.encode_image(pixels.to(segmenter.runner.device, segmenter.runner.dtype))
         stacked = torch.stack(layers, dim=1).float().cpu().numpy()  # K x layers x L x C
-        self.computed += len(entry.variants)
+        self.computed += len(group)
         arrays = []
-        for variant, array in enumerate(stacked):
+        for variant, array in enumerate(stacked, start=start):
             key = self.key(entry, variant)
             self.cache.put(key, array)
             arrays.append(array)
@@ -130,20 +137,26 @@ def embed_prompts(segmenter, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
 class Targets:
     """Every record's mask at model size for every variant: uint8 0..255, in one memory-mapped file.
 
-    The file is temporary (in the cache folder) and removed by `close`.
+    The file is temporary: in a temporary folder of the cache folder (named as `atomic_write` names
+    its files), removed by `close`, and by the next run when a killed run left it.
     """
 
     def __init__(self, records: Sequence[Record], entries: dict[str, ImageEntry], count: int,
                  size: tuple[int, int], folder: Path) -> None:
         height, width = size
-        handle, name = tempfile.mkstemp(prefix=".targets-", suffix=".u8", dir=folder)
-        os.close(handle)
-        self.path = Path(name)
-        self.array = np.memmap(self.path, dtype=np.uint8, mode="w+", shape=(max(1, len(records)), count, height, width))
-        for index, record in enumerate(records):
-            mask = read_mask(record.mask)
-            for variant, crop in enumerate(entries[str(record.image)].variants):
-                self.array[index, variant] = model_sized(crop.mask(mask), (width, height))
+        remove_stale_temps(folder)  # of runs that were killed
+        self.folder = temp_folder(folder / "targets")
+        self.path = self.folder / "targets.u8"
+        try:
+            self.array = np.memmap(self.path, dtype=np.uint8, mode="w+",
+                                   shape=(max(1, len(records)), count, height, width))
+            for index, record in enumerate(records):
+                mask = read_mask(record.mask)
+                for variant, crop in enumerate(entries[str(record.image)].variants):
+                    self.array[index, variant] = model_sized(crop.mask(mask), (width, height))
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
 
     def get(self, index: int, variant: int) -> np.ndarray:
         """Returns: float32 HxW target in [0, 1] (the mask's fraction of each model pixel)."""
@@ -151,7 +164,7 @@ class Targets:
 
     def close(self) -> None:
         del self.array
-        self.path.unlink(missing_ok=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def model_sized(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from PIL import Image
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS
 from clipseg_cli.errors import ClipSegError, ImageError
 from clipseg_cli.imaging.decode import open_image
+from clipseg_cli.textlines import split_lines
 
 COLUMNS = ("image", "prompt", "mask")
 MASK_MODES = ("1", "L", "P", "RGB", "LA", "RGBA")  # 8-bit or 1-bit; alpha is ignored
@@ -36,6 +39,7 @@ class Record:
     prompt: str
     mask: Path
     where: str  # "manifest.jsonl line 3", for messages
+    line: int = 0  # its line in the manifest
 
     def key(self) -> dict[str, str]:
         """The record as ``--per-record`` prints it."""
@@ -50,6 +54,7 @@ class Manifest:
     records: list[Record]
     problems: list[str]
     sha256: str
+    problem_lines: list[int] = field(default_factory=list)  # the line of each problem
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -67,39 +72,45 @@ def read_manifest(path: str | Path) -> Manifest:
     except UnicodeDecodeError:
         raise ClipSegError(f"{path}: the manifest is not UTF-8 text") from None
     rows = _csv_rows(path, text) if path.suffix.lower() == ".csv" else _jsonl_rows(path, text)
-    records, problems = [], []
-    for where, row in rows:
-        if isinstance(row, str):
-            problems.append(f"{where}: {row}")
-            continue
-        record = _record(path.parent, where, row)
-        (problems if isinstance(record, str) else records).append(record)
-    return Manifest(path, records, problems, hashlib.sha256(data).hexdigest())
+    records, problems, problem_lines, seen = [], [], [], {}
+    for number, row in rows:
+        where = f"{path} line {number}"
+        record = f"{where}: {row}" if isinstance(row, str) else _record(path.parent, where, number, row)
+        if isinstance(record, Record):
+            first = seen.setdefault((record.image, record.prompt, record.mask), record.where)
+            if first != record.where:  # counted once: a second copy would weigh the record twice
+                record = f"{where}: a repeat of {first} (counted once)"
+        if isinstance(record, Record):
+            records.append(record)
+        else:
+            problems.append(record)
+            problem_lines.append(number)
+    return Manifest(path, records, problems, hashlib.sha256(data).hexdigest(), problem_lines)
 
 
-def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[str, dict | str]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict | str]]:
+    for number, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield f"{path} line {number}", f"not valid JSON ({exc.msg})"
+            yield number, f"not valid JSON ({exc.msg})"
             continue
-        yield f"{path} line {number}", row if isinstance(row, dict) else "not a JSON object"
+        yield number, row if isinstance(row, dict) else "not a JSON object"
 
 
-def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, dict | str]]:
-    reader = csv.DictReader(text.splitlines())
+def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict | str]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # lines end at \n, \r\n, \r (quoted ones kept)
     missing = [column for column in COLUMNS if column not in (reader.fieldnames or [])]
     if missing:
         raise ClipSegError(f"{path}: the CSV header must name the columns {', '.join(COLUMNS)} "
                            f"(missing: {', '.join(missing)})")
     for row in reader:
-        yield f"{path} line {reader.line_num}", row
+        yield reader.line_num, row
 
 
-def _record(folder: Path, where: str, row: dict) -> Record | str:
+def _record(folder: Path, where: str, line: int, row: dict) -> Record | str:
     """A Record, or the one-line reason why the row is not one."""
     if row.get("status") == "failed":  # a line of `batch --json` for an image that failed
         return f"{where}: batch failed on this image ({row.get('error') or 'no mask'})"
@@ -107,11 +118,20 @@ def _record(folder: Path, where: str, row: dict) -> Record | str:
         value = row.get(key)
         if not isinstance(value, str) or not value:
             return f"{where}: {key!r} is missing or not a non-empty string"
-    return Record(folder / row["image"], row["prompt"], folder / row["mask"], where)
+        if "\0" in value:
+            return f"{where}: {key!r} holds a NUL byte"
+        try:
+            os.fsencode(value) if key != "prompt" else value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (a JSON escape such as \ud800)
+            return f"{where}: {key!r} is not valid Unicode text (it holds a lone surrogate)"
+    return Record(folder / row["image"], row["prompt"], folder / row["mask"], where, line)
 
 
-def read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path, size: tuple[int, int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """A mask file as booleans: non-zero pixels (in any colour channel) are the object.
+
+    Its header is checked before its pixels are decoded: at most ``max_pixels`` pixels and, when
+    given, the (width, height) ``size`` of its upright image.
 
     Returns:
         HxW bool array; raises ImageError naming the file.
@@ -120,6 +140,12 @@ def read_mask(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             if img.mode not in MASK_MODES:
                 raise ImageError(path, f"mask must be an 8-bit or 1-bit image, got mode {img.mode}")
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(path, f"mask is {width}x{height}, more than --max-pixels {max_pixels} pixels")
+            if size is not None and img.size != tuple(size):
+                raise ImageError(path, f"mask is {width}x{height}, the image is {size[0]}x{size[1]} (upright); "
+                                       "masks must have the image's size")
             img.load()
             if img.mode == "P":
                 img = img.convert("RGB")
@@ -137,19 +163,16 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def check_record(record: Record, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
-    """Decode a record's image and mask and compare their sizes.
+    """Decode a record's image, then check its mask's header against it and decode the mask.
 
     Returns:
         None when usable, else one line naming the file and the reason.
     """
     try:
         size = open_image(record.image, max_pixels=max_pixels).size
-        mask = read_mask(record.mask)
+        read_mask(record.mask, size, max_pixels)
     except ImageError as exc:
         return f"{record.where}: {exc}"
-    if mask.shape != (size[1], size[0]):
-        return (f"{record.where}: {record.mask}: mask is {mask.shape[1]}x{mask.shape[0]}, "
-                f"the image {record.image} is {size[0]}x{size[1]} (upright); masks must have the image's size")
     return None
 
 

@@ -15,8 +15,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.imaging.writing import atomic_write
+from clipseg_cli.imaging.writing import atomic_write, temp_folder
 from clipseg_cli.postprocess import PostProcess
 from clipseg_cli.training.cache import ArrayCache
 from clipseg_cli.training.evaluate import group_by_image, score_image
@@ -103,7 +106,8 @@ class Trainer:
         self.segmenter = segmenter
         self.base = base
         self.data = data
-        self.out_dir = out_dir
+        self.out_dir = out_dir  # where files are written: a temporary folder until epoch 0 is complete
+        self.final_dir = out_dir
         self.options = options
         self.log = log
         self.progress = progress
@@ -132,8 +136,7 @@ class Trainer:
         if resume:
             self._load_state()
         else:
-            copy_processing_files(self.base, self.out_dir)
-            self._finish_epoch(0, None, 0.0)  # the base model is epoch 0
+            self._start()
         targets = Targets(self.data.train, self.data.entries, self.options.variants,
                           self.segmenter.preprocessing.size, self.activations.cache.folder)
         try:
@@ -145,6 +148,34 @@ class Trainer:
         finally:
             targets.close()
         return self._log_record()
+
+    def _start(self) -> None:
+        """Write the base model as epoch 0 into a temporary folder, then move it to OUT_DIR whole (an
+        empty OUT_DIR is replaced): OUT_DIR is a complete checkpoint or not there at all.
+        """
+        final = self.final_dir
+        with self._saving():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self.out_dir = temp_folder(final)
+        try:
+            with self._saving():
+                copy_processing_files(self.base, self.out_dir)
+            self._finish_epoch(0, None, 0.0)  # the base model is epoch 0
+            with self._saving():
+                os.replace(self.out_dir, final)
+        finally:
+            shutil.rmtree(self.out_dir, ignore_errors=True)
+            self.out_dir = final
+
+    @contextmanager
+    def _saving(self) -> Iterator[None]:
+        """A file system that refuses a file of the checkpoint (full disk, quota, file size limit) is one line."""
+        try:
+            yield
+        except OSError as exc:
+            raise ClipSegError(f"--output-dir {self.final_dir}: cannot write the "
+                               f"checkpoint ({exc.strerror or exc}); the folder holds the last complete epoch, "
+                               "if any (free some space, then --resume or start again)") from None
 
     def _train_epoch(self, epoch: int, targets: Targets) -> float:
         """One pass over the training records in a seeded order, each with a seeded variant.
@@ -232,11 +263,13 @@ class Trainer:
         self.history.append({"epoch": epoch, "steps": self.step, "loss": loss, "val": val,
                              "seconds": round(seconds, 3),
                              "image_tower_passes": self.activations.computed})
-        if improved:
-            self.best, self.best_epoch = miou, epoch
-            save_weights(self.base, self.decoder, self.out_dir, {"epoch": str(epoch)})
-        self._save_state()
-        atomic_write(self.out_dir / LOG_FILE, lambda h: h.write(json.dumps(self._log_record(), indent=2).encode()))
+        with self._saving():
+            if improved:
+                save_weights(self.base, self.decoder, self.out_dir, {"epoch": str(epoch)})
+                self.best, self.best_epoch = miou, epoch
+            self._save_state()
+            atomic_write(self.out_dir / LOG_FILE,
+                         lambda h: h.write(json.dumps(self._log_record(), indent=2).encode()))
         shown = "n/a" if miou is None else f"{miou:.4f}"
         note = " (kept)" if improved else ""
         self.log(f"epoch {epoch}/{self.epochs}: loss {'-' if loss is None else f'{loss:.4f}'}, "
