@@ -160,9 +160,9 @@ def test_an_empty_hf_home_is_treated_as_unset(tmp_path: Path) -> None:
     env = subprocess_env(HF_HOME="", XDG_CACHE_HOME=str(tmp_path / "xdg"))
     env.pop("CLIPSEG_CACHE", None)
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    shown = subprocess.run([sys.executable, "-c", "from clipseg_cli.backends.cache import cache_root; "
+    shown = subprocess.run([sys.executable, "-c", "from clipseg_cli.cachedir import cache_root; "
                             "print(cache_root())"], env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
-    assert shown.stdout.strip() == str(tmp_path / "xdg" / "huggingface" / "clipseg" / "onnx")
+    assert shown.stdout.strip() == str(tmp_path / "xdg" / "huggingface" / "clipseg")
 
 
 # ---- item 11: train leaves no temporary file and writes its checkpoint folder whole ---------------------
@@ -197,7 +197,7 @@ def test_train_sweeps_the_targets_file_a_killed_run_left_in_the_cache(tmp_path: 
     outcome = clipseg("train", manifest, "--weights", base, "-o", tmp_path / "out", "--precision", "fp32",
                       "--device", "cpu", "--cache-dir", cache, "--epochs", "1", "--threads", "1", "-q")
     assert outcome.code == 0, outcome.stderr
-    assert [p.name for p in cache.iterdir() if not p.name.endswith(".npy")] == []
+    assert [p.name for p in cache.iterdir() if p.suffix != ".npy" and p.name != ".lock"] == []  # .lock: in use
 
 
 @pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE")
