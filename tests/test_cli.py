@@ -561,3 +561,13 @@ def test_missing_weights_are_fetched_on_first_use_then_work_offline(
     again = subprocess.run([*command, "--force", "--offline"], env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert [json.loads(line)["status"] for line in again.stdout.splitlines()] == ["ok"]
+
+
+def test_importing_the_library_leaves_the_environment_alone() -> None:
+    """Only the command line sets OMP_WAIT_POLICY (for torch's threads); a notebook's `import` does not."""
+    probe = ("import os, clipseg_cli; from clipseg_cli import Segmenter; print(os.environ.get('OMP_WAIT_POLICY')); "
+             "from clipseg_cli.cli import main; main(['--version']); print(os.environ.get('OMP_WAIT_POLICY'))")
+    env = {key: value for key, value in subprocess_env().items() if key != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "None" and done.stdout.splitlines()[-1] == "PASSIVE"
