@@ -111,3 +111,80 @@ def run_batch(folder: Path, out: Path, checkpoint: Path, *args: object):
 def same_records(records: list[dict], out: Path) -> list[str]:
     """The JSON records with the output folder left out of their paths, sorted: comparable across runs."""
     return sorted(json.dumps(record, sort_keys=True).replace(str(out), "OUT") for record in records)
+
+
+# ---- runs that a test stops with a signal: held until the signal has landed -------------------------------------
+
+HELD_PIPE_BYTES = 4096  # the smallest pipe: a --json run that nobody reads waits after a dozen lines
+
+
+def default_signals(*ignored: int) -> None:
+    """In a child before it runs: SIGINT, SIGHUP and SIGTERM at their defaults, as from an interactive shell,
+    except those in ``ignored`` (`nohup` ignores SIGHUP).
+
+    A test run started in the background (`pytest &` ignores SIGINT) or under nohup (SIGHUP) would
+    otherwise pass its ignored signals on, and the run under test would never see the signal.
+    """
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN if signum in ignored else signal.SIG_DFL)
+
+
+def start_held(command: list[str], ignored: tuple[int, ...] = ()):
+    """Start a run whose stdout goes to a small pipe that nobody reads until `read_all`.
+
+    A run that prints more than HELD_PIPE_BYTES (``--json``) cannot finish before the test reads:
+    it waits at its next line, whatever the machine's load.
+
+    Arguments:
+        ignored: signals the run starts with ignored (see `default_signals`).
+
+    Returns:
+        The process (stderr a pipe) and the read end of its stdout.
+    """
+    import fcntl
+    import subprocess
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, HELD_PIPE_BYTES)
+    process = subprocess.Popen(command, env=subprocess_env(), stdout=write_end, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: default_signals(*ignored))
+    os.close(write_end)
+    return process, read_end
+
+
+def wait_until_held(process, read_end: int, timeout: float = 300) -> None:
+    """Wait until the run's stdout pipe is full: it has done some work and waits to print its next line."""
+    import fcntl
+    import termios
+    import time
+
+    deadline = time.monotonic() + timeout
+    unread = bytearray(4)
+    while True:
+        fcntl.ioctl(read_end, termios.FIONREAD, unread)
+        if int.from_bytes(unread, sys.byteorder) > HELD_PIPE_BYTES - 1024:  # no room for another JSON line
+            return
+        assert process.poll() is None, "the run ended before its stdout pipe was full"
+        assert time.monotonic() < deadline, "the run did not fill its stdout pipe in time"
+        time.sleep(0.02)
+
+
+def read_all(read_end: int):
+    """Read a pipe to its end in a thread; the bytes land in the returned list once the thread is joined.
+
+    Returns:
+        (the reading thread, the list).
+    """
+    import threading
+
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        with os.fdopen(read_end, "rb") as stream:
+            chunks.append(stream.read())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return reader, chunks

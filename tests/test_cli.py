@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from importlib.metadata import version
 from pathlib import Path
 
@@ -24,7 +23,19 @@ from typer.testing import CliRunner
 from clipseg_cli.cli import app
 from clipseg_cli.constants import TEMP_SUFFIX
 from clipseg_cli.imaging.writing import PALETTE
-from helpers import Outcome, binary_mask, clipseg, names, noise, pixels, save, subprocess_env
+from helpers import (
+    Outcome,
+    binary_mask,
+    clipseg,
+    names,
+    noise,
+    pixels,
+    read_all,
+    save,
+    start_held,
+    subprocess_env,
+    wait_until_held,
+)
 from hub_server import FakeHub
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
@@ -479,15 +490,13 @@ def test_ctrl_c_leaves_only_whole_files_and_a_rerun_does_the_rest(tmp_path: Path
     out = tmp_path / "out"
     command = [sys.executable, "-m", "clipseg_cli", "batch", str(folder), "-p", "red car", "-p", "tree", "-o",
                str(out), "--weights", str(checkpoint), "--json"]
-    # stdout stays unread until the signal: once the pipe is full the run cannot finish before it
-    process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, encoding="utf-8")
-    deadline = time.monotonic() + 120
-    while not any(out.glob("*.mask.png")):
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before any output"
-        time.sleep(0.02)
+    process, read_end = start_held(command)
+    wait_until_held(process, read_end)  # 300 JSON lines do not fit: the run waits until the signal has landed
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=60)
+    reader, chunks = read_all(read_end)
+    stderr = process.communicate(timeout=120)[1].decode()
+    reader.join(timeout=60)
+    stdout = chunks[0].decode()
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     interrupted = Outcome(130, stdout, stderr).records()
@@ -555,3 +564,13 @@ def test_missing_weights_are_fetched_on_first_use_then_work_offline(
     again = subprocess.run([*command, "--force", "--offline"], env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert [json.loads(line)["status"] for line in again.stdout.splitlines()] == ["ok"]
+
+
+def test_importing_the_library_leaves_the_environment_alone() -> None:
+    """Only the command line sets OMP_WAIT_POLICY (for torch's threads); a notebook's `import` does not."""
+    probe = ("import os, clipseg_cli; from clipseg_cli import Segmenter; print(os.environ.get('OMP_WAIT_POLICY')); "
+             "from clipseg_cli.cli import main; main(['--version']); print(os.environ.get('OMP_WAIT_POLICY'))")
+    env = {key: value for key, value in subprocess_env().items() if key != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "None" and done.stdout.splitlines()[-1] == "PASSIVE"

@@ -5,14 +5,12 @@ Every test looks at what a user would notice: exit codes, the summary on stderr,
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,14 +21,7 @@ from PIL import Image
 from clipseg_cli.cli import main
 from clipseg_cli.constants import TEMP_SUFFIX
 from clipseg_cli.imaging.writing import atomic_write
-
-PIPE_BYTES = 4096  # a small stdout pipe: a --json run that nobody reads blocks after a dozen lines
-
-
-def subprocess_env() -> dict[str, str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONIOENCODING": "utf-8"}
-    env.pop("CLIPSEG_DEBUG", None)
-    return env
+from helpers import read_all, start_held, wait_until_held
 
 
 def images(folder: Path, count: int) -> Path:
@@ -40,32 +31,6 @@ def images(folder: Path, count: int) -> Path:
         pixels = np.random.default_rng(i).integers(0, 256, (40, 48, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"img{i:03d}.png")
     return folder
-
-
-def start_unread(command: list[str]) -> tuple[subprocess.Popen, int]:
-    """Start a run whose stdout goes to a small pipe that nobody reads yet.
-
-    Returns:
-        The process and the pipe's read end.
-    """
-    read_end, write_end = os.pipe()
-    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    process = subprocess.Popen(command, env=subprocess_env(), stdout=write_end, stderr=subprocess.PIPE)
-    os.close(write_end)
-    return process, read_end
-
-
-def read_all(read_end: int) -> tuple[threading.Thread, list[bytes]]:
-    """Read a pipe to its end in a thread; the bytes land in the returned list."""
-    chunks: list[bytes] = []
-
-    def read() -> None:
-        with os.fdopen(read_end, "rb") as stream:
-            chunks.append(stream.read())
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    return reader, chunks
 
 
 def assert_only_whole_files(folder: Path) -> None:
@@ -82,13 +47,9 @@ def test_a_stop_signal_finishes_the_files_in_flight_and_the_summary_counts_them(
 ) -> None:
     folder = images(tmp_path / "many", 30)
     out = tmp_path / "out"
-    process, stdout = start_unread([sys.executable, "-m", "clipseg_cli", "batch", str(folder), "-p", "red car",
-                                    "-p", "tree", "-o", str(out), "--weights", str(checkpoint), "--json"])
-    deadline = time.monotonic() + 120
-    while not any(out.glob("*.mask.png")):
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before any output"
-        time.sleep(0.02)
-    time.sleep(0.5)  # the pipe fills up; workers finish writes the main thread has not reported yet
+    process, stdout = start_held([sys.executable, "-m", "clipseg_cli", "batch", str(folder), "-p", "red car",
+                                  "-p", "tree", "-o", str(out), "--weights", str(checkpoint), "--json"])
+    wait_until_held(process, stdout)  # 60 JSON lines do not fit: the run waits until the signal has landed
     process.send_signal(signum)
     reader, chunks = read_all(stdout)
     stderr = process.communicate(timeout=120)[1].decode()
@@ -109,18 +70,18 @@ def test_a_stop_signal_finishes_the_files_in_flight_and_the_summary_counts_them(
 
 def test_a_run_started_with_sighup_ignored_keeps_ignoring_it(tmp_path: Path, checkpoint: Path) -> None:
     """Like `nohup clipseg batch ...`: closing the terminal does not stop the run."""
-    folder = images(tmp_path / "many", 8)
+    folder = images(tmp_path / "many", 30)
     out = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "-m", "clipseg_cli", "batch", str(folder), "-p", "car", "-o", str(out),
-                                "--weights", str(checkpoint)], env=subprocess_env(), stderr=subprocess.PIPE,
-                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
-    deadline = time.monotonic() + 120
-    while not any(out.glob("*.mask.png")) and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    process, stdout = start_held([sys.executable, "-m", "clipseg_cli", "batch", str(folder), "-p", "red car", "-p",
+                                  "tree", "-o", str(out), "--weights", str(checkpoint), "--json"],
+                                 ignored=(signal.SIGHUP,))
+    wait_until_held(process, stdout)  # the signal lands mid-run
     process.send_signal(signal.SIGHUP)
+    reader, chunks = read_all(stdout)
     stderr = process.communicate(timeout=120)[1].decode()
+    reader.join(timeout=60)
     assert process.returncode == 0, stderr
-    assert len(list(out.glob("*.mask.png"))) == 8
+    assert len(list(out.glob("*.mask.png"))) == 60 == len(chunks[0].splitlines())
 
 
 def test_signal_handlers_are_restored_after_a_command(tmp_path: Path, checkpoint: Path) -> None:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from safetensors.torch import load_file
 
 from clipseg_cli.cli import main
 from factory import build_checkpoint, shapes_task, write_manifest
+from helpers import default_signals
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TRAIN_STEPS = ["--epochs", "50", "--batch-size", "8", "--lr", "1e-2"]
@@ -120,27 +120,50 @@ def test_same_seed_same_weights(task: dict[str, Path], capsys) -> None:
     assert "other options (lr differ)" in capsys.readouterr().err
 
 
+HELD_AFTER_EPOCH_2 = """
+import sys
+from clipseg_cli.cli import main
+
+class Held:  # stderr that waits for stdin to close once the line of epoch 2 is out
+    def __init__(self, stream):
+        self.stream, self.line = stream, ""
+    def write(self, text):
+        self.stream.write(text)
+        self.stream.flush()
+        self.line += text
+        if "\\n" in text:
+            if self.line.startswith("epoch 2/"):
+                sys.stdin.read()
+            self.line = ""
+        return len(text)
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+sys.stderr = Held(sys.stderr)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_resume_continues_to_the_same_weights(task: dict[str, Path]) -> None:
     runs = task["root"] / "resume"
     options = ["--epochs", "30", "--batch-size", "4", "--val-fraction", "0.25", "--seed", "3"]
     straight = runs / "straight"
     assert main(train_args(task, "small", straight, *options)) == 0
     interrupted = runs / "interrupted"
-    args = [sys.executable, "-m", "clipseg_cli", *train_args(task, "small", interrupted, *options)]
+    logged = [arg for arg in train_args(task, "small", interrupted, *options) if arg != "-q"]  # one line an epoch
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
-    log = interrupted / "training.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if log.is_file() and len(json.loads(log.read_text())["epochs"]) >= 3:  # epoch 0 is the base
+    # the run waits after the line of epoch 2 until the signal has landed, however busy the machine
+    process = subprocess.Popen([sys.executable, "-c", HELD_AFTER_EPOCH_2, *logged], env=env, stdin=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
+    for line in process.stderr:
+        if line.startswith("epoch 2/"):
             break
-        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=60)  # closes stdin only after the signal was sent
     assert process.returncode == 130, stderr
     assert "continue with --resume" in stderr
-    done = len(json.loads(log.read_text())["epochs"]) - 1
-    assert 2 <= done < 30, "the signal must land during training"
+    log = interrupted / "training.json"
+    assert len(json.loads(log.read_text())["epochs"]) - 1 == 2  # epoch 0 is the base
     # what Ctrl-C left is a complete checkpoint: ours and transformers' loaders take it
     from transformers import CLIPSegForImageSegmentation
 

@@ -46,11 +46,6 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"  # the one place: pyproject.toml reads it ([tool.setuptools.dynamic])
 
-# Our decode and write threads share the cores with torch's OpenMP workers. Spinning workers
-# (libgomp's default) then steal the cores those threads need, and every small op waits for a
-# descheduled spinner: 15x slower element-wise ops were measured on 2 cores. Passive workers
-# sleep instead. Read once, when torch loads; a value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # An empty cache variable means unset (huggingface_hub would put its cache under ./ instead).
 for _name in ("HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME"):
     if os.environ.get(_name) == "":

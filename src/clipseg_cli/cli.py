@@ -131,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit code (also passed to sys.exit when run as a program).
     """
+    # Our decode and write threads share the cores with torch's OpenMP workers. Spinning workers
+    # (libgomp's default) then steal the cores those threads need, and every small op waits for a
+    # descheduled spinner: 15x slower element-wise ops were measured on 2 cores. Passive workers
+    # sleep instead. Read once, when torch loads (a command imports it); a value the user set wins.
+    # Only the command line sets it: a library import leaves the host process's environment alone.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     code = invoke(argv)
     if argv is None:
         sys.exit(code)

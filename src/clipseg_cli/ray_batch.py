@@ -31,8 +31,9 @@ IN_FLIGHT = 2  # chunks queued per actor, so that none waits for the driver betw
 MAX_BATCHES = 2  # model batches per chunk at most: a stopped run waits for the chunks in flight
 _STOP_SECONDS = 300  # how long a stopped run waits for them at most
 _AHEAD = 4  # finished chunks held for an earlier one, at most this many times the chunks in flight
-# A lost actor (its node gone, its process killed for memory) is started again, up to this many times, and
-# is given its chunks again: they are redone whole (a write is atomic; what was written is skipped).
+# A lost actor (its node gone, its process killed for memory) is replaced by a new one, which is given its
+# chunks again: they are redone whole (a write is atomic; what was written is skipped). We do not rely on
+# Ray's own restart (ray-project/ray#53727). A chunk whose actor is lost more than this many times stops the run.
 RESTARTS = 3
 
 
@@ -97,17 +98,18 @@ class RayBatch:
         count = actors or (gpu_count if self.gpus else cpus)
         threads = 1 if self.gpus else max(1, cpus // count)
         self.batch_size = job.batch_size or (16 if self.gpus else 4)
-        remote = ray.remote(num_cpus=threads, num_gpus=1 if self.gpus else 0, max_restarts=RESTARTS,
-                            max_task_retries=RESTARTS)(_EngineActor)
+        remote = ray.remote(num_cpus=threads, num_gpus=1 if self.gpus else 0, max_restarts=0)(_EngineActor)
         shared = ray.put([os.fspath(path) for path in protected])  # sent once, not once per actor
-        self.actors = [remote.remote(job, dict(model), shared, threads) for _ in range(count)]
+        self._new_actor = lambda: remote.remote(job, dict(model), shared, threads)
+        self.actors = [self._new_actor() for _ in range(count)]
         self.threads = threads
         errors = [error for error in ray.get([actor.ready.remote() for actor in self.actors]) if error]
         self.startup = time.perf_counter() - begun  # Ray (when started here) and the actors' models
         if errors:
             self.close()
             raise ClipSegError(errors[0])
-        self._pending: dict = {}  # object ref -> (chunk index, actor)
+        self._pending: dict = {}  # object ref -> (chunk index, actor, chunk)
+        self._losses: dict[int, int] = {}  # chunk index -> times its actor was lost
         self._finished: dict[int, list[Result]] = {}
 
     def describe(self) -> str:
@@ -144,18 +146,18 @@ class RayBatch:
                     if chunk is None:
                         break
                     actor = free.pop(0)
-                    self._pending[actor.process.remote(chunk)] = (submitted, actor)
+                    self._pending[actor.process.remote(chunk)] = (submitted, actor, chunk)
                     submitted += 1
                 if not self._pending:
                     return
                 [ready], _ = ray.wait(list(self._pending), num_returns=1)
-                index, actor = self._pending[ready]
+                index, actor, _ = self._pending[ready]
                 try:
                     self._finished[index] = ray.get(ready)
                 except ray.exceptions.RayActorError as exc:
-                    raise ClipSegError(
-                        f"Ray lost an actor and could not start it again ({_first_line(exc)}); the files written "
-                        "so far are complete: rerun the same command to write the rest") from None
+                    new = self._replace(actor, exc)
+                    free = [new if spare is actor else spare for spare in free]
+                    continue
                 del self._pending[ready]  # only now: a stop during ray.get leaves it to `unreported`
                 free.append(actor)
                 while reported in self._finished:
@@ -167,6 +169,40 @@ class RayBatch:
         finally:
             if not self._pending:
                 self.close()
+
+    def _replace(self, lost: object, exc: BaseException) -> object:
+        """Start a new actor in place of a lost one and give it every chunk the lost one held.
+
+        Returns:
+            The new actor.
+
+        Raises:
+            ClipSegError: a chunk lost its actor more than `RESTARTS` times, or the new actor cannot start.
+        """
+        import ray
+
+        held = {ref: entry for ref, entry in self._pending.items() if entry[1] is lost}
+        for index, *_ in held.values():
+            self._losses[index] = self._losses.get(index, 0) + 1
+            if self._losses[index] > RESTARTS:
+                raise ClipSegError(
+                    f"Ray lost the actor of one chunk {self._losses[index]} times ({_first_line(exc)}); the files "
+                    "written so far are complete: rerun the same command to write the rest")
+        with suppress(ray.exceptions.RayError):
+            ray.kill(lost)
+        actor = self._new_actor()
+        self.actors[self.actors.index(lost)] = actor
+        try:
+            error = ray.get(actor.ready.remote())
+        except ray.exceptions.RayError as failed:
+            error = f"Ray could not start a new actor ({_first_line(failed)})"
+        if error:
+            raise ClipSegError(f"{error}; the files written so far are complete: rerun the same command to write "
+                               "the rest")
+        for ref, (index, _, chunk) in held.items():
+            del self._pending[ref]
+            self._pending[actor.process.remote(chunk)] = (index, actor, chunk)
+        return actor
 
     def unreported(self) -> list[Result]:
         """After an interrupted `process`: let the actors finish the chunks they were given (at most
