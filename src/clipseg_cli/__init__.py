@@ -72,7 +72,7 @@ _EXPORTS = {
     "combine": "clipseg_cli.postprocess",
     "OutputPlan": "clipseg_cli.outputs",
     "Engine": "clipseg_cli.engine",
-    "Result": "clipseg_cli.engine",
+    "Result": "clipseg_cli.targets",
     "Job": "clipseg_cli.job",
     "collect": "clipseg_cli.inputs",
     "WorkItem": "clipseg_cli.inputs",
@@ -87,7 +87,7 @@ if TYPE_CHECKING:
     from clipseg_cli.checkpoints.download import download
     from clipseg_cli.checkpoints.loading import load_model
     from clipseg_cli.checkpoints.registry import available_models
-    from clipseg_cli.engine import Engine, Result
+    from clipseg_cli.engine import Engine
     from clipseg_cli.errors import ClipSegError
     from clipseg_cli.imaging.visual_prompt import VisualPrompt, visual_prompt
     from clipseg_cli.inputs import WorkItem, collect
@@ -98,6 +98,7 @@ if TYPE_CHECKING:
     from clipseg_cli.predictor import Segmenter
     from clipseg_cli.prompts import Average, build_prompts, example_prompt, text_prompt
     from clipseg_cli.refine import load_refiner, refine_map
+    from clipseg_cli.targets import Result
     from clipseg_cli.training.api import evaluate, train
     from clipseg_cli.training.trainer import TrainOptions
 

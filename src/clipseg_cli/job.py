@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS
-from clipseg_cli.engine import Engine, Result
+from clipseg_cli.engine import Engine
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import WorkItem, collect, folder_problem
 from clipseg_cli.outputs import OutputPlan
 from clipseg_cli.predictor import Segmenter
 from clipseg_cli.prompts import Prompt, build_prompts, check_texts
 from clipseg_cli.refine import Refiner, check_available, load_refiner
+from clipseg_cli.targets import Result, Targets
 
 PathLike = str | os.PathLike[str]
 
@@ -104,9 +105,10 @@ class Job:
         prompts, names = prompts or self.prompts()
         refiner = refiner if refiner is not None else self.refiner(segmenter)
         protected = [*(item.source for item in items), *protected, *self.prompt_images, *self.prompt_masks]
-        return Engine(segmenter, prompts, plan=self.plan, names=names, negatives=list(self.negatives),
-                      union=self.union, batch_size=self.batch_size, force=self.force, max_pixels=self.max_pixels,
-                      trim=trim, stats=self.stats, protected=protected, refiner=refiner)
+        targets = Targets.build(prompts, names, negatives=list(self.negatives), union=self.union, plan=self.plan,
+                                force=self.force, protected=protected)
+        return Engine(segmenter, targets, batch_size=self.batch_size, max_pixels=self.max_pixels, trim=trim,
+                      stats=self.stats, refiner=refiner)
 
     def segment(self, segmenter: Segmenter, inputs: Iterable[PathLike], output_dir: PathLike | None = None, *,
                 recursive: bool = False) -> Iterator[Result]:

@@ -23,8 +23,8 @@ from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import WorkItem
 
 if TYPE_CHECKING:
-    from clipseg_cli.engine import Result
     from clipseg_cli.job import Job, PathLike
+    from clipseg_cli.targets import Result
 
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 IN_FLIGHT = 2  # chunks queued per actor, so that none waits for the driver between chunks
