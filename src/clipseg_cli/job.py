@@ -12,16 +12,17 @@ written (names, pixels, fingerprints, skip rules) are the same::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS
 from clipseg_cli.engine import Engine
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import WorkItem, collect, folder_problem
 from clipseg_cli.outputs import OutputPlan
-from clipseg_cli.predictor import Segmenter
+from clipseg_cli.predictor import ModelSpec, Segmenter
 from clipseg_cli.prompts import Prompt, build_prompts, check_texts
 from clipseg_cli.refine import Refiner, check_available, load_refiner
 from clipseg_cli.targets import Result, Targets
@@ -116,7 +117,8 @@ class Job:
         without ``output_dir``: the outputs then go beside each image).
 
         Arguments:
-            inputs: image files and folders. output_dir: the outputs mirror the input tree there.
+            inputs: image files and folders.
+            output_dir: the outputs mirror the input tree there.
             recursive: walk subfolders of input folders.
 
         Returns:
@@ -124,8 +126,72 @@ class Job:
         """
         items = collect([os.fspath(path) for path in inputs], output_dir=None if output_dir is None
                         else Path(output_dir), recursive=recursive)
+        yield from self.run(segmenter, items)
+
+    def run(self, model: ModelSpec | Segmenter, items: Sequence[WorkItem], *, protected: Iterable[PathLike] = (),
+            ray: RayPlace | None = None, progress: bool = True, started: Callable[[str], None] | None = None,
+            late: Callable[[Result], None] | None = None) -> Iterator[Result]:
+        """The whole run, in its one order: the checks and the prompts now (before any model loads), then,
+        as the results are taken, the model (or Ray's actors), the refiner, the targets, the engine.
+
+        Arguments:
+            model: a loaded Segmenter (used as it is), or the spec of one to load (its text tower is
+                then freed once the prompts are embedded).
+            items: the work items.
+            protected: more files never to write (a shard gives every input of the whole run).
+            ray: run on Ray's actors at ``ray.address`` instead of here (needs a ModelSpec).
+            progress: show download bars.
+            started: told what runs (device, precision, batch size), once the model is ready.
+            late: given each result that was written but not yielded when the run was cut short
+                (Ctrl-C, a signal, a closed stdout, the iterator closed).
+
+        Returns:
+            An iterator of one Result per (item, target), in input order, as each is written.
+
+        Raises:
+            ClipSegError: a set-up error (raised by this call, or by the first step of the iterator).
+        """
         self.check(items)
-        yield from self.engine(segmenter, items).process(items)
+        prompts = self.prompts()
+        return self._results(model, items, prompts, protected, ray, progress, started, late)
+
+    def _results(self, model: ModelSpec | Segmenter, items: Sequence[WorkItem],
+                 prompts: tuple[list[Prompt], list[str]], protected: Iterable[PathLike], ray: RayPlace | None,
+                 progress: bool, started: Callable[[str], None] | None,
+                 late: Callable[[Result], None] | None) -> Iterator[Result]:
+        """`run`'s second half, in a generator so that nothing loads before the results are asked for."""
+        if ray is not None and isinstance(model, ModelSpec):
+            from clipseg_cli.checkpoints.loading import checkpoint_dir
+            from clipseg_cli.ray_batch import RayBatch
+
+            checkpoint_dir(model.name, offline=model.offline, revision=model.revision,
+                           progress=progress)  # downloaded once, here, with a progress bar
+            runner = RayBatch(self, model, protected=[*(item.source for item in items), *protected],
+                              address=ray.address, actors=ray.actors)
+            described = f"Ray: {runner.describe()}, {len(items)} image(s)"
+        else:
+            owned = isinstance(model, ModelSpec)
+            segmenter = model.load(progress=progress) if owned else model
+            refiner = self.refiner(segmenter, offline=model.offline if owned else None, progress=progress)
+            runner = self.engine(segmenter, items, prompts=prompts, trim=owned, protected=protected, refiner=refiner)
+            asked = model.precision if owned else segmenter.precision
+            described = (f"device {segmenter.device_type}, precision {segmenter.precision} ({asked} asked) on "
+                         f"{segmenter.backend}, batch size {runner.batch_size}, {len(items)} image(s)")
+        if started is not None:
+            started(described)
+        try:
+            yield from runner.process(items)
+        finally:
+            if late is not None:
+                for result in runner.unreported():
+                    late(result)
+
+
+class RayPlace(Protocol):
+    """Where a run goes on Ray (``--ray-address``, ``--ray-actors``): None starts a local Ray."""
+
+    address: str | None
+    actors: int | None
 
 
 def check_output_folders(items: Sequence[WorkItem]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, get_type_hints
@@ -110,50 +111,33 @@ def job_of(texts: list[str], settings: Settings) -> Job:
 
 def execute(items: list[WorkItem], texts: list[str], settings: Settings, *, protected: list[Path] | None = None,
             ray: RayOptions | None = None, kept: list[str] | None = None) -> int:
-    """Check the settings, prompts and output folders, then load the model once, run every item, report.
+    """Run `Job.run` on the items with the options' model, reporting each result as it comes.
 
     Arguments:
+        items: the work items.
+        texts: the text prompts.
         protected: more files never written to (a shard gives every input of the whole run).
-        ray: run on a Ray cluster instead of here. kept: receives every result's JSON line.
+        ray: run on a Ray cluster instead of here.
+        kept: receives every result's JSON line.
 
     Returns:
         The exit code: 0 all done, 1 some image failed.
     """
     from clipseg_cli.commands.report import Reporter
-    from clipseg_cli.predictor import Segmenter
+    from clipseg_cli.predictor import ModelSpec
 
-    job = job_of(texts, settings)
-    job.check(items)
-    prompts = job.prompts()
+    model = ModelSpec(settings.weights, settings.device, settings.precision, settings.offline or None,
+                      settings.revision)
+    results = job_of(texts, settings).run(  # the checks and the prompts run here, before the report starts
+        model, items, protected=protected or (), ray=ray, progress=not settings.quiet,
+        started=(lambda line: reporter.info(line)) if settings.verbose else None,
+        late=lambda result: reporter.add(result))  # the results written but not yet reported when cut short
     reporter = Reporter(len(items), json_lines=settings.json, quiet=settings.quiet, kept=kept)
-    model = {"name": settings.weights, "device": settings.device, "precision": settings.precision,
-             "offline": settings.offline or None, "revision": settings.revision}
-    if ray is None:
-        segmenter = Segmenter.from_pretrained(**model, progress=not settings.quiet)
-        refiner = job.refiner(segmenter, offline=settings.offline or None, progress=not settings.quiet)
-        engine = job.engine(segmenter, items, prompts=prompts, trim=True, protected=protected or (), refiner=refiner)
-        if settings.verbose:
-            reporter.info(f"device {segmenter.device_type}, precision {segmenter.precision} "
-                          f"({settings.precision} asked) on {segmenter.backend}, "
-                          f"batch size {engine.batch_size}, {len(items)} image(s)")
-        results, unreported = engine.process(items), engine.unreported
-    else:
-        from clipseg_cli.checkpoints.loading import checkpoint_dir
-        from clipseg_cli.ray_batch import RayBatch
-
-        checkpoint_dir(settings.weights, offline=settings.offline or None, revision=settings.revision,
-                       progress=not settings.quiet)  # downloaded once, here, with a progress bar
-        runner = RayBatch(job, model, protected=[*(item.source for item in items), *(protected or ())],
-                          address=ray.address, actors=ray.actors)
-        if settings.verbose:
-            reporter.info(f"Ray: {runner.describe()}, {len(items)} image(s)")
-        results, unreported = runner.process(items), runner.unreported
     try:
-        for result in results:
-            reporter.add(result)
+        with closing(results):
+            for result in results:
+                reporter.add(result)
     finally:
-        for result in unreported():  # written before a Ctrl-C, a signal or a closed stdout
-            reporter.add(result)
         code = reporter.close()
     return code
 
