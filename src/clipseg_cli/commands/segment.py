@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from clipseg_cli.commands import options as o
+from clipseg_cli.commands import options
 from clipseg_cli.commands.settings import Settings, check_output_dir, execute, with_settings
 from clipseg_cli.constants import OUTPUT_SUFFIXES, TEMP_SUFFIX
 from clipseg_cli.errors import ClipSegError
@@ -19,7 +19,7 @@ def segment(
     image: Annotated[str, typer.Argument(help="The image to segment.", metavar="IMAGE", show_default=False)],
     prompts: Annotated[list[str] | None, typer.Argument(help='What to cut out, e.g. "red car".', show_default=False)]
     = None,
-    output_dir: o.OutputDir = None,
+    output_dir: options.OutputDir = None,
     *,
     settings: Settings,
 ) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, get_type_hints
 
-from clipseg_cli.commands import options as o
+from clipseg_cli.commands import options
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import WorkItem, folder_problem
@@ -23,33 +23,33 @@ if TYPE_CHECKING:
 class Settings:
     """Every option shared by ``segment`` and ``batch``: each field is a command-line option."""
 
-    weights: o.Weights = DEFAULT_MODEL
-    device: o.Device = "auto"
-    precision: o.Precision = "auto"
-    revision: o.Revision = None
-    offline: o.Offline = False
-    batch_size: o.BatchSize = None
-    overlay: o.Overlay = True
-    soft: o.Soft = False
-    cutout: o.Cutout = False
-    force: o.Force = False
-    json: o.Json = False
-    quiet: o.Quiet = False
-    verbose: o.Verbose = False
-    max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS
-    threshold: o.Threshold = DEFAULT_THRESHOLD
-    blur: o.Blur = 0.0
-    dilate: o.Dilate = 0
-    erode: o.Erode = 0
-    min_area: o.MinArea = 0
-    invert: o.Invert = False
-    union: o.Union = False
-    negative: o.Negative = None
-    template: o.Template = None
-    prompt_image: o.PromptImage = None
-    prompt_mask: o.PromptMask = None
-    refine: o.Refine = "none"
-    sam_weights: o.SamWeights = None
+    weights: options.Weights = DEFAULT_MODEL
+    device: options.Device = "auto"
+    precision: options.Precision = "auto"
+    revision: options.Revision = None
+    offline: options.Offline = False
+    batch_size: options.BatchSize = None
+    overlay: options.Overlay = True
+    soft: options.Soft = False
+    cutout: options.Cutout = False
+    force: options.Force = False
+    json: options.Json = False
+    quiet: options.Quiet = False
+    verbose: options.Verbose = False
+    max_pixels: options.MaxPixels = DEFAULT_MAX_PIXELS
+    threshold: options.Threshold = DEFAULT_THRESHOLD
+    blur: options.Blur = 0.0
+    dilate: options.Dilate = 0
+    erode: options.Erode = 0
+    min_area: options.MinArea = 0
+    invert: options.Invert = False
+    union: options.Union = False
+    negative: options.Negative = None
+    template: options.Template = None
+    prompt_image: options.PromptImage = None
+    prompt_mask: options.PromptMask = None
+    refine: options.Refine = "none"
+    sam_weights: options.SamWeights = None
 
 
 def with_settings(command: Callable[..., None]) -> Callable[..., None]:
@@ -126,11 +126,18 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings, *, prot
     from clipseg_cli.commands.report import Reporter
     from clipseg_cli.predictor import ModelSpec
 
+    began = False  # the model (or Ray) is ready: from then on the run ends with a summary
+
+    def begin(description: str) -> None:
+        nonlocal began
+        began = True
+        if settings.verbose:
+            reporter.info(description)
+
     model = ModelSpec(settings.weights, settings.device, settings.precision, settings.offline or None,
                       settings.revision)
     results = job_of(texts, settings).run(  # the checks and the prompts run here, before the report starts
-        model, items, protected=protected or (), ray=ray, progress=not settings.quiet,
-        started=(lambda line: reporter.info(line)) if settings.verbose else None,
+        model, items, protected=protected or (), ray=ray, progress=not settings.quiet, started=begin,
         late=lambda result: reporter.add(result))  # the results written but not yet reported when cut short
     reporter = Reporter(len(items), json_lines=settings.json, quiet=settings.quiet, kept=kept)
     try:
@@ -138,7 +145,8 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings, *, prot
             for result in results:
                 reporter.add(result)
     finally:
-        code = reporter.close()
+        if began:  # a set-up error (exit 2) is its one line, with no summary
+            code = reporter.close()
     return code
 
 
