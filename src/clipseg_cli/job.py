@@ -34,16 +34,20 @@ PathLike = str | os.PathLike[str]
 class Job:
     """What to segment and what to write, for any number of images (one CLI run of segment or batch).
 
-    texts: the text prompts (``segment IMAGE PROMPT...``, ``-p``). templates: ``--template``, each
-        text's embedding is the average over them. prompt_images, prompt_masks: ``--prompt-image``
-        and ``--prompt-mask`` files (one prompt, the examples averaged). negatives: ``--negative``.
-        union: ``--union``, one mask for all prompts.
-    plan: the files to write and the mask steps (``--overlay``, ``--soft``, ``--cutout``,
-        ``--threshold``, ``--blur``, ...). force: ``--force``, redo outputs that exist.
-    max_pixels: ``--max-pixels``. batch_size: ``--batch-size`` (None: 4 on CPU, 16 on GPU).
+    texts: the text prompts (``segment IMAGE PROMPT...``, ``-p``).
+    templates: ``--template``; each text's embedding is the average over them.
+    prompt_images: ``--prompt-image`` files (one prompt, the examples averaged).
+    prompt_masks: ``--prompt-mask`` files, one per prompt image.
+    negatives: ``--negative``.
+    union: ``--union``, one mask for all prompts.
+    plan: the files to write and the mask steps (``--overlay``, ``--soft``, ``--cutout``, ``--threshold``, ...).
+    force: ``--force``, redo outputs that exist.
+    max_pixels: ``--max-pixels``.
+    batch_size: ``--batch-size`` (None: 4 on CPU, 16 on GPU).
     stats: give each result the mask's coverage, box and mean probability (``--json`` does).
     refine: ``--refine``, none, guided, matting or sam (`clipseg_cli.refine`): the map follows the
-        object's edges, after the prompt algebra and before the mask steps. sam_weights: ``--sam-weights``.
+        object's edges, after the prompt algebra and before the mask steps.
+    sam_weights: ``--sam-weights``.
     """
 
     texts: Sequence[str] = ()
@@ -83,7 +87,10 @@ class Job:
     def refiner(self, segmenter: Segmenter, *, offline: bool | None = None, progress: bool = True) -> Refiner | None:
         """The refinement of ``refine`` (its SAM checkpoint loaded, on the segmenter's device), or None.
 
-        offline: never download the SAM checkpoint (None: as HF_HUB_OFFLINE says).
+        Arguments:
+            segmenter: the model whose device the refiner runs on.
+            offline: never download the SAM checkpoint (None: as HF_HUB_OFFLINE says).
+            progress: show download bars.
         """
         return load_refiner(self.refine, sam_weights=self.sam_weights, device=segmenter.device_type,
                             offline=offline, progress=progress)
@@ -91,14 +98,16 @@ class Job:
     def engine(self, segmenter: Segmenter, items: Sequence[WorkItem] = (), *,
                prompts: tuple[list[Prompt], list[str]] | None = None, trim: bool = False,
                protected: Iterable[PathLike] = (), refiner: Refiner | None = None) -> Engine:
-        """The Engine that runs this job; the inputs and the prompt files are protected from being written.
+        """The Engine that runs this job (built once per model: Ray's actors and Ray Data keep it for many
+        chunks); the inputs and the prompt files are protected from being written.
 
         Arguments:
-            items: the work items (their sources are protected). prompts: from `prompts`, when built
-                already. trim: free the text tower once the prompts are embedded (the segmenter then
-                takes no new prompts). protected: more files never to write (e.g. the inputs of a
-                whole run when ``items`` are a part of it). refiner: from `refiner` (default: loaded
-                here when ``refine`` is not none).
+            segmenter: the loaded model.
+            items: the work items (their sources are protected).
+            prompts: from `prompts`, when built already.
+            trim: free the text tower once the prompts are embedded (the segmenter then takes no new prompts).
+            protected: more files never to write (e.g. the inputs of a whole run when ``items`` are a part of it).
+            refiner: from `refiner` (default: loaded here when ``refine`` is not none).
 
         Returns:
             The Engine; `Engine.process` runs it.

@@ -100,13 +100,17 @@ def job_of(texts: list[str], settings: Settings) -> Job:
     from clipseg_cli.outputs import OutputPlan
     from clipseg_cli.postprocess import PostProcess
 
-    post = PostProcess(threshold=settings.threshold, blur=settings.blur, dilate=settings.dilate, erode=settings.erode,
-                       min_area=settings.min_area, invert=settings.invert)
-    plan = OutputPlan(overlay=settings.overlay, soft=settings.soft, cutout=settings.cutout, post=post)
+    post = PostProcess(**same_named(PostProcess, settings))  # an option of the mask steps is named as its field
+    plan = OutputPlan(**same_named(OutputPlan, settings), post=post)
     return Job(texts, templates=settings.template or (), prompt_images=settings.prompt_image or (),
                prompt_masks=settings.prompt_mask or (), negatives=settings.negative or (), union=settings.union,
                plan=plan, force=settings.force, max_pixels=settings.max_pixels, batch_size=settings.batch_size,
                stats=settings.json, refine=settings.refine, sam_weights=settings.sam_weights)
+
+
+def same_named(kind: type, settings: Settings) -> dict[str, object]:
+    """Returns: the options named as the fields of the dataclass ``kind``, by name (its other fields left out)."""
+    return {f.name: getattr(settings, f.name) for f in fields(kind) if hasattr(settings, f.name)}
 
 
 def execute(items: list[WorkItem], texts: list[str], settings: Settings, *, protected: list[Path] | None = None,
