@@ -19,21 +19,24 @@ skipping of finished outputs)::
     for result in job.segment(seg, ["photos/"], output_dir="masks", recursive=True):
         print(result.status, result.mask)  # one Result per (image, prompt), the line --json prints
 
-The names, by what they are for:
+The names, by what they are for (each written once, in `_EXPORTS`):
 
-- Model: `Segmenter` (load once, embed prompts once, numpy in and out), `load_model` (the bare
-  `ClipSeg` nn.Module), `available_models`, `download`.
+- Model: `Segmenter` (load once, embed prompts once, numpy in and out), `ModelSpec` (which model to
+  load: ``--weights``, ``--device``, ``--precision``), `load_model` (the bare `ClipSeg` nn.Module).
 - Prompts: a text, a PIL image, `visual_prompt(image, mask)` (an example image with its object's
-  mask, prepared as the paper does: ``--prompt-mask``), or an `Average` of several (``--template``,
-  several ``--prompt-image``). `build_prompts` builds them from the CLI's values, `text_prompt` and
-  `example_prompt` one at a time.
+  mask, prepared as the paper does: ``--prompt-mask``), or a `clipseg_cli.prompts.Average` of several.
 - Masks: `PostProcess` (threshold, blur, dilate, erode, min-area, invert), `make_mask` (one map to
-  one mask), `combine` (union and negatives of in-memory maps), `refine_map` (a map that follows the
-  object's edges: ``--refine guided|matting|sam``), `load_refiner` (the same, loaded once for many images).
-- Files: `Job` (one CLI run), `OutputPlan` (which files, and the mask steps), `Engine` (batches and
-  I/O threads, yielding `Result`), `collect` (inputs to `WorkItem`s, as the CLI names them).
+  one mask), `refine_map` (a map that follows the object's edges: ``--refine guided|matting|sam``).
+- Files: `Job` (one CLI run: `Job.segment`, `Job.run`), `OutputPlan` (which files, and the mask steps).
 - Your own masks: `evaluate` (the paper's metrics on a manifest, ``clipseg eval``), `train` (fine-tune
   the decoder, ``clipseg train``) with `TrainOptions`.
+- Errors: `ClipSegError`, a set-up error with a one-line message.
+
+The rest is imported from its module: `clipseg_cli.engine` (`Engine`), `clipseg_cli.targets`
+(`Targets`, `Result`), `clipseg_cli.inputs` (`collect`, `WorkItem`), `clipseg_cli.prompts`
+(`build_prompts`, `Average`), `clipseg_cli.postprocess` (`combine`), `clipseg_cli.refine`
+(`load_refiner`), `clipseg_cli.checkpoints` (`available_models`, `download`), `clipseg_cli.modeling`
+(`ClipSeg`, `ClipSegConfig`).
 
 Names are imported lazily so that ``clipseg --help`` starts without importing torch.
 """
@@ -42,7 +45,6 @@ from __future__ import annotations
 
 import os
 from importlib import import_module
-from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"  # the one place: pyproject.toml reads it ([tool.setuptools.dynamic])
 
@@ -51,61 +53,27 @@ for _name in ("HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME"):
     if os.environ.get(_name) == "":
         del os.environ[_name]
 
-_EXPORTS = {
-    "ClipSeg": "clipseg_cli.modeling",
-    "ClipSegConfig": "clipseg_cli.modeling",
-    "load_model": "clipseg_cli.checkpoints.loading",
-    "available_models": "clipseg_cli.checkpoints.registry",
-    "download": "clipseg_cli.checkpoints.download",
-    "Segmenter": "clipseg_cli.predictor",
-    "Average": "clipseg_cli.prompts",
-    "build_prompts": "clipseg_cli.prompts",
-    "text_prompt": "clipseg_cli.prompts",
-    "example_prompt": "clipseg_cli.prompts",
-    "visual_prompt": "clipseg_cli.imaging.visual_prompt",
-    "VisualPrompt": "clipseg_cli.imaging.visual_prompt",
-    "PostProcess": "clipseg_cli.postprocess",
-    "make_mask": "clipseg_cli.postprocess",
-    "refine_map": "clipseg_cli.refine",
-    "load_refiner": "clipseg_cli.refine",
-    "combine": "clipseg_cli.postprocess",
-    "OutputPlan": "clipseg_cli.outputs",
-    "Engine": "clipseg_cli.engine",
-    "Result": "clipseg_cli.engine",
-    "Job": "clipseg_cli.job",
-    "collect": "clipseg_cli.inputs",
-    "WorkItem": "clipseg_cli.inputs",
-    "ClipSegError": "clipseg_cli.errors",
-    "evaluate": "clipseg_cli.training.api",
-    "train": "clipseg_cli.training.api",
-    "TrainOptions": "clipseg_cli.training.trainer",
+_EXPORTS = {  # module: the names it gives the package
+    "clipseg_cli.predictor": ("Segmenter", "ModelSpec"),
+    "clipseg_cli.checkpoints.loading": ("load_model",),
+    "clipseg_cli.imaging.visual_prompt": ("visual_prompt",),
+    "clipseg_cli.postprocess": ("PostProcess", "make_mask"),
+    "clipseg_cli.refine": ("refine_map",),
+    "clipseg_cli.job": ("Job",),
+    "clipseg_cli.outputs": ("OutputPlan",),
+    "clipseg_cli.training.api": ("evaluate", "train"),
+    "clipseg_cli.training.trainer": ("TrainOptions",),
+    "clipseg_cli.errors": ("ClipSegError",),
 }
-__all__ = [*_EXPORTS, "__version__"]
-
-if TYPE_CHECKING:
-    from clipseg_cli.checkpoints.download import download
-    from clipseg_cli.checkpoints.loading import load_model
-    from clipseg_cli.checkpoints.registry import available_models
-    from clipseg_cli.engine import Engine, Result
-    from clipseg_cli.errors import ClipSegError
-    from clipseg_cli.imaging.visual_prompt import VisualPrompt, visual_prompt
-    from clipseg_cli.inputs import WorkItem, collect
-    from clipseg_cli.job import Job
-    from clipseg_cli.modeling import ClipSeg, ClipSegConfig
-    from clipseg_cli.outputs import OutputPlan
-    from clipseg_cli.postprocess import PostProcess, combine, make_mask
-    from clipseg_cli.predictor import Segmenter
-    from clipseg_cli.prompts import Average, build_prompts, example_prompt, text_prompt
-    from clipseg_cli.refine import load_refiner, refine_map
-    from clipseg_cli.training.api import evaluate, train
-    from clipseg_cli.training.trainer import TrainOptions
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = [*_MODULE_OF, "__version__"]
 
 
 def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
+    if name in _MODULE_OF:
+        return getattr(import_module(_MODULE_OF[name]), name)
     raise AttributeError(f"module 'clipseg_cli' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return sorted([*globals(), *_MODULE_OF])

@@ -12,18 +12,20 @@ written (names, pixels, fingerprints, skip rules) are the same::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS
-from clipseg_cli.engine import Engine, Result
+from clipseg_cli.engine import Engine
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import WorkItem, collect, folder_problem
 from clipseg_cli.outputs import OutputPlan
-from clipseg_cli.predictor import Segmenter
+from clipseg_cli.predictor import ModelSpec, Segmenter
 from clipseg_cli.prompts import Prompt, build_prompts, check_texts
 from clipseg_cli.refine import Refiner, check_available, load_refiner
+from clipseg_cli.targets import Result, Targets
 
 PathLike = str | os.PathLike[str]
 
@@ -32,16 +34,20 @@ PathLike = str | os.PathLike[str]
 class Job:
     """What to segment and what to write, for any number of images (one CLI run of segment or batch).
 
-    texts: the text prompts (``segment IMAGE PROMPT...``, ``-p``). templates: ``--template``, each
-        text's embedding is the average over them. prompt_images, prompt_masks: ``--prompt-image``
-        and ``--prompt-mask`` files (one prompt, the examples averaged). negatives: ``--negative``.
-        union: ``--union``, one mask for all prompts.
-    plan: the files to write and the mask steps (``--overlay``, ``--soft``, ``--cutout``,
-        ``--threshold``, ``--blur``, ...). force: ``--force``, redo outputs that exist.
-    max_pixels: ``--max-pixels``. batch_size: ``--batch-size`` (None: 4 on CPU, 16 on GPU).
+    texts: the text prompts (``segment IMAGE PROMPT...``, ``-p``).
+    templates: ``--template``; each text's embedding is the average over them.
+    prompt_images: ``--prompt-image`` files (one prompt, the examples averaged).
+    prompt_masks: ``--prompt-mask`` files, one per prompt image.
+    negatives: ``--negative``.
+    union: ``--union``, one mask for all prompts.
+    plan: the files to write and the mask steps (``--overlay``, ``--soft``, ``--cutout``, ``--threshold``, ...).
+    force: ``--force``, redo outputs that exist.
+    max_pixels: ``--max-pixels``.
+    batch_size: ``--batch-size`` (None: 4 on CPU, 16 on GPU).
     stats: give each result the mask's coverage, box and mean probability (``--json`` does).
     refine: ``--refine``, none, guided, matting or sam (`clipseg_cli.refine`): the map follows the
-        object's edges, after the prompt algebra and before the mask steps. sam_weights: ``--sam-weights``.
+        object's edges, after the prompt algebra and before the mask steps.
+    sam_weights: ``--sam-weights``.
     """
 
     texts: Sequence[str] = ()
@@ -81,7 +87,10 @@ class Job:
     def refiner(self, segmenter: Segmenter, *, offline: bool | None = None, progress: bool = True) -> Refiner | None:
         """The refinement of ``refine`` (its SAM checkpoint loaded, on the segmenter's device), or None.
 
-        offline: never download the SAM checkpoint (None: as HF_HUB_OFFLINE says).
+        Arguments:
+            segmenter: the model whose device the refiner runs on.
+            offline: never download the SAM checkpoint (None: as HF_HUB_OFFLINE says).
+            progress: show download bars.
         """
         return load_refiner(self.refine, sam_weights=self.sam_weights, device=segmenter.device_type,
                             offline=offline, progress=progress)
@@ -89,14 +98,16 @@ class Job:
     def engine(self, segmenter: Segmenter, items: Sequence[WorkItem] = (), *,
                prompts: tuple[list[Prompt], list[str]] | None = None, trim: bool = False,
                protected: Iterable[PathLike] = (), refiner: Refiner | None = None) -> Engine:
-        """The Engine that runs this job; the inputs and the prompt files are protected from being written.
+        """The Engine that runs this job (built once per model: Ray's actors and Ray Data keep it for many
+        chunks); the inputs and the prompt files are protected from being written.
 
         Arguments:
-            items: the work items (their sources are protected). prompts: from `prompts`, when built
-                already. trim: free the text tower once the prompts are embedded (the segmenter then
-                takes no new prompts). protected: more files never to write (e.g. the inputs of a
-                whole run when ``items`` are a part of it). refiner: from `refiner` (default: loaded
-                here when ``refine`` is not none).
+            segmenter: the loaded model.
+            items: the work items (their sources are protected).
+            prompts: from `prompts`, when built already.
+            trim: free the text tower once the prompts are embedded (the segmenter then takes no new prompts).
+            protected: more files never to write (e.g. the inputs of a whole run when ``items`` are a part of it).
+            refiner: from `refiner` (default: loaded here when ``refine`` is not none).
 
         Returns:
             The Engine; `Engine.process` runs it.
@@ -104,9 +115,10 @@ class Job:
         prompts, names = prompts or self.prompts()
         refiner = refiner if refiner is not None else self.refiner(segmenter)
         protected = [*(item.source for item in items), *protected, *self.prompt_images, *self.prompt_masks]
-        return Engine(segmenter, prompts, plan=self.plan, names=names, negatives=list(self.negatives),
-                      union=self.union, batch_size=self.batch_size, force=self.force, max_pixels=self.max_pixels,
-                      trim=trim, stats=self.stats, protected=protected, refiner=refiner)
+        targets = Targets.build(prompts, names, negatives=list(self.negatives), union=self.union, plan=self.plan,
+                                force=self.force, protected=protected)
+        return Engine(segmenter, targets, batch_size=self.batch_size, max_pixels=self.max_pixels, trim=trim,
+                      stats=self.stats, refiner=refiner)
 
     def segment(self, segmenter: Segmenter, inputs: Iterable[PathLike], output_dir: PathLike | None = None, *,
                 recursive: bool = False) -> Iterator[Result]:
@@ -114,7 +126,8 @@ class Job:
         without ``output_dir``: the outputs then go beside each image).
 
         Arguments:
-            inputs: image files and folders. output_dir: the outputs mirror the input tree there.
+            inputs: image files and folders.
+            output_dir: the outputs mirror the input tree there.
             recursive: walk subfolders of input folders.
 
         Returns:
@@ -122,8 +135,72 @@ class Job:
         """
         items = collect([os.fspath(path) for path in inputs], output_dir=None if output_dir is None
                         else Path(output_dir), recursive=recursive)
+        yield from self.run(segmenter, items)
+
+    def run(self, model: ModelSpec | Segmenter, items: Sequence[WorkItem], *, protected: Iterable[PathLike] = (),
+            ray: RayPlace | None = None, progress: bool = True, started: Callable[[str], None] | None = None,
+            late: Callable[[Result], None] | None = None) -> Iterator[Result]:
+        """The whole run, in its one order: the checks and the prompts now (before any model loads), then,
+        as the results are taken, the model (or Ray's actors), the refiner, the targets, the engine.
+
+        Arguments:
+            model: a loaded Segmenter (used as it is), or the spec of one to load (its text tower is
+                then freed once the prompts are embedded).
+            items: the work items.
+            protected: more files never to write (a shard gives every input of the whole run).
+            ray: run on Ray's actors at ``ray.address`` instead of here (needs a ModelSpec).
+            progress: show download bars.
+            started: told what runs (device, precision, batch size), once the model is ready.
+            late: given each result that was written but not yielded when the run was cut short
+                (Ctrl-C, a signal, a closed stdout, the iterator closed).
+
+        Returns:
+            An iterator of one Result per (item, target), in input order, as each is written.
+
+        Raises:
+            ClipSegError: a set-up error (raised by this call, or by the first step of the iterator).
+        """
         self.check(items)
-        yield from self.engine(segmenter, items).process(items)
+        prompts = self.prompts()
+        return self._results(model, items, prompts, protected, ray, progress, started, late)
+
+    def _results(self, model: ModelSpec | Segmenter, items: Sequence[WorkItem],
+                 prompts: tuple[list[Prompt], list[str]], protected: Iterable[PathLike], ray: RayPlace | None,
+                 progress: bool, started: Callable[[str], None] | None,
+                 late: Callable[[Result], None] | None) -> Iterator[Result]:
+        """`run`'s second half, in a generator so that nothing loads before the results are asked for."""
+        if ray is not None and isinstance(model, ModelSpec):
+            from clipseg_cli.checkpoints.loading import checkpoint_dir
+            from clipseg_cli.ray_batch import RayBatch
+
+            checkpoint_dir(model.name, offline=model.offline, revision=model.revision,
+                           progress=progress)  # downloaded once, here, with a progress bar
+            runner = RayBatch(self, model, protected=[*(item.source for item in items), *protected],
+                              address=ray.address, actors=ray.actors)
+            described = f"Ray: {runner.describe()}, {len(items)} image(s)"
+        else:
+            owned = isinstance(model, ModelSpec)
+            segmenter = model.load(progress=progress) if owned else model
+            refiner = self.refiner(segmenter, offline=model.offline if owned else None, progress=progress)
+            runner = self.engine(segmenter, items, prompts=prompts, trim=owned, protected=protected, refiner=refiner)
+            asked = model.precision if owned else segmenter.precision
+            described = (f"device {segmenter.device_type}, precision {segmenter.precision} ({asked} asked) on "
+                         f"{segmenter.backend}, batch size {runner.batch_size}, {len(items)} image(s)")
+        if started is not None:
+            started(described)
+        try:
+            yield from runner.process(items)
+        finally:
+            if late is not None:
+                for result in runner.unreported():
+                    late(result)
+
+
+class RayPlace(Protocol):
+    """Where a run goes on Ray (``--ray-address``, ``--ray-actors``): None starts a local Ray."""
+
+    address: str | None
+    actors: int | None
 
 
 def check_output_folders(items: Sequence[WorkItem]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -201,3 +202,27 @@ def probabilities(logits: Any, size: tuple[int, int]) -> np.ndarray:
     if isinstance(logits, np.ndarray):
         return sigmoid_(upsample_bilinear(logits, size))
     return upsample(logits, size).sigmoid_().numpy()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load, and how: `Segmenter.from_pretrained`'s arguments as one value (``--weights``,
+    ``--device``, ``--precision``, ``--offline``, ``--revision``), sent as it is to Ray's actors.
+
+    name: a checkpoint folder, hub id or alias.
+    device: auto, cpu, cuda or mps.
+    precision: auto, fp32, bf16, fp16 or int8.
+    offline: never download (None: honour HF_HUB_OFFLINE).
+    revision: the hub revision.
+    """
+
+    name: str | Path = DEFAULT_MODEL
+    device: str = "auto"
+    precision: str = "auto"
+    offline: bool | None = None
+    revision: str | None = None
+
+    def load(self, *, progress: bool = True) -> Segmenter:
+        """Returns: the Segmenter (see `Segmenter.from_pretrained`); progress: show download bars."""
+        return Segmenter.from_pretrained(self.name, device=self.device, precision=self.precision,
+                                         offline=self.offline, revision=self.revision, progress=progress)

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import WorkItem
+from clipseg_cli.predictor import ModelSpec
 
 if TYPE_CHECKING:
-    from clipseg_cli.engine import Result
     from clipseg_cli.job import Job, PathLike
+    from clipseg_cli.targets import Result
 
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 IN_FLIGHT = 2  # chunks queued per actor, so that none waits for the driver between chunks
@@ -40,14 +41,12 @@ RESTARTS = 3
 class _EngineActor:
     """One Engine in one Ray worker process (see `RayBatch`)."""
 
-    def __init__(self, job: Job, model: Mapping[str, object], protected: list, threads: int) -> None:
+    def __init__(self, job: Job, model: ModelSpec, protected: list, threads: int) -> None:
         import torch
-
-        from clipseg_cli.predictor import Segmenter
 
         torch.set_num_threads(threads)
         try:
-            segmenter = Segmenter.from_pretrained(**model, progress=False)
+            segmenter = model.load(progress=False)
             self.engine, self.error = job.engine(segmenter, protected=protected, trim=True), None
         except ClipSegError as exc:  # reported by `ready`: a set-up error, exit code 2
             self.engine, self.error = None, str(exc)
@@ -63,11 +62,11 @@ class _EngineActor:
 class RayBatch:
     """Runs an Engine per actor over chunks of work items on Ray, yielding results in input order."""
 
-    def __init__(self, job: Job, model: Mapping[str, object], *, protected: Iterable[PathLike] = (),
+    def __init__(self, job: Job, model: ModelSpec | Mapping[str, object], *, protected: Iterable[PathLike] = (),
                  address: str | None = None, actors: int | None = None) -> None:
         """Arguments:
-        job: what to segment and write. model: `Segmenter.from_pretrained`'s arguments (name, device,
-            precision, offline, revision), for each actor. protected: files never written (the inputs).
+        job: what to segment and write. model: the model each actor loads (a `ModelSpec`, or a dict
+            of its fields). protected: files never written (the inputs).
         address: None starts a local Ray (or joins RAY_ADDRESS / a cluster `ray start` began here);
             ``auto`` joins this machine's cluster; else ``ray://host:10001`` or ``host:6379``.
         actors: how many (default: one per GPU when running on GPUs, else one per CPU). Each takes
@@ -75,7 +74,8 @@ class RayBatch:
         """
         import ray
 
-        device = str(model.get("device", "auto"))
+        model = model if isinstance(model, ModelSpec) else ModelSpec(**model)
+        device = model.device
         begun = time.perf_counter()
         self.started = not ray.is_initialized()
         if self.started:
@@ -100,7 +100,7 @@ class RayBatch:
         self.batch_size = job.batch_size or (16 if self.gpus else 4)
         remote = ray.remote(num_cpus=threads, num_gpus=1 if self.gpus else 0, max_restarts=0)(_EngineActor)
         shared = ray.put([os.fspath(path) for path in protected])  # sent once, not once per actor
-        self._new_actor = lambda: remote.remote(job, dict(model), shared, threads)
+        self._new_actor = lambda: remote.remote(job, model, shared, threads)
         self.actors = [self._new_actor() for _ in range(count)]
         self.threads = threads
         errors = [error for error in ray.get([actor.ready.remote() for actor in self.actors]) if error]

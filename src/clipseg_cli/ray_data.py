@@ -64,10 +64,9 @@ class SegmentBatch:
         weights, device, precision, offline, revision: as `Segmenter.from_pretrained` takes them.
         job: the prompts, output plan and mask steps (`clipseg_cli.job.Job`, what the CLI's options make).
         """
-        from clipseg_cli.predictor import Segmenter
+        from clipseg_cli.predictor import ModelSpec
 
-        segmenter = Segmenter.from_pretrained(weights, device=device, precision=precision, offline=offline,
-                                              revision=revision, progress=False)
+        segmenter = ModelSpec(weights, device, precision, offline, revision).load(progress=False)
         self.engine = job.engine(segmenter, trim=True)
 
     def __call__(self, batch: dict) -> pa.Table:

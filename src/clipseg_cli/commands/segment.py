@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from clipseg_cli.commands import options as o
+from clipseg_cli.commands import options
 from clipseg_cli.commands.settings import Settings, check_output_dir, execute, with_settings
 from clipseg_cli.constants import OUTPUT_SUFFIXES, TEMP_SUFFIX
 from clipseg_cli.errors import ClipSegError
@@ -24,9 +24,9 @@ def segment(
     image: Annotated[str, typer.Argument(help="The image to segment.", metavar="IMAGE", show_default=False)],
     prompts: Annotated[list[str] | None, typer.Argument(help='What to cut out, e.g. "red car".', show_default=False)]
     = None,
-    output_dir: o.OutputDir = None,
+    output_dir: options.OutputDir = None,
     stdout: Annotated[str | None, typer.Option(
-        "--stdout", rich_help_panel=o.OUTPUT, show_default=False, metavar="|".join(PIPE_KINDS),
+        "--stdout", rich_help_panel=options.OUTPUT, show_default=False, metavar="|".join(PIPE_KINDS),
         help="Write one PNG (of one prompt) to stdout instead of files; IMAGE may then be - (image bytes on "
              "stdin).")] = None,
     *,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, get_type_hints
 
-from clipseg_cli.commands import options as o
+from clipseg_cli.commands import options
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import WorkItem, folder_problem
@@ -22,36 +23,36 @@ if TYPE_CHECKING:
 class Settings:
     """Every option shared by ``segment`` and ``batch``: each field is a command-line option."""
 
-    weights: o.Weights = DEFAULT_MODEL
-    device: o.Device = "auto"
-    precision: o.Precision = "auto"
-    revision: o.Revision = None
-    offline: o.Offline = False
-    batch_size: o.BatchSize = None
-    overlay: o.Overlay = True
-    soft: o.Soft = False
-    cutout: o.Cutout = False
-    bg_color: o.BgColor = None
-    overlay_color: o.OverlayColor = None
-    overlay_alpha: o.OverlayAlpha = 0.5
-    force: o.Force = False
-    json: o.Json = False
-    quiet: o.Quiet = False
-    verbose: o.Verbose = False
-    max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS
-    threshold: o.Threshold = DEFAULT_THRESHOLD
-    blur: o.Blur = 0.0
-    dilate: o.Dilate = 0
-    erode: o.Erode = 0
-    min_area: o.MinArea = 0
-    invert: o.Invert = False
-    union: o.Union = False
-    negative: o.Negative = None
-    template: o.Template = None
-    prompt_image: o.PromptImage = None
-    prompt_mask: o.PromptMask = None
-    refine: o.Refine = "none"
-    sam_weights: o.SamWeights = None
+    weights: options.Weights = DEFAULT_MODEL
+    device: options.Device = "auto"
+    precision: options.Precision = "auto"
+    revision: options.Revision = None
+    offline: options.Offline = False
+    batch_size: options.BatchSize = None
+    overlay: options.Overlay = True
+    soft: options.Soft = False
+    cutout: options.Cutout = False
+    bg_color: options.BgColor = None
+    overlay_color: options.OverlayColor = None
+    overlay_alpha: options.OverlayAlpha = 0.5
+    force: options.Force = False
+    json: options.Json = False
+    quiet: options.Quiet = False
+    verbose: options.Verbose = False
+    max_pixels: options.MaxPixels = DEFAULT_MAX_PIXELS
+    threshold: options.Threshold = DEFAULT_THRESHOLD
+    blur: options.Blur = 0.0
+    dilate: options.Dilate = 0
+    erode: options.Erode = 0
+    min_area: options.MinArea = 0
+    invert: options.Invert = False
+    union: options.Union = False
+    negative: options.Negative = None
+    template: options.Template = None
+    prompt_image: options.PromptImage = None
+    prompt_mask: options.PromptMask = None
+    refine: options.Refine = "none"
+    sam_weights: options.SamWeights = None
 
 
 def with_settings(command: Callable[..., None]) -> Callable[..., None]:
@@ -102,64 +103,57 @@ def job_of(texts: list[str], settings: Settings) -> Job:
     from clipseg_cli.outputs import OutputPlan
     from clipseg_cli.postprocess import PostProcess
 
-    post = PostProcess(threshold=settings.threshold, blur=settings.blur, dilate=settings.dilate, erode=settings.erode,
-                       min_area=settings.min_area, invert=settings.invert)
-    plan = OutputPlan(overlay=settings.overlay, soft=settings.soft, cutout=settings.cutout, post=post,
-                      bg_color=settings.bg_color, overlay_color=settings.overlay_color,
-                      overlay_alpha=settings.overlay_alpha)
+    post = PostProcess(**same_named(PostProcess, settings))  # an option of the mask steps is named as its field
+    plan = OutputPlan(**same_named(OutputPlan, settings), post=post)
     return Job(texts, templates=settings.template or (), prompt_images=settings.prompt_image or (),
                prompt_masks=settings.prompt_mask or (), negatives=settings.negative or (), union=settings.union,
                plan=plan, force=settings.force, max_pixels=settings.max_pixels, batch_size=settings.batch_size,
                stats=settings.json, refine=settings.refine, sam_weights=settings.sam_weights)
 
 
+def same_named(kind: type, settings: Settings) -> dict[str, object]:
+    """Returns: the options named as the fields of the dataclass ``kind``, by name (its other fields left out)."""
+    return {f.name: getattr(settings, f.name) for f in fields(kind) if hasattr(settings, f.name)}
+
+
 def execute(items: list[WorkItem], texts: list[str], settings: Settings, *, protected: list[Path] | None = None,
             ray: RayOptions | None = None, kept: list[str] | None = None) -> int:
-    """Check the settings, prompts and output folders, then load the model once, run every item, report.
+    """Run `Job.run` on the items with the options' model, reporting each result as it comes.
 
     Arguments:
+        items: the work items.
+        texts: the text prompts.
         protected: more files never written to (a shard gives every input of the whole run).
-        ray: run on a Ray cluster instead of here. kept: receives every result's JSON line.
+        ray: run on a Ray cluster instead of here.
+        kept: receives every result's JSON line.
 
     Returns:
         The exit code: 0 all done, 1 some image failed.
     """
     from clipseg_cli.commands.report import Reporter
-    from clipseg_cli.predictor import Segmenter
+    from clipseg_cli.predictor import ModelSpec
 
-    job = job_of(texts, settings)
-    job.check(items)
-    prompts = job.prompts()
+    began = False  # the model (or Ray) is ready: from then on the run ends with a summary
+
+    def begin(description: str) -> None:
+        nonlocal began
+        began = True
+        if settings.verbose:
+            reporter.info(description)
+
+    model = ModelSpec(settings.weights, settings.device, settings.precision, settings.offline or None,
+                      settings.revision)
+    results = job_of(texts, settings).run(  # the checks and the prompts run here, before the report starts
+        model, items, protected=protected or (), ray=ray, progress=not settings.quiet, started=begin,
+        late=lambda result: reporter.add(result))  # the results written but not yet reported when cut short
     reporter = Reporter(len(items), json_lines=settings.json, quiet=settings.quiet, kept=kept)
-    model = {"name": settings.weights, "device": settings.device, "precision": settings.precision,
-             "offline": settings.offline or None, "revision": settings.revision}
-    if ray is None:
-        segmenter = Segmenter.from_pretrained(**model, progress=not settings.quiet)
-        refiner = job.refiner(segmenter, offline=settings.offline or None, progress=not settings.quiet)
-        engine = job.engine(segmenter, items, prompts=prompts, trim=True, protected=protected or (), refiner=refiner)
-        if settings.verbose:
-            reporter.info(f"device {segmenter.device_type}, precision {segmenter.precision} "
-                          f"({settings.precision} asked) on {segmenter.backend}, "
-                          f"batch size {engine.batch_size}, {len(items)} image(s)")
-        results, unreported = engine.process(items), engine.unreported
-    else:
-        from clipseg_cli.checkpoints.loading import checkpoint_dir
-        from clipseg_cli.ray_batch import RayBatch
-
-        checkpoint_dir(settings.weights, offline=settings.offline or None, revision=settings.revision,
-                       progress=not settings.quiet)  # downloaded once, here, with a progress bar
-        runner = RayBatch(job, model, protected=[*(item.source for item in items), *(protected or ())],
-                          address=ray.address, actors=ray.actors)
-        if settings.verbose:
-            reporter.info(f"Ray: {runner.describe()}, {len(items)} image(s)")
-        results, unreported = runner.process(items), runner.unreported
     try:
-        for result in results:
-            reporter.add(result)
+        with closing(results):
+            for result in results:
+                reporter.add(result)
     finally:
-        for result in unreported():  # written before a Ctrl-C, a signal or a closed stdout
-            reporter.add(result)
-        code = reporter.close()
+        if began:  # a set-up error (exit 2) is its one line, with no summary
+            code = reporter.close()
     return code
 
 

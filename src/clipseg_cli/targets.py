@@ -1,0 +1,188 @@
+"""What a run writes for each image: the targets (one per prompt, or one union), their names, and
+the skip-or-redo decision for each (image, target), and the records of what happened.
+
+Built once per run from the prompts and the output plan; no model is needed, so the naming and
+rerun rules are tested without one (tests/test_targets.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from clipseg_cli.errors import ClipSegError
+from clipseg_cli.fingerprint import file_sha256, make_record, prompt_key, stale_reason
+from clipseg_cli.inputs import FileSet, WorkItem
+from clipseg_cli.outputs import OutputPlan, label_for, output_paths
+from clipseg_cli.prompts import Prompt
+
+
+@dataclass
+class Result:
+    """What happened to one (image, prompt): the line ``--json`` prints."""
+
+    image: str
+    prompt: str
+    status: str  # ok, skipped or failed (pending while planned and not written yet)
+    mask: str | None = None
+    overlay: str | None = None
+    cutout: str | None = None
+    error: str | None = None
+    reason: str | None = None  # why an existing output was redone; None when fresh, skipped or forced
+    stats: dict = field(default_factory=dict)
+    records: dict[str, str] = field(default_factory=dict, repr=False)  # per kind, the fingerprint to store
+    refine: str | None = None  # the refinement that ran (--refine); not in the JSON line when none did
+
+    def to_json(self) -> dict:
+        record = asdict(self)
+        del record["records"]
+        if record["refine"] is None:
+            del record["refine"]
+        record.update(record.pop("stats"))
+        record.setdefault("coverage", None)  # the key is always there; null where no mask was made this run
+        return record
+
+
+@dataclass(frozen=True)
+class Target:
+    """One map written per image: a prompt, or the union of all of them."""
+
+    label: str  # in file names
+    prompt: str  # for people
+    key: str = ""  # everything asked (prompt keys, union, negatives), for fingerprints
+    text: str = ""  # the prompt with its negatives, for people reading a fingerprint
+
+
+@dataclass(frozen=True, eq=False)
+class Targets:
+    """The maps a run writes per image and the rules for writing them.
+
+    prompts: the distinct positive prompts, in given order (a prompt given twice runs once).
+    negatives: the distinct negative prompts. union: one target, the union of the prompts.
+    targets: one per prompt, or one for the union. plan: the files and mask steps.
+    force: redo outputs that exist. protected: files never written (the inputs).
+    """
+
+    prompts: tuple[Prompt, ...]
+    negatives: tuple[Prompt, ...]
+    union: bool
+    targets: tuple[Target, ...]
+    plan: OutputPlan
+    force: bool = False
+    protected: FileSet = field(default_factory=lambda: FileSet(()))
+
+    @classmethod
+    def build(cls, prompts: Sequence[Prompt], names: Sequence[str] | None = None, *, negatives: Sequence[Prompt] = (),
+              union: bool = False, plan: OutputPlan | None = None, force: bool = False,
+              protected: Iterable[str | os.PathLike[str]] = ()) -> Targets:
+        """The targets of a run.
+
+        Arguments:
+            prompts: texts, images or `Average`s.
+            names: how the prompts are shown and named (default: the texts; ``image-N`` for images).
+            negatives: prompts whose masks are cut out of every positive mask.
+            union: one mask, the union of all prompts, instead of one per prompt.
+            plan: the files to write and the mask steps.
+            force: redo outputs that exist.
+            protected: files never written to: an item whose output would be one of them fails.
+
+        Raises:
+            ClipSegError: when no prompt is given.
+        """
+        if not prompts:
+            raise ClipSegError("give at least one prompt")
+        names = list(names) if names else [p if isinstance(p, str) else f"image-{i + 1}" for i, p in
+                                           enumerate(prompts)]
+        distinct = {}
+        for prompt, name in zip(prompts, names, strict=True):
+            distinct.setdefault(prompt_key(prompt), (prompt, name))
+        kept_prompts = tuple(prompt for prompt, _ in distinct.values())
+        kept_negatives = tuple({prompt_key(p): p for p in negatives}.values())
+        targets = name_targets(kept_prompts, [name for _, name in distinct.values()], kept_negatives, union)
+        return cls(kept_prompts, kept_negatives, union, tuple(targets), plan or OutputPlan(), force,
+                   FileSet(protected))
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def paths(self, item: WorkItem, target: Target) -> dict[str, Path]:
+        """Returns: the files of one (item, target), per output kind."""
+        return output_paths(item.output_dir, item.stem, target.label, self.plan)
+
+    def decide(self, item: WorkItem, model: dict[str, str], settings: dict[str, object]) -> list[Result]:
+        """Decide for one item, before decoding it: a result per target, 'skipped' where its files exist
+        with a matching fingerprint (unless forced), else 'pending' (to write), with the reason where an
+        existing file did not match. Every target 'failed' when an output would overwrite a protected file.
+
+        Arguments:
+            item: the image and where its outputs go.
+            model: the Segmenter's identity, stored in each fingerprint.
+            settings: every setting that changes the outputs' pixels, stored in each fingerprint.
+
+        Returns:
+            One Result per target, in target order.
+        """
+        try:  # a pipe or a folder is never read here: decoding reports the problem
+            digest = file_sha256(item.source) if item.source.is_file() else "not a file"
+        except OSError:
+            digest = "unreadable"
+        results = []
+        for target in self.targets:
+            paths = self.paths(item, target)
+            clash = next((path for path in paths.values() if path in self.protected), None)
+            if clash is not None:
+                return self.failed(item, ClipSegError(f"{item.source}: its output {clash} would overwrite an input "
+                                                      "file; rename that file or choose another --output-dir"))
+            records = {kind: make_record(self.plan.output_kind(kind), input_sha256=digest, prompt=target.key,
+                                         prompt_text=target.text, model=model,
+                                         settings={**settings, **self.plan.looks(kind)})  # looks: their files only
+                       for kind in paths}
+            result = Result(str(item.source), target.prompt, "pending", records=records,
+                            **{kind: str(path) for kind, path in paths.items()})
+            if not self.force:
+                existing = [kind for kind, path in paths.items() if os.path.lexists(path)]
+                reasons = (stale_reason(paths[kind], records[kind]) for kind in existing)
+                result.reason = next((why for why in reasons if why is not None), None)
+                if result.reason is None and len(existing) == len(paths):
+                    result.status = "skipped"
+            results.append(result)
+        return results
+
+    def failed(self, item: WorkItem, exc: Exception, part: range | None = None) -> list[Result]:
+        """Returns: a 'failed' result per target (of ``part``, default all) with the error on one line."""
+        error = str(exc) if isinstance(exc, ClipSegError) else f"{item.source}: {type(exc).__name__}: {exc}"
+        targets = self.targets if part is None else self.targets[part.start : part.stop]
+        return [Result(str(item.source), t.prompt, "failed", error=" ".join(error.split())) for t in targets]
+
+
+def name_targets(prompts: Sequence[Prompt], names: Sequence[str], negatives: Sequence[Prompt],
+                 union: bool) -> list[Target]:
+    """One target per prompt (or one for the union), named by `label_for`.
+
+    A text prompt alone is named by its text; image prompts, unions and negatives add the hash
+    of everything asked, so that no two different requests share a file name.
+
+    Returns:
+        The targets, in prompt order.
+    """
+    keys = [prompt_key(prompt) for prompt in prompts]
+    negative_names = [p if isinstance(p, str) else "image" for p in negatives]
+    negative_key = "".join(" not " + prompt_key(p) for p in negatives)
+    negative_text = " not " + " | ".join(negative_names) if negatives else ""
+    if union:
+        key = "union(" + ", ".join(keys) + ")" + negative_key
+        slug_text = "union " + " ".join(names) + (" not " + " ".join(negative_names) if negatives else "")
+        prompt = " | ".join(names)
+        return [Target(label_for(slug_text, key), prompt, key, prompt + negative_text)]
+    targets = []
+    for name, key in zip(names, keys, strict=True):
+        full_key = key + negative_key
+        hashed = "image:" in key or "visual:" in key or bool(negatives)
+        slug_text = name + (" not " + " ".join(negative_names) if negatives else "")
+        label = label_for(slug_text, full_key if hashed else None)
+        targets.append(Target(label, name, full_key, name + negative_text))
+    taken = Counter(target.label for target in targets)  # names given through the API may repeat
+    return [replace(t, label=label_for(t.prompt, t.key)) if taken[t.label] > 1 else t for t in targets]
