@@ -38,31 +38,6 @@ class Watcher:
         assert not self.thread.is_alive()
 
 
-def test_a_file_written_in_chunks_is_yielded_once_whole_and_only_images_count(tmp_path):
-    (tmp_path / "out").mkdir()
-    watcher = Watcher(tmp_path, recursive=False, skip=tmp_path / "out", settle=0.5)
-    try:
-        source = tmp_path.parent / "source.png"
-        save(noise((64, 48)), source)
-        data = source.read_bytes()
-        (tmp_path / "notes.txt").write_text("not an image")
-        (tmp_path / "out" / "x.png").write_bytes(data)  # under the output folder: never counts
-        with open(tmp_path / "slow.png", "wb") as file:
-            for start in range(0, len(data), 97):
-                file.write(data[start:start + 97])
-                file.flush()
-        assert watcher.until(tmp_path / "slow.png") == {(tmp_path / "slow.png").resolve()}
-        staged = tmp_path.parent / "staged.png"
-        staged.write_bytes(data)
-        os.replace(staged, tmp_path / "renamed.png")  # renamed into the folder
-        both = {(tmp_path / name).resolve() for name in ("slow.png", "renamed.png")}
-        assert watcher.until(tmp_path / "renamed.png") <= both
-        save(noise((32, 32), 1), tmp_path / "slow.png")  # replaced: yielded again
-        assert watcher.until(tmp_path / "slow.png") <= both
-    finally:
-        watcher.close()
-
-
 def test_batch_watch_processes_what_lands_as_a_plain_run_would_and_stops_on_sigterm(tmp_path, checkpoint):
     import signal
     import subprocess

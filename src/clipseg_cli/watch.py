@@ -15,7 +15,8 @@ POLL_MS = 200  # how often pending files are looked at again while nothing else 
 
 
 def ready_files(folders: Sequence[Path], *, recursive: bool, skip: Path | None = None,
-                stop: threading.Event | None = None, settle: float = SETTLE_S) -> Iterator[set[Path]]:
+                stop: threading.Event | None = None, settle: float = SETTLE_S,
+                since_ns: int | None = None) -> Iterator[set[Path]]:
     """The image files that are added to or changed in ``folders`` from now on, each once it is complete.
 
     A file is complete when its size and modification time stayed the same for ``settle`` seconds
@@ -30,12 +31,15 @@ def ready_files(folders: Sequence[Path], *, recursive: bool, skip: Path | None =
         skip: a folder whose files never count (the output folder).
         stop: ends the iteration when set (checked at least every POLL_MS).
         settle: seconds a file must stay unchanged before it is yielded.
+        since_ns: files changed from this time on (``time.time_ns()``; default: the call) count even
+            when they landed before the watch was set up (the first listing is made once it is).
 
     Yields:
         Sets of complete files (absolute paths), in the order they became complete.
     """
     from watchfiles import Change, watch
 
+    since_ns = time.time_ns() if since_ns is None else since_ns
     roots = [folder.resolve() for folder in folders]
     skipped = skip.resolve() if skip is not None else None
     stop = stop or threading.Event()
@@ -54,8 +58,15 @@ def ready_files(folders: Sequence[Path], *, recursive: bool, skip: Path | None =
 
     changes = watch(*roots, stop_event=stop, recursive=recursive, yield_on_timeout=True, rust_timeout=POLL_MS,
                     debounce=POLL_MS, step=50, raise_interrupt=True)
+    listed = False
     for batch in changes:
         now = time.monotonic()
+        if not listed:  # the watch is set up now: what landed before it is found by a listing, once
+            listed = True
+            for root in roots:
+                for path in (root.rglob("*") if recursive else root.iterdir()):
+                    if wanted(path) and path not in pending and _changed_since(path, since_ns):
+                        pending[path] = (_signature(path), now)
         for change, name in batch:
             path = Path(name)
             if change == Change.deleted:
@@ -74,6 +85,14 @@ def ready_files(folders: Sequence[Path], *, recursive: bool, skip: Path | None =
                 done.add(path)
         if done:
             yield done
+
+
+def _changed_since(path: Path, since_ns: int) -> bool:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return False
+    return max(status.st_mtime_ns, status.st_ctime_ns) >= since_ns
 
 
 def _signature(path: Path) -> tuple[int, int] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -59,11 +60,12 @@ def run_watching(inputs: list[str], folder: Path, recursive: bool, texts: list[s
         if not Path(arg).is_dir():
             raise ClipSegError(f"--watch watches folders: {arg} is not a folder")
     folders = [Path(arg) for arg in inputs]
+    since_ns = time.time_ns()  # what lands from the listing on is watched for
     items = collect(inputs, output_dir=folder, recursive=recursive)
     code = execute(items, texts, settings) if items else 0
     if not settings.quiet:
         typer.echo(f"clipseg: watching {len(folders)} folder(s) for new images; Ctrl-C stops", err=True)
-    for landed in ready_files(folders, recursive=recursive, skip=folder):
+    for landed in ready_files(folders, recursive=recursive, skip=folder, since_ns=since_ns):
         fresh = [item for item in collect(inputs, output_dir=folder, recursive=recursive)
                  if item.source.resolve() in landed]
         if fresh:
