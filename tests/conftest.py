@@ -43,6 +43,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+@pytest.fixture
+def weights(checkpoint: Path) -> list[str]:
+    """The command-line arguments that load the tiny checkpoint."""
+    return ["--weights", str(checkpoint)]
+
+
 # ---- ONNX graph cache (src/clipseg_cli/backends/cache.py) ---------------------------------------
 
 

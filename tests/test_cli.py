@@ -44,11 +44,6 @@ JSON_KEYS = {"image", "prompt", "mask", "overlay", "status", "error", "coverage"
 
 
 @pytest.fixture
-def weights(checkpoint: Path) -> list[str]:
-    return ["--weights", str(checkpoint)]
-
-
-@pytest.fixture
 def photo(tmp_path: Path) -> Path:
     return save(noise((72, 48)), tmp_path / "photos" / "photo.png")
 

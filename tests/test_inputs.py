@@ -26,11 +26,6 @@ pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user
 NO_WEIGHTS = ["--weights", "/nonexistent"]  # a set-up error must come before the model is looked for
 
 
-@pytest.fixture
-def weights(checkpoint: Path) -> list[str]:
-    return ["--weights", str(checkpoint)]
-
-
 def files(folder: Path) -> dict[str, bytes | None]:
     """Every file (with its bytes) and folder (None) under a folder; links are neither followed nor listed."""
     return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None

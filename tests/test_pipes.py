@@ -14,11 +14,6 @@ from helpers import clipseg, noise, save, subprocess_env
 
 
 @pytest.fixture
-def weights(checkpoint: Path) -> list[str]:
-    return ["--weights", str(checkpoint)]
-
-
-@pytest.fixture
 def photo(tmp_path: Path) -> Path:
     return save(noise((72, 48)), tmp_path / "photos" / "photo.png")
 
