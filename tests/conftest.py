@@ -65,3 +65,12 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("CLIPSEG_CACHE", None)
     else:
         os.environ["CLIPSEG_CACHE"] = previous
+
+
+@pytest.fixture
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache of this test's own: the session's entries are keyed by content, so tests that build the same
+    checkpoint share them (and another test's live segmenter may hold one)."""
+    folder = tmp_path / "clipseg-cache"
+    monkeypatch.setenv("CLIPSEG_CACHE", str(folder))
+    return folder

@@ -128,11 +128,11 @@ def test_plan_picks_the_runtime(monkeypatch):
         detect.cache_clear()  # the next test sees this CPU again
 
 
-def test_cache_is_keyed_by_the_checkpoint_and_rebuilt_when_stale(tmp_path, onnx_cache):
+def test_cache_is_keyed_by_the_checkpoint_and_rebuilt_when_stale(tmp_path, own_cache):
     directory = build_checkpoint(tmp_path / "ckpt", "plain")
     first = on_onnxruntime(directory)
     graph = graph_path(first.runner.entry, "segment", "fp32")
-    assert graph.is_file() and first.runner.entry.parent == onnx_cache / "onnx"
+    assert graph.is_file() and first.runner.entry.parent == own_cache / "onnx"
     assert not [p for p in first.runner.entry.iterdir() if p.name.startswith(".")]  # no temporary file left
     expected = first.predict(probe_image(0), TEXTS)
     built = graph.stat().st_mtime_ns
@@ -164,7 +164,7 @@ Segmenter.from_pretrained(sys.argv[1], device="cpu", backend="onnxruntime", prog
 
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
-def test_an_export_killed_midway_leaves_nothing_behind_once_the_next_run_exports(tmp_path, onnx_cache):
+def test_an_export_killed_midway_leaves_nothing_behind_once_the_next_run_exports(tmp_path, own_cache):
     directory = build_checkpoint(tmp_path / "ckpt", "plain")
     done = subprocess.run([sys.executable, "-c", KILLED_DURING_EXPORT, str(directory)], capture_output=True,
                           env={**os.environ, "PYTHONPATH": str(SRC)}, timeout=300)
