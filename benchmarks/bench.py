@@ -136,14 +136,15 @@ def load_reference(ckpt: Path, prompts: list[str], precision: str, device: str, 
 def load_ours(ckpt: Path, prompts: list[str], precision: str, device: str, overlay: bool):
     """clipseg's Segmenter and Engine."""
     from clipseg_cli import Segmenter
-    from clipseg_cli.engine import Engine, WorkItem
+    from clipseg_cli.engine import Engine, Pipeline, WorkItem
     from clipseg_cli.outputs import OutputPlan
+    from clipseg_cli.targets import Targets
 
     seg = Segmenter.from_pretrained(ckpt, device=device, precision=precision)
 
     def run(paths: list[Path], out: Path) -> None:
-        engine = Engine(seg, prompts=prompts, plan=OutputPlan(overlay=overlay), batch_size=None, force=True,
-                        stats=False)
+        targets = Targets.build(prompts, plan=OutputPlan(overlay=overlay), force=True)
+        engine = Engine(seg, targets, Pipeline(stats=False))
         results = list(engine.process([WorkItem(source=p, output_dir=out, stem=p.stem) for p in paths]))
         bad = [f"{r.image} [{r.prompt}]: {r.status} {r.error or ''}" for r in results if r.status != "ok"]
         if bad:

@@ -13,11 +13,12 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
 from clipseg_cli import ClipSegError, Segmenter, load_model
-from clipseg_cli.engine import Engine
+from clipseg_cli.engine import Engine, Pipeline
 from clipseg_cli.errors import CheckpointError
 from clipseg_cli.inputs import WorkItem
 from clipseg_cli.outputs import OutputPlan
 from clipseg_cli.predictor import probabilities
+from clipseg_cli.targets import Targets
 from factory import CONFIGS, Reference, assert_prompts_differ, build_checkpoint, probe_image
 
 PROMPTS = ["red car", "tree", "a dog on the left"]
@@ -114,7 +115,7 @@ def test_engine_batches_match_reference_pipeline(checkpoint, tmp_path):
         paths.append(tmp_path / f"image{i}.png")
         probe_image(i, size).save(paths[-1])
     segmenter = Segmenter.from_pretrained(checkpoint, device="cpu", precision="fp32")
-    engine = Engine(segmenter, PROMPTS, plan=OutputPlan(overlay=False), batch_size=3)
+    engine = Engine(segmenter, Targets.build(PROMPTS, plan=OutputPlan(overlay=False)), Pipeline(batch_size=3))
     results = list(engine.process([WorkItem(path, tmp_path / "out", path.stem) for path in paths]))
     assert [r.status for r in results] == ["ok"] * len(paths) * len(PROMPTS)
     reference = Reference(checkpoint)

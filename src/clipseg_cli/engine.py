@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
@@ -23,10 +23,9 @@ from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.decode import DecodedImage, header_pixels, open_image
 from clipseg_cli.imaging.writing import remove_stale_temps
 from clipseg_cli.inputs import WorkItem
-from clipseg_cli.outputs import OutputPlan, write_outputs
+from clipseg_cli.outputs import write_outputs
 from clipseg_cli.postprocess import clean_mask, fires, mask_and_map, stats, veto
 from clipseg_cli.predictor import Segmenter, probabilities, upsample
-from clipseg_cli.prompts import Prompt
 from clipseg_cli.targets import Result, Targets
 
 if TYPE_CHECKING:
@@ -39,28 +38,41 @@ CHUNK_VALUES = 1 << 22
 _MAX_QUEUED = 8  # results waiting for an earlier, slower item: at most this many times the decode depth
 
 
+@dataclass(frozen=True, kw_only=True)
+class Pipeline:
+    """How a run computes, whatever it writes: the Engine's own choices (a `clipseg_cli.job.Job` is one).
+
+    batch_size: images per model call (None: 4 on CPUs, little to gain and memory to lose; 16 on GPUs).
+    max_pixels: decoded images larger than this are refused or reduced (see `open_image`).
+    stats: give each result the mask's coverage, box and mean probability (costs a full-size pass).
+    workers: decode and write threads.
+    """
+
+    batch_size: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    stats: bool = True
+    workers: int = 2
+
+
 class Engine:
     """Runs a Segmenter over many images for fixed `Targets` and writes the outputs: the pipeline and the mask maths."""
 
-    def __init__(self, segmenter: Segmenter, targets: Targets | Sequence[Prompt], *, plan: OutputPlan | None = None,
-                 batch_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 2,
-                 trim: bool = False, stats: bool = True, refiner: Refiner | None = None) -> None:
+    def __init__(self, segmenter: Segmenter, targets: Targets, pipeline: Pipeline = Pipeline(), *,
+                 drop_unused_layers: bool = False, refiner: Refiner | None = None) -> None:
         """Arguments:
-        targets: what to write (`Targets.build`), or bare prompts, written with ``plan``.
-        batch_size: images per model call (None: 4 on CPUs, little to gain and memory to lose; 16 on GPUs).
-        max_pixels: decoded images larger than this are refused or reduced (see `open_image`).
-        workers: decode and write threads.
-        trim: free the text tower and unused image layers once the prompts are embedded.
-        stats: give each result the mask's coverage, box and mean probability (costs a full-size pass).
-        refiner: refines each map with the image after the prompt algebra, before the mask steps
-            (`clipseg_cli.refine`); None (``--refine none``) writes the model's maps as they are.
+            segmenter: the loaded model.
+            targets: what to write (`Targets.build`).
+            pipeline: batch size, pixel bound, statistics and threads.
+            drop_unused_layers: free the text tower and unused image layers once the prompts are embedded.
+            refiner: refines each map with the image after the prompt algebra, before the mask steps
+                (`clipseg_cli.refine`); None (``--refine none``) writes the model's maps as they are.
         """
-        self.segmenter = segmenter
-        self.targets = targets if isinstance(targets, Targets) else Targets.build(targets, plan=plan)
-        self.plan = self.targets.plan
-        self.prompts, self.negatives = list(self.targets.prompts), list(self.targets.negatives)
-        self.batch_size = batch_size or (4 if segmenter.device_type == "cpu" else 16)
-        self.max_pixels, self.workers, self.trim, self.stats, self.refiner = max_pixels, workers, trim, stats, refiner
+        self.segmenter, self.targets, self.pipeline = segmenter, targets, pipeline
+        self.plan = targets.plan
+        self.prompts, self.negatives = list(targets.prompts), list(targets.negatives)
+        self.batch_size = pipeline.batch_size or (4 if segmenter.device_type == "cpu" else 16)
+        self.max_pixels, self.workers, self.stats = pipeline.max_pixels, pipeline.workers, pipeline.stats
+        self.drop_unused_layers, self.refiner = drop_unused_layers, refiner
         # fp32 is the reference path: decode at full size. Faster precisions may decode JPEGs at
         # reduced scale, still at least twice the model's input size, when only the mask is needed.
         full_size = segmenter.exact or self.plan.needs_full_image or refiner is not None
@@ -69,7 +81,7 @@ class Engine:
         if refiner is not None:  # absent without refinement: those outputs stay byte-identical
             self.recorded["refine"] = refiner.name
         # maps that each depend on one prompt are written by several workers at once
-        self.parts = _split(len(self.targets), 1 if self.targets.union or self.negatives else workers)
+        self.parts = _split(len(self.targets), 1 if self.targets.union or self.negatives else self.workers)
         self._swept: set[os.PathLike[str]] = set()  # output folders cleared of stale temporary files
 
     def process(self, items: Iterable[WorkItem]) -> Iterator[Result]:
@@ -85,7 +97,7 @@ class Engine:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="clipseg-io")
         try:
             self.segmenter.embed(self.prompts + self.negatives)
-            if self.trim:
+            if self.drop_unused_layers:
                 self.segmenter.drop_unused_layers()
             yield from self._pipeline(iter(items), self._pool)
         finally:

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from clipseg_cli.constants import DEFAULT_MAX_PIXELS
-from clipseg_cli.engine import Engine
+from clipseg_cli.engine import Engine, Pipeline
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import WorkItem, collect, folder_problem
 from clipseg_cli.outputs import OutputPlan
@@ -31,8 +30,10 @@ PathLike = str | os.PathLike[str]
 
 
 @dataclass(frozen=True)
-class Job:
+class Job(Pipeline):
     """What to segment and what to write, for any number of images (one CLI run of segment or batch).
+
+    A Job is the run's `Pipeline` too (``batch_size``, ``max_pixels``, ``stats``, ``workers``: keywords only).
 
     texts: the text prompts (``segment IMAGE PROMPT...``, ``-p``).
     templates: ``--template``; each text's embedding is the average over them.
@@ -42,9 +43,6 @@ class Job:
     union: ``--union``, one mask for all prompts.
     plan: the files to write and the mask steps (``--overlay``, ``--soft``, ``--cutout``, ``--threshold``, ...).
     force: ``--force``, redo outputs that exist.
-    max_pixels: ``--max-pixels``.
-    batch_size: ``--batch-size`` (None: 4 on CPU, 16 on GPU).
-    stats: give each result the mask's coverage, box and mean probability (``--json`` does).
     refine: ``--refine``, none, guided, matting or sam (`clipseg_cli.refine`): the map follows the
         object's edges, after the prompt algebra and before the mask steps.
     sam_weights: ``--sam-weights``.
@@ -58,9 +56,6 @@ class Job:
     union: bool = False
     plan: OutputPlan = field(default_factory=OutputPlan)
     force: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    batch_size: int | None = None
-    stats: bool = True
     refine: str = "none"
     sam_weights: str | None = None
 
@@ -96,7 +91,7 @@ class Job:
                             offline=offline, progress=progress)
 
     def engine(self, segmenter: Segmenter, items: Sequence[WorkItem] = (), *,
-               prompts: tuple[list[Prompt], list[str]] | None = None, trim: bool = False,
+               prompts: tuple[list[Prompt], list[str]] | None = None, drop_unused_layers: bool = False,
                protected: Iterable[PathLike] = (), refiner: Refiner | None = None) -> Engine:
         """The Engine that runs this job (built once per model: Ray's actors and Ray Data keep it for many
         chunks); the inputs and the prompt files are protected from being written.
@@ -105,7 +100,8 @@ class Job:
             segmenter: the loaded model.
             items: the work items (their sources are protected).
             prompts: from `prompts`, when built already.
-            trim: free the text tower once the prompts are embedded (the segmenter then takes no new prompts).
+            drop_unused_layers: free the text tower once the prompts are embedded (the segmenter then takes
+                no new prompts).
             protected: more files never to write (e.g. the inputs of a whole run when ``items`` are a part of it).
             refiner: from `refiner` (default: loaded here when ``refine`` is not none).
 
@@ -117,8 +113,7 @@ class Job:
         protected = [*(item.source for item in items), *protected, *self.prompt_images, *self.prompt_masks]
         targets = Targets.build(prompts, names, negatives=list(self.negatives), union=self.union, plan=self.plan,
                                 force=self.force, protected=protected)
-        return Engine(segmenter, targets, batch_size=self.batch_size, max_pixels=self.max_pixels, trim=trim,
-                      stats=self.stats, refiner=refiner)
+        return Engine(segmenter, targets, self, drop_unused_layers=drop_unused_layers, refiner=refiner)
 
     def segment(self, segmenter: Segmenter, inputs: Iterable[PathLike], output_dir: PathLike | None = None, *,
                 recursive: bool = False) -> Iterator[Result]:
@@ -182,7 +177,8 @@ class Job:
             owned = isinstance(model, ModelSpec)
             segmenter = model.load(progress=progress) if owned else model
             refiner = self.refiner(segmenter, offline=model.offline if owned else None, progress=progress)
-            runner = self.engine(segmenter, items, prompts=prompts, trim=owned, protected=protected, refiner=refiner)
+            runner = self.engine(segmenter, items, prompts=prompts, drop_unused_layers=owned, protected=protected,
+                                 refiner=refiner)
             asked = model.precision if owned else segmenter.precision
             described = (f"device {segmenter.device_type}, precision {segmenter.precision} ({asked} asked) on "
                          f"{segmenter.backend}, batch size {runner.batch_size}, {len(items)} image(s)")

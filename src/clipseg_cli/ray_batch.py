@@ -47,7 +47,7 @@ class _EngineActor:
         torch.set_num_threads(threads)
         try:
             segmenter = model.load(progress=False)
-            self.engine, self.error = job.engine(segmenter, protected=protected, trim=True), None
+            self.engine, self.error = job.engine(segmenter, protected=protected, drop_unused_layers=True), None
         except ClipSegError as exc:  # reported by `ready`: a set-up error, exit code 2
             self.engine, self.error = None, str(exc)
 

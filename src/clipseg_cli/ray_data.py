@@ -67,7 +67,7 @@ class SegmentBatch:
         from clipseg_cli.predictor import ModelSpec
 
         segmenter = ModelSpec(weights, device, precision, offline, revision).load(progress=False)
-        self.engine = job.engine(segmenter, trim=True)
+        self.engine = job.engine(segmenter, drop_unused_layers=True)
 
     def __call__(self, batch: dict) -> pa.Table:
         """Segment a batch of images (a dict of columns, Ray Data's default batch format).

@@ -29,14 +29,14 @@ from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import WorkItem
 
 if TYPE_CHECKING:
-    from clipseg_cli.commands.settings import RayOptions, Settings
+    from clipseg_cli.commands.settings import RayOptions, RunOptions
 
 SHARD_FOLDER = ".clipseg-shards"
 COUNT_VARIABLE = "CLIPSEG_SHARD_COUNT"  # the shard count where the scheduler gives only an index (Kubernetes)
 INDEX_VARIABLE = "CLIPSEG_SHARD_INDEX"  # any other scheduler or CI matrix: index and count by hand
 _SPEC = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", re.ASCII)
 _NUMBER = re.compile(r"\s*([0-9]+)\s*", re.ASCII)
-PRESENTATION = frozenset({"json", "quiet", "verbose", "force", "batch_size"})  # settings that change no file
+PRESENTATION = frozenset({"json_lines", "quiet", "verbose", "force", "batch_size"})  # options that change no file
 _OUTPUT_FIELDS = ("mask", "overlay", "cutout")  # the JSON fields that name an output file
 MAX_SHARDS = 100_000  # more markers than any job array has: `clipseg shards` stays quick
 
@@ -251,7 +251,7 @@ def other_listings(output_dir: Path, count: int, listing: str | None = None) -> 
             f"shards so that the names are the ones a plain run gives")
 
 
-def run_shard(items: list[WorkItem], texts: list[str], settings: Settings, shard: Shard, output_dir: Path,
+def run_shard(items: list[WorkItem], texts: list[str], run_options: RunOptions, shard: Shard, output_dir: Path,
               execute: Callable[..., int], on_ray: RayOptions | None = None) -> int:
     """Run one shard of the items as a plain run of them would, and record it.
 
@@ -265,17 +265,18 @@ def run_shard(items: list[WorkItem], texts: list[str], settings: Settings, shard
     Returns:
         The exit code: 0 all done (or done before), 1 some image failed.
     """
-    say = (lambda message: None) if settings.quiet else (lambda message: print(f"clipseg: {message}", file=sys.stderr))
+    say = ((lambda message: None) if run_options.quiet
+           else (lambda message: print(f"clipseg: {message}", file=sys.stderr)))
     mine = select(items, shard, output_dir)
     listing = {"listing": listing_of(items, output_dir), "inputs": len(items)}
-    key = run_key(mine, shard, shard_request(texts, settings), listing["listing"])
+    key = run_key(mine, shard, shard_request(texts, run_options), listing["listing"])
     problem = other_listings(output_dir, shard.count, listing["listing"])
     if problem:
         say(problem)
     marker = read_marker(output_dir, shard)
     renamed = marker is not None and marker.get("listing") != listing["listing"]
     earlier = read_lines(output_dir, shard) if renamed else []
-    done = not settings.force and marker is not None and marker["key"] == key
+    done = not run_options.force and marker is not None and marker["key"] == key
     if done:
         say(f"shard {shard} is done already ({marker_path(output_dir, shard)}); checking its outputs, "
             "--force redoes it")
@@ -287,12 +288,12 @@ def run_shard(items: list[WorkItem], texts: list[str], settings: Settings, shard
         return 0
     lines: list[str] = []
     if not done:
-        code = execute(mine, texts, settings, protected=[item.source for item in items], ray=on_ray, kept=lines)
+        code = execute(mine, texts, run_options, protected=[item.source for item in items], ray=on_ray, kept=lines)
     else:
-        code = execute(mine, texts, replace(settings, json=False), protected=[item.source for item in items],
+        code = execute(mine, texts, replace(run_options, json_lines=False), protected=[item.source for item in items],
                        ray=on_ray, kept=lines)
         lines = _kept_lines(lines, read_lines(output_dir, shard))
-        if settings.json:
+        if run_options.json_lines:
             sys.stdout.write("".join(lines))
             sys.stdout.flush()
     _drop_renamed(earlier, lines)
@@ -355,7 +356,7 @@ def _kept_lines(fresh: list[str], stored: list[str]) -> list[str]:
     return lines
 
 
-def shard_request(texts: list[str], settings: Settings) -> dict[str, object]:
+def shard_request(texts: list[str], run_options: RunOptions) -> dict[str, object]:
     """What a shard's outputs depend on besides its inputs: the prompts, every setting that changes a file and
     the weights (`checkpoint_identity` of the folder the loader uses, a Hub name's snapshot included).
 
@@ -365,8 +366,8 @@ def shard_request(texts: list[str], settings: Settings) -> dict[str, object]:
     from clipseg_cli.checkpoints.loading import checkpoint_dir
     from clipseg_cli.fingerprint import checkpoint_identity
 
-    request = {name: value for name, value in asdict(settings).items() if name not in PRESENTATION}
-    folder = checkpoint_dir(settings.weights, offline=settings.offline or None, revision=settings.revision,
-                            progress=not settings.quiet)
+    request = {name: value for name, value in asdict(run_options).items() if name not in PRESENTATION}
+    folder = checkpoint_dir(run_options.weights, offline=run_options.offline or None, revision=run_options.revision,
+                            progress=not run_options.quiet)
     request["checkpoint"] = checkpoint_identity(folder)
     return {"prompts": texts, "settings": request}

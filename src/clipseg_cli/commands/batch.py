@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from clipseg_cli.commands import options as o
-from clipseg_cli.commands.settings import RayOptions, Settings, check_output_dir, execute, with_settings
+from clipseg_cli.commands.settings import RayOptions, RunOptions, check_output_dir, execute, with_run_options
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import collect, no_images
 from clipseg_cli.shard import parse_shard, run_shard
@@ -40,7 +40,7 @@ def texts_of(prompt: list[str] | None, prompts_file: Path | None) -> list[str]:
     return list(prompt or []) + (read_prompts_file(prompts_file) if prompts_file else [])
 
 
-def run_watching(inputs: list[str], folder: Path, recursive: bool, texts: list[str], settings: Settings,
+def run_watching(inputs: list[str], folder: Path, recursive: bool, texts: list[str], run_options: RunOptions,
                  refused: dict[str, object]) -> int:
     """Process the input folders' images, then every image that lands or changes in them, until a signal.
 
@@ -62,14 +62,14 @@ def run_watching(inputs: list[str], folder: Path, recursive: bool, texts: list[s
     folders = [Path(arg) for arg in inputs]
     since_ns = time.time_ns()  # what lands from the listing on is watched for
     items = collect(inputs, output_dir=folder, recursive=recursive)
-    code = execute(items, texts, settings) if items else 0
-    if not settings.quiet:
+    code = execute(items, texts, run_options) if items else 0
+    if not run_options.quiet:
         typer.echo(f"clipseg: watching {len(folders)} folder(s) for new images; Ctrl-C stops", err=True)
     for landed in ready_files(folders, recursive=recursive, skip=folder, since_ns=since_ns):
         fresh = [item for item in collect(inputs, output_dir=folder, recursive=recursive)
                  if item.source.resolve() in landed]
         if fresh:
-            code = max(code, execute(fresh, texts, settings))
+            code = max(code, execute(fresh, texts, run_options))
     return code
 
 
@@ -83,7 +83,7 @@ def read_stdin_lines() -> list[str]:
     return [os.fsdecode(line) for line in raw] if raw is not None else list(sys.stdin)
 
 
-@with_settings
+@with_run_options
 def batch(
     inputs: Annotated[list[str], typer.Argument(
         help="Image files and folders; - reads one path per line from stdin.", show_default=False)],
@@ -112,12 +112,12 @@ def batch(
         "--watch", help="Then keep watching the input folders: each image that lands or changes is processed once "
                         "it is complete. Ctrl-C or SIGTERM stops.")] = False,
     *,
-    settings: Settings,
+    run_options: RunOptions,
 ) -> None:
     """Segment many images with the same prompts; the model is loaded once."""
     folder = check_output_dir(output_dir)
     if watch:
-        raise typer.Exit(run_watching(inputs, folder, recursive, texts_of(prompt, prompts_file), settings,
+        raise typer.Exit(run_watching(inputs, folder, recursive, texts_of(prompt, prompts_file), run_options,
                                       refused={"--shard": shard, "--ray": ray or ray_address}))
     part = parse_shard(shard) if shard is not None else None
     on_ray = RayOptions(ray_address, ray_actors) if ray or ray_address else None
@@ -126,10 +126,10 @@ def batch(
     items = collect(inputs, output_dir=folder, recursive=recursive, stdin=lines)
     if not items:
         if set(inputs) == {"-"} and not any(line.strip() for line in lines):
-            if not settings.quiet:
+            if not run_options.quiet:
                 typer.echo("clipseg: no paths on stdin; nothing to do", err=True)
             raise typer.Exit(0)
         raise ClipSegError(no_images(inputs, recursive))
     if part is None:
-        raise typer.Exit(execute(items, texts, settings, ray=on_ray))
-    raise typer.Exit(run_shard(items, texts, settings, part, folder, execute, on_ray))
+        raise typer.Exit(execute(items, texts, run_options, ray=on_ray))
+    raise typer.Exit(run_shard(items, texts, run_options, part, folder, execute, on_ray))

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from clipseg_cli.commands import options
-from clipseg_cli.commands.settings import Settings, check_output_dir, execute, with_settings
+from clipseg_cli.commands.settings import RunOptions, check_output_dir, execute, with_run_options
 from clipseg_cli.constants import OUTPUT_SUFFIXES, TEMP_SUFFIX
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import collect, is_own_output, no_images
@@ -19,7 +19,7 @@ from clipseg_cli.inputs import collect, is_own_output, no_images
 PIPE_KINDS = ("mask", "soft", "overlay", "cutout")  # what --stdout writes: soft is the map as 8-bit grey
 
 
-@with_settings
+@with_run_options
 def segment(
     image: Annotated[str, typer.Argument(help="The image to segment.", metavar="IMAGE", show_default=False)],
     prompts: Annotated[list[str] | None, typer.Argument(help='What to cut out, e.g. "red car".', show_default=False)]
@@ -30,19 +30,19 @@ def segment(
         help="Write one PNG (of one prompt) to stdout instead of files; IMAGE may then be - (image bytes on "
              "stdin).")] = None,
     *,
-    settings: Settings,
+    run_options: RunOptions,
 ) -> None:
     """Segment one image: writes IMAGE_STEM.PROMPT.mask.png (and .overlay.png) beside it or in -o."""
     if stdout is not None:
-        raise typer.Exit(to_stdout(image, list(prompts or []), stdout, output_dir, settings))
+        raise typer.Exit(to_stdout(image, list(prompts or []), stdout, output_dir, run_options))
     check_image_argument(image)
     items = collect([image], output_dir=check_output_dir(output_dir))
     if not items:  # a folder
         raise ClipSegError(no_images([image], recursive=True))  # segment has no -r to suggest
-    raise typer.Exit(execute(items, list(prompts or []), settings))
+    raise typer.Exit(execute(items, list(prompts or []), run_options))
 
 
-def to_stdout(image: str, texts: list[str], kind: str, output_dir: str | None, settings: Settings) -> int:
+def to_stdout(image: str, texts: list[str], kind: str, output_dir: str | None, run_options: RunOptions) -> int:
     """Segment one image (a file, or ``-``: its bytes on stdin) and write one output PNG to stdout.
 
     The run is the same as for files, into a private folder; only the chosen PNG leaves it.
@@ -54,9 +54,9 @@ def to_stdout(image: str, texts: list[str], kind: str, output_dir: str | None, s
         raise ClipSegError(f"--stdout {kind!r}: expected one of {', '.join(PIPE_KINDS)}")
     if output_dir is not None:
         raise ClipSegError("--stdout writes no files: leave out -o/--output-dir")
-    if settings.json:
+    if run_options.json_lines:
         raise ClipSegError("--stdout carries the PNG: leave out --json")
-    if len(texts) != 1 and not (texts and settings.union):
+    if len(texts) != 1 and not (texts and run_options.union):
         raise ClipSegError(f"--stdout writes one PNG: give one prompt (or --union), not {len(texts)}")
     if sys.stdout.isatty():
         raise ClipSegError("refusing to write a PNG to a terminal: redirect stdout (> out.png) or pipe it")
@@ -74,8 +74,8 @@ def to_stdout(image: str, texts: list[str], kind: str, output_dir: str | None, s
         items = collect([str(source)], output_dir=folder / "out")
         if not items:
             raise ClipSegError(no_images([image], recursive=True))
-        soft = kind == "soft" or (settings.soft and kind == "cutout")  # soft: the map as the mask file
-        wanted = dataclasses.replace(settings, overlay=kind == "overlay", soft=soft, cutout=kind == "cutout",
+        soft = kind == "soft" or (run_options.soft and kind == "cutout")  # soft: the map as the mask file
+        wanted = dataclasses.replace(run_options, overlay=kind == "overlay", soft=soft, cutout=kind == "cutout",
                                      force=True)
         code = execute(items, texts, wanted)
         written = sorted((folder / "out").rglob(f"*.{'mask' if kind == 'soft' else kind}.png"))

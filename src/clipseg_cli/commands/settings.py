@@ -1,4 +1,4 @@
-"""The options ``segment`` and ``batch`` share (Settings), turned into a library Job and executed with a report."""
+"""The options ``segment`` and ``batch`` share (RunOptions), turned into a library Job and executed with a report."""
 
 from __future__ import annotations
 
@@ -20,8 +20,12 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Settings:
-    """Every option shared by ``segment`` and ``batch``: each field is a command-line option."""
+class RunOptions:
+    """Every option shared by ``segment`` and ``batch``: each field is a command-line option.
+
+    An option of the Job, its `Pipeline`, its OutputPlan or its PostProcess is named as that field
+    (`job_from_options` passes it on by name).
+    """
 
     weights: options.Weights = DEFAULT_MODEL
     device: options.Device = "auto"
@@ -36,7 +40,7 @@ class Settings:
     overlay_color: options.OverlayColor = None
     overlay_alpha: options.OverlayAlpha = 0.5
     force: options.Force = False
-    json: options.Json = False
+    json_lines: options.Json = False
     quiet: options.Quiet = False
     verbose: options.Verbose = False
     max_pixels: options.MaxPixels = DEFAULT_MAX_PIXELS
@@ -47,34 +51,34 @@ class Settings:
     min_area: options.MinArea = 0
     invert: options.Invert = False
     union: options.Union = False
-    negative: options.Negative = None
-    template: options.Template = None
-    prompt_image: options.PromptImage = None
-    prompt_mask: options.PromptMask = None
+    negatives: options.Negative = None
+    templates: options.Template = None
+    prompt_images: options.PromptImage = None
+    prompt_masks: options.PromptMask = None
     refine: options.Refine = "none"
     sam_weights: options.SamWeights = None
 
 
-def with_settings(command: Callable[..., None]) -> Callable[..., None]:
-    """Give a command every option of Settings; it receives them as one ``settings`` argument.
+def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a command every option of RunOptions; it receives them as one ``run_options`` argument.
 
     The options are declared once (the fields above); typer reads the combined signature.
     """
-    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "settings"]
-    hints = get_type_hints(Settings, include_extras=True)
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "run_options"]
+    hints = get_type_hints(RunOptions, include_extras=True)
     shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
-              for f in fields(Settings)]
-    names = {f.name for f in fields(Settings)}
+              for f in fields(RunOptions)]
+    names = {f.name for f in fields(RunOptions)}
 
     @functools.wraps(command)
-    def command_with_settings(**kwargs) -> None:
-        settings = Settings(**{name: kwargs.pop(name) for name in names})
-        command(settings=settings, **kwargs)
+    def command_with_options(**kwargs) -> None:
+        run_options = RunOptions(**{name: kwargs.pop(name) for name in names})
+        command(run_options=run_options, **kwargs)
 
     parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
-    command_with_settings.__signature__ = inspect.Signature(parameters)
-    command_with_settings.__annotations__ = {p.name: p.annotation for p in parameters}
-    return command_with_settings
+    command_with_options.__signature__ = inspect.Signature(parameters)
+    command_with_options.__annotations__ = {p.name: p.annotation for p in parameters}
+    return command_with_options
 
 
 def check_output_dir(value: str | None) -> Path | None:
@@ -93,8 +97,12 @@ def check_output_dir(value: str | None) -> Path | None:
     return Path(value)
 
 
-def job_of(texts: list[str], settings: Settings) -> Job:
+def job_from_options(texts: list[str], run_options: RunOptions) -> Job:
     """The library Job that the options ask for.
+
+    Arguments:
+        texts: the text prompts.
+        run_options: the command's options; each is passed on by the name of its field.
 
     Returns:
         The Job; the model and the inputs are not part of it.
@@ -103,26 +111,29 @@ def job_of(texts: list[str], settings: Settings) -> Job:
     from clipseg_cli.outputs import OutputPlan
     from clipseg_cli.postprocess import PostProcess
 
-    post = PostProcess(**same_named(PostProcess, settings))  # an option of the mask steps is named as its field
-    plan = OutputPlan(**same_named(OutputPlan, settings), post=post)
-    return Job(texts, templates=settings.template or (), prompt_images=settings.prompt_image or (),
-               prompt_masks=settings.prompt_mask or (), negatives=settings.negative or (), union=settings.union,
-               plan=plan, force=settings.force, max_pixels=settings.max_pixels, batch_size=settings.batch_size,
-               stats=settings.json, refine=settings.refine, sam_weights=settings.sam_weights)
+    post = PostProcess(**same_named(PostProcess, run_options))
+    plan = OutputPlan(**same_named(OutputPlan, run_options), post=post)
+    return Job(texts, plan=plan, stats=run_options.json_lines, **same_named(Job, run_options))
 
 
-def same_named(kind: type, settings: Settings) -> dict[str, object]:
-    """Returns: the options named as the fields of the dataclass ``kind``, by name (its other fields left out)."""
-    return {f.name: getattr(settings, f.name) for f in fields(kind) if hasattr(settings, f.name)}
+def same_named(kind: type, run_options: RunOptions) -> dict[str, object]:
+    """The options named as the fields of the dataclass ``kind`` and given a value (None: the field's default).
+
+    Returns:
+        Those options by name.
+    """
+    return {f.name: value for f in fields(kind) if f.name not in ("texts", "plan", "stats")
+            and (value := getattr(run_options, f.name, None)) is not None}
 
 
-def execute(items: list[WorkItem], texts: list[str], settings: Settings, *, protected: list[Path] | None = None,
+def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *, protected: list[Path] | None = None,
             ray: RayOptions | None = None, kept: list[str] | None = None) -> int:
     """Run `Job.run` on the items with the options' model, reporting each result as it comes.
 
     Arguments:
         items: the work items.
         texts: the text prompts.
+        run_options: the command's options.
         protected: more files never written to (a shard gives every input of the whole run).
         ray: run on a Ray cluster instead of here.
         kept: receives every result's JSON line.
@@ -138,15 +149,15 @@ def execute(items: list[WorkItem], texts: list[str], settings: Settings, *, prot
     def begin(description: str) -> None:
         nonlocal began
         began = True
-        if settings.verbose:
+        if run_options.verbose:
             reporter.info(description)
 
-    model = ModelSpec(settings.weights, settings.device, settings.precision, settings.offline or None,
-                      settings.revision)
-    results = job_of(texts, settings).run(  # the checks and the prompts run here, before the report starts
-        model, items, protected=protected or (), ray=ray, progress=not settings.quiet, started=begin,
+    model = ModelSpec(run_options.weights, run_options.device, run_options.precision, run_options.offline or None,
+                      run_options.revision)
+    results = job_from_options(texts, run_options).run(  # the checks and the prompts run here, before the report starts
+        model, items, protected=protected or (), ray=ray, progress=not run_options.quiet, started=begin,
         late=lambda result: reporter.add(result))  # the results written but not yet reported when cut short
-    reporter = Reporter(len(items), json_lines=settings.json, quiet=settings.quiet, kept=kept)
+    reporter = Reporter(len(items), json_lines=run_options.json_lines, quiet=run_options.quiet, kept=kept)
     try:
         with closing(results):
             for result in results:

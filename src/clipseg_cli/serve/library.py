@@ -52,7 +52,7 @@ class Options:
     refine: str = "none"
 
     def job(self, max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int | None = None) -> Job:
-        """Returns: the library Job these options ask for (what `clipseg_cli.commands.settings.job_of` builds)."""
+        """Returns: the library Job these options ask for (as `clipseg_cli.commands.settings.job_from_options`)."""
         post = PostProcess(threshold=self.threshold, blur=self.blur, dilate=self.dilate, erode=self.erode,
                            min_area=self.min_area, invert=self.invert)
         plan = OutputPlan(overlay=self.overlay, soft=self.soft, cutout=self.cutout, post=post)
