@@ -353,9 +353,9 @@ def scenario_a(args, work: Path) -> list[tuple]:
 def chosen_precision(args) -> str:
     """What ours' --precision resolves to here (bf16 only where torch may use bf16 units)."""
     sys.path.insert(0, str(SRC))
-    from clipseg_cli.runtime import plan_run
+    from clipseg_cli.runtime import choose_runtime
 
-    plan = plan_run(args.device, args.precision)
+    plan = choose_runtime(args.device, args.precision)
     return plan.precision if plan.backend == "torch" else f"{plan.precision} (onnxruntime)"
 
 

@@ -20,7 +20,7 @@ from clipseg_cli.backends.tokenizer import ClipTokenizer
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.upsample import sigmoid_, upsample_bilinear
 from clipseg_cli.predictor import Segmenter
-from clipseg_cli.runtime import plan_run
+from clipseg_cli.runtime import choose_runtime
 from factory import CONFIGS, Reference, build_checkpoint, probe_image, save_modern_layout
 from helpers import clipseg
 
@@ -65,7 +65,7 @@ def reference_logits(reference: Reference, image, prompts: list) -> np.ndarray:
 def test_onnxruntime_logits_equal_the_reference(name, tmp_path_factory, checkpoint):
     directory = checkpoint if name == "complex" else build_checkpoint(tmp_path_factory.mktemp(name), name)
     ours = on_onnxruntime(directory)
-    assert ours.backend == "onnxruntime" and ours.exact
+    assert ours.backend == "onnxruntime" and ours.is_fp32
     reference = Reference(directory)
     prompts = [*TEXTS, EXAMPLE] if name == "complex" else TEXTS  # the visual graph once: its export is slow
     images = [probe_image(0), probe_image(1, (33, 91))]
@@ -79,7 +79,7 @@ def test_int8_masks_agree_with_fp32(checkpoint):
     image = probe_image(0, (120, 90))
     exact = Segmenter.from_pretrained(checkpoint, device="cpu", precision="fp32").predict(image, TEXTS)
     int8 = Segmenter.from_pretrained(checkpoint, device="cpu", precision="int8", progress=False)
-    assert int8.identity["precision"] == "int8-onnxruntime" and not int8.exact
+    assert int8.identity["precision"] == "int8-onnxruntime" and not int8.is_fp32
     fast = int8.predict(image, TEXTS)
     agreement = float(((fast >= 0.4) == (exact >= 0.4)).mean())
     assert INT8_AGREEMENT <= agreement < 1.0  # quantized, yet the same masks nearly everywhere
@@ -115,11 +115,11 @@ def test_plan_picks_the_runtime(monkeypatch):
     detect = runtime.cpu_has_bf16_matmul
     for bf16 in (True, False):  # auto is fp32 through ONNX Runtime whatever the CPU
         monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda bf16=bf16: bf16)
-        assert plan_run("cpu", "auto") == runtime.RunPlan("onnxruntime", "cpu", "fp32")
-    assert plan_run("cpu", "fp32") == runtime.RunPlan("torch", "cpu", "fp32")  # the reference stays torch
-    assert plan_run("cpu", "int8").backend == "onnxruntime"
+        assert choose_runtime("cpu", "auto") == runtime.Runtime("onnxruntime", "cpu", "fp32")
+    assert choose_runtime("cpu", "fp32") == runtime.Runtime("torch", "cpu", "fp32")  # the reference stays torch
+    assert choose_runtime("cpu", "int8").backend == "onnxruntime"
     with pytest.raises(ClipSegError, match="int8 runs on ONNX Runtime only"):
-        plan_run("cpu", "int8", "torch")
+        choose_runtime("cpu", "int8", "torch")
     detect.cache_clear()
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # an emulated AVX2 CPU has no bf16 units for torch
     try:

@@ -18,7 +18,7 @@ import clipseg_cli.runtime as runtime
 from clipseg_cli.backends.cache import entry_dir, graph_path
 from clipseg_cli.backends.ort import prepare_graphs
 from clipseg_cli.fingerprint import PNG_KEY, read_record
-from clipseg_cli.runtime import plan_run
+from clipseg_cli.runtime import choose_runtime
 from factory import probe_image
 from helpers import clipseg, make_folder, subprocess_env
 
@@ -43,15 +43,15 @@ def test_auto_is_exact_and_fast_is_the_hardware_s_fast_precision(cpu_kind, monke
     cpu_kind(bf16_units)
     monkeypatch.setattr(runtime, "may_have_gpu", lambda: gpu != "none")
     monkeypatch.setattr(runtime, "resolve_device", lambda device: torch.device("cpu" if gpu == "none" else gpu))
-    auto = plan_run("auto", "auto")
+    auto = choose_runtime("auto", "auto")
     assert auto.precision == "fp32" and auto.device == ("cpu" if gpu == "none" else gpu)
     assert auto.backend == ("onnxruntime" if gpu == "none" else "torch")
-    assert plan_run("cpu", "auto").precision == "fp32"  # a GPU machine asked for its CPU
-    fast = plan_run("auto", "fast")
+    assert choose_runtime("cpu", "auto").precision == "fp32"  # a GPU machine asked for its CPU
+    fast = choose_runtime("auto", "fast")
     expected = ("torch", "bf16") if bf16_units else ("onnxruntime", "int8")
     assert (fast.backend, fast.precision) == (expected if gpu == "none" else ("torch", "fp16"))
-    assert plan_run("cpu", "auto", "torch") == runtime.RunPlan("torch", "cpu", "fp32")
-    assert plan_run("cpu", "fast", "onnxruntime").precision == "int8"
+    assert choose_runtime("cpu", "auto", "torch") == runtime.Runtime("torch", "cpu", "fp32")
+    assert choose_runtime("cpu", "fast", "onnxruntime").precision == "int8"
 
 
 def test_segment_auto_runs_exact_on_a_bf16_cpu(cpu_kind, checkpoint, tmp_path):

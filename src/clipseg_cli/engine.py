@@ -24,7 +24,7 @@ from clipseg_cli.imaging.decode import DecodedImage, header_pixels, open_image
 from clipseg_cli.imaging.writing import remove_stale_temps
 from clipseg_cli.inputs import WorkItem
 from clipseg_cli.outputs import write_outputs
-from clipseg_cli.postprocess import clean_mask, fires, mask_and_map, stats, veto
+from clipseg_cli.postprocess import any_at_or_above, clean_mask, mask_and_map, stats, zero_where
 from clipseg_cli.predictor import Segmenter, probabilities, upsample
 from clipseg_cli.targets import Result, Targets
 
@@ -75,7 +75,7 @@ class Engine:
         self.drop_unused_layers, self.refiner = drop_unused_layers, refiner
         # fp32 is the reference path: decode at full size. Faster precisions may decode JPEGs at
         # reduced scale, still at least twice the model's input size, when only the mask is needed.
-        full_size = segmenter.exact or self.plan.needs_full_image or refiner is not None
+        full_size = segmenter.is_fp32 or self.plan.needs_full_image or refiner is not None
         self.min_side = None if full_size else 2 * max(segmenter.preprocessing.size)
         self.recorded = {**self.plan.settings(), "decode": "full" if self.min_side is None else f"min {self.min_side}"}
         if refiner is not None:  # absent without refinement: those outputs stay byte-identical
@@ -143,12 +143,12 @@ class Engine:
                     if item is None:
                         exhausted = True
                         break
-                    planned = self.targets.decide(item, self.segmenter.identity, self.recorded)
-                    if all(result.status != "pending" for result in planned):  # skipped, or failed
-                        ordered.append(_Slot([planned], open=False))
+                    decided = self.targets.decide(item, self.segmenter.identity, self.recorded)
+                    if all(result.status != "pending" for result in decided):  # skipped, or failed
+                        ordered.append(_Slot([decided], open=False))
                         continue
-                    held = (item, planned, min(header_pixels(item.source), self.max_pixels))
-                item, planned, pixels = held
+                    held = (item, decided, min(header_pixels(item.source), self.max_pixels))
+                item, decided, pixels = held
                 if ordered and sum(slot.pixels for slot in ordered) + pixels > pixel_budget:
                     break
                 held = None
@@ -157,7 +157,7 @@ class Engine:
                     remove_stale_temps(item.output_dir)
                 slot = _Slot([], pixels=pixels)
                 ordered.append(slot)
-                decoding.append((item, planned, slot, pool.submit(open_image, item.source,
+                decoding.append((item, decided, slot, pool.submit(open_image, item.source,
                                                                   max_pixels=self.max_pixels, min_side=self.min_side)))
             self._run_batch(decoding, pool)
             # bounded memory: wait for the oldest write once more than batch_size + workers are in flight
@@ -177,16 +177,16 @@ class Engine:
         """Take up to batch_size decoded images, run the model on them and submit their writes to the pool."""
         batch: list[tuple[WorkItem, list[Result], _Slot, DecodedImage]] = []
         while decoding and len(batch) < self.batch_size:
-            item, planned, slot, future = decoding.popleft()
+            item, decided, slot, future = decoding.popleft()
             try:
-                batch.append((item, planned, slot, future.result()))
+                batch.append((item, decided, slot, future.result()))
             except Exception as exc:  # one bad image never stops the batch
                 slot.close([self.targets.failed(item, exc)])
         if batch:
             logits = self.segmenter.logits([decoded.image for *_, decoded in batch], self.prompts + self.negatives)
-            for (item, planned, slot, decoded), image_logits in zip(batch, logits, strict=True):
+            for (item, decided, slot, decoded), image_logits in zip(batch, logits, strict=True):
                 slot.close([pool.submit(self._finish, item, decoded, image_logits, part,
-                                        planned[part.start : part.stop]) for part in self.parts])
+                                        decided[part.start : part.stop]) for part in self.parts])
 
     def _masks(self, logits: Any, image: Image.Image, size: tuple[int, int], part: range
                ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
@@ -197,21 +197,21 @@ class Engine:
         negatives are running maxima, so memory does not grow with the number of prompts.
         """
         post, count = self.plan.post, len(self.prompts)
-        if self.targets.union or self.negatives:  # the negatives' veto, and the union, need every map
-            vetoed = None
+        if self.targets.union or self.negatives:  # the negatives' region, and the union, need every map
+            cut = None
             for chunk in map_chunks(range(count, count + len(self.negatives)), size):
-                fired = fires(probabilities(logits[chunk.start : chunk.stop], size), post.threshold)
-                vetoed = fired if vetoed is None else np.logical_or(vetoed, fired, out=vetoed)
+                above = any_at_or_above(probabilities(logits[chunk.start : chunk.stop], size), post.threshold)
+                cut = above if cut is None else np.logical_or(cut, above, out=cut)
             if self.targets.union:
                 union = None
                 for chunk in map_chunks(range(count), size):
                     top = probabilities(logits[chunk.start : chunk.stop], size).max(axis=0)
                     union = top if union is None else np.maximum(union, top, out=union)
-                yield self._mask_and_map(veto(union, vetoed), image)
+                yield self._mask_and_map(zero_where(union, cut), image)
                 return
             for chunk in map_chunks(part, size):
                 for prob in probabilities(logits[chunk.start : chunk.stop], size):
-                    yield self._mask_and_map(veto(prob, vetoed), image)
+                    yield self._mask_and_map(zero_where(prob, cut), image)
         elif self.stats or self.plan.needs_probabilities or self.refiner is not None:
             for chunk in map_chunks(part, size):
                 for prob in probabilities(logits[chunk.start : chunk.stop], size):
@@ -244,8 +244,9 @@ class Engine:
         Each written file carries its result's fingerprint record; statistics come from M and m.
 
         Arguments:
-            logits: Pxhxw (torch or numpy), every prompt's then every negative's. part: the targets to write.
-            results: their planned results (from `Targets.decide`); the pending ones are written.
+            logits: Pxhxw (torch or numpy), every prompt's then every negative's.
+            part: the targets to write.
+            results: their decided results (from `Targets.decide`); the pending ones are written.
         """
         try:
             targets = self.targets.targets[part.start : part.stop]
@@ -277,7 +278,8 @@ def map_chunks(indices: range, size: tuple[int, int]) -> Iterator[range]:
 class _Slot:
     """One item's place in the output order: its results, or the futures that write them.
 
-    open: the image is still decoding, more parts will come. pixels: reserved for its decoded image.
+    open: the image is still decoding, more parts will come.
+    pixels: reserved for its decoded image.
     """
 
     parts: list[list[Result] | Future]

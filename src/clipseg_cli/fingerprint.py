@@ -71,9 +71,9 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def checkpoint_identity(directory: Path) -> str:
+def checkpoint_digest(directory: Path) -> str:
     """What names a checkpoint: the sha256 of its weights' bytes and the bytes of its config,
-    preprocessing and tokenizer files. Any change of any byte gives another identity; a copy
+    preprocessing and tokenizer files. Any change of any byte gives another digest; a copy
     elsewhere (same bytes) gives the same one.
 
     Returns:
@@ -159,9 +159,11 @@ def make_record(kind: str, *, input_sha256: str, prompt: str, prompt_text: str, 
     """The record stored in one output file.
 
     Arguments:
-        kind: mask, soft mask, overlay, cutout or soft cutout. prompt: the full description of
+        kind: mask, soft mask, overlay, cutout or soft cutout.
+        prompt: the full description of
             what was asked (prompt keys, negatives, union); prompt_text: the readable prompt.
-        model: weights, precision (recorded as its class, `PRECISION_CLASSES`) and device. settings: every
+        model: weights, precision (recorded as its class, `PRECISION_CLASSES`) and device.
+        settings: every
             option that changes the pixels.
 
     Returns:

@@ -21,7 +21,9 @@ IMAGE_EXTENSIONS = frozenset(
 class WorkItem:
     """One input image and where its outputs go.
 
-    source: the image file. output_dir: the folder for its outputs. stem: the outputs' name prefix.
+    source: the image file.
+    output_dir: the folder for its outputs.
+    stem: the outputs' name prefix.
     """
 
     source: Path
@@ -35,7 +37,7 @@ def is_own_output(path: Path) -> bool:
     return name.endswith(OUTPUT_SUFFIXES) or name.endswith(TEMP_SUFFIX)
 
 
-def identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+def file_id(path: str | os.PathLike[str]) -> tuple[int, int] | None:
     """(device, inode) of the file a path leads to (through links), or None where there is none."""
     try:
         status = os.stat(path)
@@ -45,7 +47,7 @@ def identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:
 
 
 class FileSet:
-    """Files known by their resolved path and, for those that exist, by identity (device, inode).
+    """Files known by their resolved path and, for those that exist, by `file_id` (device, inode).
 
     ``path in files`` holds for another name of one of them: through a symlinked folder, a link or
     a hard link.
@@ -54,10 +56,10 @@ class FileSet:
     def __init__(self, paths: Iterable[str | os.PathLike[str]]) -> None:
         paths = list(paths)
         self.resolved = {os.path.realpath(path) for path in paths}
-        self.ids = {found for found in map(identity, paths) if found is not None}
+        self.ids = {found for found in map(file_id, paths) if found is not None}
 
     def __contains__(self, path: str | os.PathLike[str]) -> bool:
-        return os.path.realpath(path) in self.resolved or identity(path) in self.ids
+        return os.path.realpath(path) in self.resolved or file_id(path) in self.ids
 
 
 def walk(folder: Path, recursive: bool, skip: Path | None) -> Iterator[Path]:
@@ -123,7 +125,7 @@ def no_images(inputs: list[str], recursive: bool) -> str:
 def _first_mentions(
     pairs: list[tuple[Path, Path | None]],
 ) -> list[tuple[Path, Path | None, bool]]:
-    """Each file once, at its first mention: by identity where it exists, else by absolute path.
+    """Each file once, at its first mention: by `file_id` where it exists, else by absolute path.
 
     Returns:
         (file, root, whether it exists) per distinct file, in input order.
@@ -131,7 +133,7 @@ def _first_mentions(
     seen: set[object] = set()
     kept = []
     for path, root in pairs:
-        found = identity(path)
+        found = file_id(path)
         key = found if found is not None else os.path.abspath(path)
         if key not in seen:
             seen.add(key)

@@ -34,9 +34,11 @@ class OutputPlan:
     """Which files to write per (image, prompt) and how a probability map becomes a mask.
 
     mask: always written; binary 0/255 (the mask M), or with ``soft`` the map m as 8-bit grey.
-    overlay: the image with M tinted and outlined. cutout: RGBA, M (or with ``soft`` m) as alpha.
+    overlay: the image with M tinted and outlined.
+    cutout: RGBA, M (or with ``soft`` m) as alpha.
     M and m are defined in `clipseg_cli.postprocess.mask_and_map`.
-    overlay_color: the tint (RGB), default one colour per prompt from `PALETTE`. overlay_alpha: its opacity.
+    overlay_color: the tint (RGB), default one colour per prompt from `PALETTE`.
+    overlay_alpha: its opacity.
     bg_color: lay the cut-out over this RGB or RGBA colour (opaque for RGB) instead of leaving it transparent.
     """
 
@@ -157,7 +159,8 @@ def write_outputs(image: Image.Image | None, mask: np.ndarray, soft: np.ndarray 
 
     Arguments:
         image: the RGB image at full size (needed only for overlays and cut-outs).
-        mask: HxW bool, the final mask M. soft: HxW float32, the map m of `mask_and_map`
+        mask: HxW bool, the final mask M.
+        soft: HxW float32, the map m of `mask_and_map`
             (needed only when ``plan.soft``).
         records: per kind, the fingerprint record to store in the file (see `fingerprint`).
         foreground: HxWx3 uint8 colours for the cut-out (matting's estimated foreground); default the image's.

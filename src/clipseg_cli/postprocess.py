@@ -44,7 +44,8 @@ class PostProcess:
 
     threshold: a pixel is foreground where its (blurred) probability is >= threshold, in (0, 1].
     blur: sigma in pixels of the Gaussian applied to the probability map first; 0 turns it off.
-    dilate: grow the mask by this many pixels. erode: then shrink it by this many pixels.
+    dilate: grow the mask by this many pixels.
+    erode: then shrink it by this many pixels.
     min_area: drop 8-connected foreground components with fewer pixels than this; 0 keeps all.
     invert: swap foreground and background as the last step.
     """
@@ -97,14 +98,15 @@ def combine(probs: np.ndarray, *, union: bool, negatives: np.ndarray | None, thr
     negatives = np.asarray(negatives, dtype=np.float32)
     if negatives.ndim != 3 or negatives.shape[1:] != probs.shape[1:]:
         raise ValueError(f"negatives must be MxHxW matching {probs.shape[1:]}, got {negatives.shape}")
-    return veto(out, fires(negatives, threshold))
+    return zero_where(out, any_at_or_above(negatives, threshold))
 
 
-def fires(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """Where any of several maps fires (the negative rule of `combine`).
+def any_at_or_above(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Where any of several maps reaches the threshold (the negatives' region, the rule of `combine`).
 
     Arguments:
       probs: MxHxW probabilities (M >= 1).
+      threshold: the mask threshold.
 
     Returns:
       HxW bool, true where some map is >= threshold.
@@ -112,16 +114,17 @@ def fires(probs: np.ndarray, threshold: float) -> np.ndarray:
     return (probs >= threshold).any(axis=0)
 
 
-def veto(prob: np.ndarray, vetoed: np.ndarray | None) -> np.ndarray:
+def zero_where(prob: np.ndarray, negative_region: np.ndarray | None) -> np.ndarray:
     """Set a map to 0 where a negative prompt fires.
 
     Arguments:
-      prob: ...xHxW probabilities. vetoed: HxW bool from `fires`, or None for no negatives.
+      prob: ...xHxW probabilities.
+      negative_region: HxW bool from `any_at_or_above`, or None for no negatives.
 
     Returns:
       The map (``prob`` itself without negatives).
     """
-    return prob if vetoed is None else np.where(vetoed, np.float32(0.0), prob)
+    return prob if negative_region is None else np.where(negative_region, np.float32(0.0), prob)
 
 
 def make_mask(prob: np.ndarray, post: PostProcess) -> np.ndarray:

@@ -20,7 +20,7 @@ from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.imaging.upsample import sigmoid_, upsample_bilinear
 from clipseg_cli.imaging.visual_prompt import VisualPrompt, prepare_visual_prompt
 from clipseg_cli.prompts import Average, Prompt
-from clipseg_cli.runtime import RunPlan, plan_run
+from clipseg_cli.runtime import Runtime, choose_runtime
 
 if TYPE_CHECKING:
     from clipseg_cli.backends import Runner
@@ -40,7 +40,7 @@ class Segmenter:
         self.runner = runner
         self.preprocessing = preprocessing
         self._embeddings: dict[str, Any] = {}
-        self._trimmed = False
+        self._layers_dropped = False
 
     @property
     def backend(self) -> str:
@@ -58,7 +58,7 @@ class Segmenter:
         return self.runner.device_type
 
     @property
-    def exact(self) -> bool:
+    def is_fp32(self) -> bool:
         """Whether this runs the fp32 class of computation (the reference's masks); False for bf16, fp16, int8."""
         return self.runner.precision == "fp32"
 
@@ -91,30 +91,32 @@ class Segmenter:
         """Load a checkpoint (directory, hub id or alias) for inference.
 
         Arguments:
-            device: auto, cpu, cuda or mps. precision: auto, fast, fp32, bf16, fp16 or int8; auto is the
-                exact class (fp32) everywhere, fast the fastest precision of this hardware (`runtime.plan_run`).
-            offline: never download (None: honour HF_HUB_OFFLINE). progress: show download bars.
-            backend: auto, torch or onnxruntime (auto: see `runtime.plan_run`).
+            device: auto, cpu, cuda or mps.
+            precision: auto, fast, fp32, bf16, fp16 or int8; auto is the
+                exact class (fp32) everywhere, fast the fastest precision of this hardware (`runtime.choose_runtime`).
+            offline: never download (None: honour HF_HUB_OFFLINE).
+            progress: show download bars.
+            backend: auto, torch or onnxruntime (auto: see `runtime.choose_runtime`).
 
         Returns:
             A ready Segmenter.
         """
-        plan = plan_run(device, precision, backend)
+        runtime = choose_runtime(device, precision, backend)
         directory = checkpoint_dir(name, offline=offline, revision=revision, progress=progress)
-        if plan.backend == "onnxruntime":
+        if runtime.backend == "onnxruntime":
             from clipseg_cli.backends.cache import CacheUnwritable
             from clipseg_cli.backends.ort import OrtRunner
 
             try:
-                return cls(*OrtRunner.load(directory, plan.precision, progress))
+                return cls(*OrtRunner.load(directory, runtime.precision, progress))
             except CacheUnwritable as exc:
-                if plan.precision != "fp32" or backend == "onnxruntime":
+                if runtime.precision != "fp32" or backend == "onnxruntime":
                     raise
                 print(f"clipseg: {exc}; running fp32 with torch instead", file=sys.stderr)
-                plan = RunPlan("torch", plan.device, "fp32")
+                runtime = Runtime("torch", runtime.device, "fp32")
         from clipseg_cli.backends.pytorch import TorchRunner
 
-        return cls(*TorchRunner.load(directory, plan.device, plan.precision))
+        return cls(*TorchRunner.load(directory, runtime.device, runtime.precision))
 
     def embed(self, prompts: Sequence[Prompt]) -> Any:
         """Prompt embeddings, from the cache where this Segmenter has seen the prompt before.
@@ -130,8 +132,8 @@ class Segmenter:
         new = {key: p for key, p in zip(keys, prompts, strict=True) if key not in self._embeddings}
         texts = {key: p for key, p in new.items() if isinstance(p, str)}
         images = {key: p for key, p in new.items() if not isinstance(p, str)}
-        if (texts or images) and self._trimmed:
-            raise ClipSegError("new prompts after drop_unused_layers(); embed every prompt before trimming")
+        if (texts or images) and self._layers_dropped:
+            raise ClipSegError("new prompts after drop_unused_layers(); embed every prompt before dropping them")
         if texts:
             self._embeddings.update(zip(texts, runner.embed_texts(list(texts.values())), strict=True))
         if images:
@@ -146,7 +148,7 @@ class Segmenter:
         Only the prompts already embedded can be used afterwards.
         """
         self.runner.drop_unused()
-        self._trimmed = True
+        self._layers_dropped = True
 
     def logits(self, images: Sequence[Image.Image], prompts: Sequence[Prompt]) -> Any:
         """Mask logits at model resolution for every image and prompt.
@@ -180,7 +182,8 @@ def upsample(logits: Any, size: tuple[int, int]) -> Any:
     Torch tensors through torch (the reference computation), numpy arrays through numpy (equal to float rounding).
 
     Arguments:
-        logits: Pxhxw float32. size: (width, height) of the image.
+        logits: Pxhxw float32.
+        size: (width, height) of the image.
 
     Returns:
         PxHxW float32 logits, of the input's type.

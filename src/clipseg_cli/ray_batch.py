@@ -65,7 +65,8 @@ class RayBatch:
     def __init__(self, job: Job, model: ModelSpec | Mapping[str, object], *, protected: Iterable[PathLike] = (),
                  address: str | None = None, actors: int | None = None) -> None:
         """Arguments:
-        job: what to segment and write. model: the model each actor loads (a `ModelSpec`, or a dict
+        job: what to segment and write.
+        model: the model each actor loads (a `ModelSpec`, or a dict
             of its fields). protected: files never written (the inputs).
         address: None starts a local Ray (or joins RAY_ADDRESS / a cluster `ray start` began here);
             ``auto`` joins this machine's cluster; else ``ray://host:10001`` or ``host:6379``.

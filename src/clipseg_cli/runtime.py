@@ -28,7 +28,7 @@ _GPU_NODES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")  # NVIDIA, AMD ROCm, WSL
 
 
 @dataclass(frozen=True)
-class RunPlan:
+class Runtime:
     """What runs the model: ``backend`` torch or onnxruntime, ``device`` cpu/cuda/mps, ``precision`` fp32..int8."""
 
     backend: str
@@ -73,7 +73,7 @@ def may_have_gpu() -> bool:
     return any(os.path.exists(node) for node in _GPU_NODES)
 
 
-def plan_run(device: str = "auto", precision: str = "auto", backend: str = "auto") -> RunPlan:
+def choose_runtime(device: str = "auto", precision: str = "auto", backend: str = "auto") -> Runtime:
     """Choose backend, device and precision.
 
     ``auto`` is the exact class everywhere: fp32 through ONNX Runtime on CPUs (torch where ``backend``
@@ -84,7 +84,7 @@ def plan_run(device: str = "auto", precision: str = "auto", backend: str = "auto
     runtime where it can.
 
     Returns:
-        The plan; raises ClipSegError for unknown names and impossible combinations.
+        The runtime; raises ClipSegError for unknown names and impossible combinations.
     """
     for option, value, choices in (("device", device, DEVICES), ("precision", precision, PRECISIONS),
                                    ("backend", backend, BACKENDS)):
@@ -95,7 +95,7 @@ def plan_run(device: str = "auto", precision: str = "auto", backend: str = "auto
     if kind != "cpu":
         if precision == "int8" or backend == "onnxruntime":
             raise ClipSegError(f"--device {kind}: int8 and ONNX Runtime run on CPUs only; use --device cpu")
-        return RunPlan("torch", kind, {"auto": "fp32", "fast": "fp16"}.get(precision, precision))
+        return Runtime("torch", kind, {"auto": "fp32", "fast": "fp16"}.get(precision, precision))
     if precision == "auto":
         precision = "fp32"
         backend = "torch" if backend == "torch" else "onnxruntime"
@@ -105,10 +105,10 @@ def plan_run(device: str = "auto", precision: str = "auto", backend: str = "auto
     if precision == "int8":
         if backend == "torch":
             raise ClipSegError("--precision int8 runs on ONNX Runtime only")
-        return RunPlan("onnxruntime", kind, precision)
+        return Runtime("onnxruntime", kind, precision)
     if backend == "onnxruntime" and precision != "fp32":
         raise ClipSegError(f"ONNX Runtime runs fp32 or int8, not {precision}")
-    return RunPlan("onnxruntime" if backend == "onnxruntime" else "torch", kind, precision)
+    return Runtime("onnxruntime" if backend == "onnxruntime" else "torch", kind, precision)
 
 
 def resolve_device(device: str) -> torch.device:

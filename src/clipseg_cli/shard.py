@@ -288,10 +288,11 @@ def run_shard(items: list[WorkItem], texts: list[str], run_options: RunOptions, 
         return 0
     lines: list[str] = []
     if not done:
-        code = execute(mine, texts, run_options, protected=[item.source for item in items], ray=on_ray, kept=lines)
+        code = execute(mine, texts, run_options, protected=[item.source for item in items], ray=on_ray,
+                       collected_lines=lines)
     else:
         code = execute(mine, texts, replace(run_options, json_lines=False), protected=[item.source for item in items],
-                       ray=on_ray, kept=lines)
+                       ray=on_ray, collected_lines=lines)
         lines = _kept_lines(lines, read_lines(output_dir, shard))
         if run_options.json_lines:
             sys.stdout.write("".join(lines))
@@ -358,16 +359,16 @@ def _kept_lines(fresh: list[str], stored: list[str]) -> list[str]:
 
 def shard_request(texts: list[str], run_options: RunOptions) -> dict[str, object]:
     """What a shard's outputs depend on besides its inputs: the prompts, every setting that changes a file and
-    the weights (`checkpoint_identity` of the folder the loader uses, a Hub name's snapshot included).
+    the weights (`checkpoint_digest` of the folder the loader uses, a Hub name's snapshot included).
 
     Returns:
         A JSON-serialisable dict.
     """
     from clipseg_cli.checkpoints.loading import checkpoint_dir
-    from clipseg_cli.fingerprint import checkpoint_identity
+    from clipseg_cli.fingerprint import checkpoint_digest
 
     request = {name: value for name, value in asdict(run_options).items() if name not in PRESENTATION}
     folder = checkpoint_dir(run_options.weights, offline=run_options.offline or None, revision=run_options.revision,
                             progress=not run_options.quiet)
-    request["checkpoint"] = checkpoint_identity(folder)
+    request["checkpoint"] = checkpoint_digest(folder)
     return {"prompts": texts, "settings": request}

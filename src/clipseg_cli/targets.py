@@ -61,9 +61,12 @@ class Targets:
     """The maps a run writes per image and the rules for writing them.
 
     prompts: the distinct positive prompts, in given order (a prompt given twice runs once).
-    negatives: the distinct negative prompts. union: one target, the union of the prompts.
-    targets: one per prompt, or one for the union. plan: the files and mask steps.
-    force: redo outputs that exist. protected: files never written (the inputs).
+    negatives: the distinct negative prompts.
+    union: one target, the union of the prompts.
+    targets: one per prompt, or one for the union.
+    plan: the files and mask steps.
+    force: redo outputs that exist.
+    protected: files never written (the inputs).
     """
 
     prompts: tuple[Prompt, ...]

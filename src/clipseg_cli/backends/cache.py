@@ -42,14 +42,14 @@ from clipseg_cli.cachedir import (
     use_entry,
 )
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.fingerprint import checkpoint_identity
+from clipseg_cli.fingerprint import checkpoint_digest
 from clipseg_cli.imaging.writing import atomic_write
 
 OPSET = 17
 LAYOUT = 3  # how an entry's files are laid out (3: optimised graphs, weights beside them, checksums); in the key
 KEEP_DAYS = 30  # entries of other releases are kept this long after their last use
 LIMIT_BYTES = 8 << 30  # ... while all entries together stay below this
-ABOUT_FILE = "entry.json"  # what made an entry: the checkpoint folder, its identity, the release
+ABOUT_FILE = "entry.json"  # what made an entry: the checkpoint folder, its digest (key "identity"), the release
 
 
 class CacheUnwritable(ClipSegError):
@@ -61,13 +61,13 @@ class CacheDamaged(Exception):
 
 
 def entry_dir(checkpoint: Path, root: Path | None = None) -> Path:
-    """The cache folder of a checkpoint's graphs: named by the checkpoint's identity, our version, the opset
+    """The cache folder of a checkpoint's graphs: named by the checkpoint's digest, our version, the opset
     and the versions of what exports and quantizes them (torch, onnxruntime).
 
     Returns:
         ``<cache root>/onnx/<24 hex>`` (not created here).
     """
-    key = f"{checkpoint_identity(checkpoint)}\0{_maker()}"
+    key = f"{checkpoint_digest(checkpoint)}\0{_maker()}"
     return (root or cache_root() / "onnx") / hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
@@ -153,7 +153,7 @@ def prepare(entry: Path, checkpoint: Path) -> None:
         return
     try:
         entry.mkdir(parents=True, exist_ok=True)
-        about = {"checkpoint": _source(checkpoint), "identity": checkpoint_identity(checkpoint), "maker": _maker(),
+        about = {"checkpoint": _source(checkpoint), "identity": checkpoint_digest(checkpoint), "maker": _maker(),
                  "clipseg": __version__}
         atomic_write(entry / ABOUT_FILE, lambda handle: handle.write(json.dumps(about).encode()))
     except OSError as exc:
@@ -235,7 +235,8 @@ def load_embedding(entry: Path, token_ids: np.ndarray, dim: int, note=None) -> n
     by the caller); ``note`` (a callable taking one line) is told so.
 
     Arguments:
-        token_ids: T int64 ids of the prompt (unpadded). dim: E, the embedding's length.
+        token_ids: T int64 ids of the prompt (unpadded).
+        dim: E, the embedding's length.
 
     Returns:
         E float32, or None when not stored (or damaged).

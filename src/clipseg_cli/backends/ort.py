@@ -29,7 +29,7 @@ from clipseg_cli.backends.cache import (
 )
 from clipseg_cli.backends.tokenizer import ClipTokenizer
 from clipseg_cli.checkpoints.loading import check_processing
-from clipseg_cli.fingerprint import checkpoint_identity
+from clipseg_cli.fingerprint import checkpoint_digest
 from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.modeling.config import ClipSegConfig
 
@@ -53,7 +53,7 @@ class OrtRunner:
         self.progress = progress
         self.entry = entry_dir(directory)
         self.lock = use(self.entry)  # no other run's cleanup removes the entry while this runner lives
-        self.weights = checkpoint_identity(directory)
+        self.weights = checkpoint_digest(directory)
         self.tokenizer: ClipTokenizer  # built by `load` while the segment session opens
         self._sessions: dict[str, object] = {}
         self._opening: dict[str, Future] = {}  # sessions being opened in the background

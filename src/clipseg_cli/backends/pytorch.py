@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from clipseg_cli.checkpoints.loading import load_directory, load_processing
-from clipseg_cli.fingerprint import checkpoint_identity
+from clipseg_cli.fingerprint import checkpoint_digest
 from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.modeling import ClipSeg
 from clipseg_cli.modeling.towers import trim_vision_tower
@@ -31,7 +31,7 @@ class TorchRunner:
 
     @property
     def identity(self) -> dict[str, str]:
-        weights = getattr(self.model, "checkpoint_identity", None) or f"in-memory model {id(self.model):x}"
+        weights = getattr(self.model, "checkpoint_digest", None) or f"in-memory model {id(self.model):x}"
         return {"weights": weights, "precision": str(self.dtype).removeprefix("torch."), "device": self.device.type}
 
     @classmethod
@@ -45,7 +45,7 @@ class TorchRunner:
         dtype = torch_dtype(precision)
         preprocessing, tokenizer = load_processing(directory)  # before the weights: fail fast
         model = load_directory(directory, torch.float32)  # fast precisions fold scales in fp32, then cast
-        model.checkpoint_identity = checkpoint_identity(directory)  # read by identity
+        model.checkpoint_digest = checkpoint_digest(directory)  # read by identity
         if dtype != torch.float32:  # fp32 stays the reference computation, bit for bit
             from clipseg_cli.modeling.fastpath import speed_up
 

@@ -28,7 +28,8 @@ class ClipTokenizer:
         """Read a checkpoint's tokenizer files; raises CheckpointError naming the folder when they are unusable.
 
         Arguments:
-            max_length: the text tower's positions (longer texts are truncated). vocab_size: its vocabulary.
+            max_length: the text tower's positions (longer texts are truncated).
+            vocab_size: its vocabulary.
         """
         special = _special_tokens(directory)
         try:

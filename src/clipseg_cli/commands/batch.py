@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from clipseg_cli.commands import options as o
+from clipseg_cli.commands import options
 from clipseg_cli.commands.settings import RayOptions, RunOptions, check_output_dir, execute, with_run_options
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import collect, no_images
@@ -88,12 +88,12 @@ def batch(
     inputs: Annotated[list[str], typer.Argument(
         help="Image files and folders; - reads one path per line from stdin.", show_default=False)],
     output_dir: Annotated[str, typer.Option(  # a str: "" must not become "."
-        "--output-dir", "-o", rich_help_panel=o.OUTPUT, metavar="DIR",
+        "--output-dir", "-o", rich_help_panel=options.OUTPUT, metavar="DIR",
         help="Folder for the outputs; it mirrors the input tree. It may be inside an input folder.")],
     prompt: Annotated[list[str] | None, typer.Option(
-        "--prompt", "-p", rich_help_panel=o.PROMPT, help="What to cut out (repeatable).")] = None,
+        "--prompt", "-p", rich_help_panel=options.PROMPT, help="What to cut out (repeatable).")] = None,
     prompts_file: Annotated[Path | None, typer.Option(
-        "--prompts-file", rich_help_panel=o.PROMPT, help="A file of prompts, one per line (# comments).")] = None,
+        "--prompts-file", rich_help_panel=options.PROMPT, help="A file of prompts, one per line (# comments).")] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Walk subfolders of input folders.")] = False,
     shard: Annotated[str | None, typer.Option(
         "--shard", rich_help_panel=SCALE, metavar="K/N|auto",

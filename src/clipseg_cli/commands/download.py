@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from clipseg_cli.commands import options as o
+from clipseg_cli.commands import options
 from clipseg_cli.constants import DEFAULT_MODEL
 
 
@@ -21,8 +21,8 @@ def download_weights(
     prepare: Annotated[bool, typer.Option(
         "--prepare", help="Also prepare the model for CPUs now (the one-time ONNX export that a first run "
                           "would do), so that the tasks of a job array do not all do it at once.")] = False,
-    revision: o.Revision = None,
-    quiet: o.Quiet = False,
+    revision: options.Revision = None,
+    quiet: options.Quiet = False,
 ) -> None:
     """Fetch checkpoints into the Hugging Face cache (safetensors and small files; never pickles)."""
     from clipseg_cli.checkpoints.registry import REGISTRY, SAM_REGISTRY

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from clipseg_cli.commands import options as o
+from clipseg_cli.commands import options
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
 from clipseg_cli.errors import ClipSegError
 
@@ -26,32 +26,32 @@ def eval_command(
     manifest: Annotated[Path, typer.Argument(
         help="JSON Lines (the records `clipseg batch --json` prints) or CSV with image,prompt,mask columns.",
         show_default=False)],
-    weights: o.Weights = DEFAULT_MODEL,
-    device: o.Device = "auto",
-    precision: o.Precision = "auto",
-    revision: o.Revision = None,
-    offline: o.Offline = False,
+    weights: options.Weights = DEFAULT_MODEL,
+    device: options.Device = "auto",
+    precision: options.Precision = "auto",
+    revision: options.Revision = None,
+    offline: options.Offline = False,
     json_output: Annotated[bool, typer.Option(
-        "--json", rich_help_panel=o.OUTPUT, help="Print the metrics as one JSON object on stdout.")] = False,
+        "--json", rich_help_panel=options.OUTPUT, help="Print the metrics as one JSON object on stdout.")] = False,
     per_record: Annotated[bool, typer.Option(
-        "--per-record", rich_help_panel=o.OUTPUT, help="Also print one line per record (JSON with --json).")]
+        "--per-record", rich_help_panel=options.OUTPUT, help="Also print one line per record (JSON with --json).")]
     = False,
     plot: Annotated[Path | None, typer.Option(
-        "--plot", rich_help_panel=o.OUTPUT, metavar="PNG",
+        "--plot", rich_help_panel=options.OUTPUT, metavar="PNG",
         help="Also draw the precision-recall curve and mIoU against the threshold into this PNG (needs matplotlib: "
              "the plot extra).")] = None,
-    quiet: o.Quiet = False,
-    max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
-    threshold: o.Threshold = DEFAULT_THRESHOLD,
-    blur: o.Blur = 0.0,
-    dilate: o.Dilate = 0,
-    erode: o.Erode = 0,
-    min_area: o.MinArea = 0,
-    invert: o.Invert = False,
-    negative: o.Negative = None,
-    template: o.Template = None,
-    refine: o.Refine = "none",
-    sam_weights: o.SamWeights = None,
+    quiet: options.Quiet = False,
+    max_pixels: options.MaxPixels = DEFAULT_MAX_PIXELS,
+    threshold: options.Threshold = DEFAULT_THRESHOLD,
+    blur: options.Blur = 0.0,
+    dilate: options.Dilate = 0,
+    erode: options.Erode = 0,
+    min_area: options.MinArea = 0,
+    invert: options.Invert = False,
+    negative: options.Negative = None,
+    template: options.Template = None,
+    refine: options.Refine = "none",
+    sam_weights: options.SamWeights = None,
 ) -> None:
     """Score a model on a manifest of masks: mIoU, foreground and binary IoU, AP, best threshold.
 

@@ -16,10 +16,10 @@ class Reporter:
     """Prints results as they come; stdout carries only JSON so that ``--json | jq`` works."""
 
     def __init__(self, total: int, *, json_lines: bool, quiet: bool, stdout: TextIO | None = None,
-                 stderr: TextIO | None = None, kept: list[str] | None = None) -> None:
-        """kept: a list that receives every result's JSON line, printed or not (a shard's manifest)."""
+                 stderr: TextIO | None = None, collected_lines: list[str] | None = None) -> None:
+        """collected_lines: a list that receives every result's JSON line, printed or not (a shard's manifest)."""
         self.json_lines = json_lines
-        self.kept = kept
+        self.collected_lines = collected_lines
         self.quiet = quiet
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
@@ -38,9 +38,9 @@ class Reporter:
         self.counts[result.status] += 1
         if result.reason and result.status != "skipped":
             self.redone.append(f"{result.mask}: {result.reason}")
-        line = json_line(result) if self.json_lines or self.kept is not None else ""
-        if self.kept is not None:
-            self.kept.append(line)
+        line = json_line(result) if self.json_lines or self.collected_lines is not None else ""
+        if self.collected_lines is not None:
+            self.collected_lines.append(line)
         if self.json_lines:
             try:  # one write per line: a signal that interrupts it never leaves half a line
                 self.stdout.write(line)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from clipseg_cli.commands import options as o
+from clipseg_cli.commands import options
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 from clipseg_cli.errors import ClipSegError
 
@@ -16,11 +16,11 @@ SERVER = "Server"
 
 
 def serve(
-    weights: o.Weights = DEFAULT_MODEL,
-    device: o.Device = "auto",
-    precision: o.Precision = "auto",
-    refine: o.Refine = "none",
-    max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
+    weights: options.Weights = DEFAULT_MODEL,
+    device: options.Device = "auto",
+    precision: options.Precision = "auto",
+    refine: options.Refine = "none",
+    max_pixels: options.MaxPixels = DEFAULT_MAX_PIXELS,
     host: Annotated[str, typer.Option("--host", rich_help_panel=SERVER,
                                       help="Address to listen on; another than loopback needs --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, rich_help_panel=SERVER)] = 8000,

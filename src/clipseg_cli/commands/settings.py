@@ -127,7 +127,7 @@ def same_named(kind: type, run_options: RunOptions) -> dict[str, object]:
 
 
 def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *, protected: list[Path] | None = None,
-            ray: RayOptions | None = None, kept: list[str] | None = None) -> int:
+            ray: RayOptions | None = None, collected_lines: list[str] | None = None) -> int:
     """Run `Job.run` on the items with the options' model, reporting each result as it comes.
 
     Arguments:
@@ -136,7 +136,7 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
         run_options: the command's options.
         protected: more files never written to (a shard gives every input of the whole run).
         ray: run on a Ray cluster instead of here.
-        kept: receives every result's JSON line.
+        collected_lines: receives every result's JSON line.
 
     Returns:
         The exit code: 0 all done, 1 some image failed.
@@ -157,7 +157,8 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
     results = job_from_options(texts, run_options).run(  # the checks and the prompts run here, before the report starts
         model, items, protected=protected or (), ray=ray, progress=not run_options.quiet, started=begin,
         late=lambda result: reporter.add(result))  # the results written but not yet reported when cut short
-    reporter = Reporter(len(items), json_lines=run_options.json_lines, quiet=run_options.quiet, kept=kept)
+    reporter = Reporter(len(items), json_lines=run_options.json_lines, quiet=run_options.quiet,
+                        collected_lines=collected_lines)
     try:
         with closing(results):
             for result in results:

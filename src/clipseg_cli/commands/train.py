@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from clipseg_cli.commands import options as o
+from clipseg_cli.commands import options
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
 
 TRAIN = "Training"
@@ -21,7 +21,7 @@ def train_command(
     output_dir: Annotated[Path, typer.Option(
         "--output-dir", "-o", metavar="DIR", show_default=False,
         help="Folder for the trained checkpoint (published layout) and training.json.")],
-    weights: o.Weights = DEFAULT_MODEL,
+    weights: options.Weights = DEFAULT_MODEL,
     epochs: Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=TRAIN,
                                         help="Passes over the training records.")] = 10,
     steps: Annotated[int | None, typer.Option("--steps", min=1, rich_help_panel=TRAIN,
@@ -52,13 +52,13 @@ def train_command(
     threads: Annotated[int | None, typer.Option(
         "--threads", min=1, rich_help_panel=TRAIN,
         help="CPU threads for training [default: torch's]; 1 is fastest for small decoders on a busy CPU.")] = None,
-    threshold: o.Threshold = DEFAULT_THRESHOLD,
-    device: o.Device = "auto",
-    precision: o.Precision = "auto",
-    revision: o.Revision = None,
-    offline: o.Offline = False,
-    quiet: o.Quiet = False,
-    max_pixels: o.MaxPixels = DEFAULT_MAX_PIXELS,
+    threshold: options.Threshold = DEFAULT_THRESHOLD,
+    device: options.Device = "auto",
+    precision: options.Precision = "auto",
+    revision: options.Revision = None,
+    offline: options.Offline = False,
+    quiet: options.Quiet = False,
+    max_pixels: options.MaxPixels = DEFAULT_MAX_PIXELS,
 ) -> None:
     """Train the decoder on a manifest, both CLIP towers frozen; OUT_DIR is a checkpoint for --weights."""
     from clipseg_cli.errors import printable
@@ -69,10 +69,10 @@ def train_command(
         if not quiet or message.startswith(str(manifest)) or (val and message.startswith(str(val))):
             print(printable(message), file=sys.stderr)
 
-    options = TrainOptions(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, variants=variants,
-                           threshold=threshold)
+    train_options = TrainOptions(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, variants=variants,
+                                 threshold=threshold)
     try:
-        train(manifest, weights=weights, out_dir=output_dir, options=options, val=val, val_fraction=val_fraction,
+        train(manifest, weights=weights, out_dir=output_dir, options=train_options, val=val, val_fraction=val_fraction,
               resume=resume, skip_bad=skip_bad, device=device, precision=precision, revision=revision,
               offline=offline or None, cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30), threads=threads,
               max_pixels=max_pixels, log=log, progress=not quiet and sys.stderr.isatty())

@@ -30,7 +30,8 @@ def upsample_bilinear(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Upsample maps bilinearly to an image's size.
 
     Arguments:
-        logits: Pxhxw float32. size: (width, height) of the image.
+        logits: Pxhxw float32.
+        size: (width, height) of the image.
 
     Returns:
         PxHxW float32.

@@ -257,7 +257,8 @@ def combined_overlay(image: Image.Image, masks: list[np.ndarray], names: list[st
     small legend of the prompt texts in the top-left corner.
 
     Arguments:
-        masks: HxW bool each, in prompt order. names: the prompt texts shown in the legend.
+        masks: HxW bool each, in prompt order.
+        names: the prompt texts shown in the legend.
 
     Returns:
         A new RGB image of the same size.

@@ -34,7 +34,8 @@ METHODS = ("none", "guided", "matting", "sam")
 class Refined:
     """A refined map, and for matting the image with the estimated foreground colours.
 
-    map: HxW float32 in [0, 1]. foreground: HxWx3 uint8 or None.
+    map: HxW float32 in [0, 1].
+    foreground: HxWx3 uint8 or None.
     """
 
     map: np.ndarray

@@ -54,7 +54,8 @@ def guided_upsample(image: np.ndarray, guide: np.ndarray, coarse: np.ndarray, *,
     """Bring a map computed on a reduced copy of the image to full size, along the image's edges.
 
     Arguments:
-        image: HxWx3 uint8, the full-size guide. guide: hxwx3 uint8, its reduced copy.
+        image: HxWx3 uint8, the full-size guide.
+        guide: hxwx3 uint8, its reduced copy.
         coarse: hxw float32 map on the reduced copy.
 
     Returns:

@@ -64,7 +64,8 @@ def _discard(*args, **kwargs) -> None:
 class Matte:
     """The result of matting one map.
 
-    alpha: HxW float32 in [0, 1]. foreground: HxWx3 uint8, the image with the estimated foreground
+    alpha: HxW float32 in [0, 1].
+    foreground: HxWx3 uint8, the image with the estimated foreground
     colours in the unknown band (equal to the image elsewhere).
     """
 
@@ -86,7 +87,8 @@ def matte(image: np.ndarray, prob: np.ndarray, *, band: float = BAND, solve_pixe
     """Alpha and foreground colours of the object a probability map roughly marks.
 
     Arguments:
-        image: HxWx3 uint8 RGB. prob: HxW float32 probabilities in [0, 1].
+        image: HxWx3 uint8 RGB.
+        prob: HxW float32 probabilities in [0, 1].
         band: half-width of the unknown band as a fraction of the longest side.
         solve_pixels: the most pixels the solver works on (the band's box is reduced to fit).
         sure_background: the highest coarse probability that may count as sure background.

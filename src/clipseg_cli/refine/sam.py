@@ -35,7 +35,9 @@ MIN_REGION = 1e-3  # fraction of the image's pixels
 class SamPrompts:
     """SAM prompts for one image, in the image's pixel coordinates (x, y).
 
-    boxes: N boxes [x0, y0, x1, y1]. points: N lists of ``POINTS`` points [x, y]. labels: N lists of 1s.
+    boxes: N boxes [x0, y0, x1, y1].
+    points: N lists of ``POINTS`` points [x, y].
+    labels: N lists of 1s.
     """
 
     boxes: list[list[float]]
@@ -124,7 +126,7 @@ class SamRefiner:
         from transformers import SamModel, SamProcessor
 
         from clipseg_cli.checkpoints.download import locate
-        from clipseg_cli.fingerprint import checkpoint_identity
+        from clipseg_cli.fingerprint import checkpoint_digest
 
         folder = locate(name, revision=revision, offline=offline, progress=progress)
         try:
@@ -135,13 +137,14 @@ class SamRefiner:
             summary = (str(exc).strip().splitlines() or [""])[0]
             raise ClipSegError(f"{name}: not a loadable SAM checkpoint ({type(exc).__name__}: {summary}); "
                                "fetch one with: clipseg download-weights " + DEFAULT_SAM) from exc
-        return cls(model, processor, identity=f"{Path(name).name}:{checkpoint_identity(folder)}")
+        return cls(model, processor, identity=f"{Path(name).name}:{checkpoint_digest(folder)}")
 
     def refine(self, image, prob: np.ndarray, threshold: float) -> np.ndarray:
         """SAM's masks for the regions of ``prob >= threshold``.
 
         Arguments:
-            image: PIL image or HxWx3 uint8 RGB. prob: HxW float32 probabilities.
+            image: PIL image or HxWx3 uint8 RGB.
+            prob: HxW float32 probabilities.
 
         Returns:
             HxW float32 map: the pixelwise max of SAM's mask probabilities (``prob`` when no region).

@@ -64,7 +64,8 @@ def make_variants(size: tuple[int, int], box: tuple[int, int, int, int] | None, 
     """The image itself, then ``count - 1`` random crops that contain ``box`` (and flips where allowed).
 
     Arguments:
-        size: (width, height) of the upright image. box: the objects' box, or None.
+        size: (width, height) of the upright image.
+        box: the objects' box, or None.
 
     Returns:
         ``count`` variants; the first is always the whole image, unflipped.

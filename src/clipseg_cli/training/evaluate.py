@@ -15,7 +15,7 @@ import torch
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.decode import DecodedImage, open_image
-from clipseg_cli.postprocess import PostProcess, fires, mask_and_map, veto
+from clipseg_cli.postprocess import PostProcess, any_at_or_above, mask_and_map, zero_where
 from clipseg_cli.training.manifest import Record, read_mask
 from clipseg_cli.training.metrics import Scores
 
@@ -63,7 +63,7 @@ def score_image(scores: Scores, records: Sequence[Record], logits: torch.Tensor,
     """
     from clipseg_cli.predictor import probabilities
 
-    vetoed = fires(probabilities(logits[len(records):], size), post.threshold) if negatives else None
+    negative_region = any_at_or_above(probabilities(logits[len(records):], size), post.threshold) if negatives else None
     outcomes = []
     for index, record in enumerate(records):
         try:
@@ -71,7 +71,7 @@ def score_image(scores: Scores, records: Sequence[Record], logits: torch.Tensor,
         except ClipSegError as exc:
             outcomes.append(Outcome(record, error=f"{record.where}: {exc}"))
             continue
-        prob = veto(probabilities(logits[index : index + 1], size)[0], vetoed)
+        prob = zero_where(probabilities(logits[index : index + 1], size)[0], negative_region)
         if refiner is not None:  # as the engine: after the prompt algebra, before the mask steps
             prob = refiner(image, prob, post.threshold).map
         mask, soft = mask_and_map(prob, post)

@@ -39,7 +39,8 @@ def threshold_counts(prob: np.ndarray, truth: np.ndarray) -> np.ndarray:
     The same numbers as FixedIntervalMetrics.add's sort and scan, from one histogram.
 
     Arguments:
-        prob: HxW probabilities. truth: HxW bool.
+        prob: HxW probabilities.
+        truth: HxW bool.
 
     Returns:
         int64 array 4 x 49: rows tp, fp, fn, tn.
@@ -142,7 +143,9 @@ class Scores:
         """Count one record: the map for the 49 thresholds, the mask for the IoUs at the threshold.
 
         Arguments:
-            prob: HxW map in [0, 1]. mask: HxW bool, what batch writes. truth: HxW bool.
+            prob: HxW map in [0, 1].
+            mask: HxW bool, what batch writes.
+            truth: HxW bool.
 
         Returns:
             The record's own foreground IoU at the threshold (for ``--per-record``).
