@@ -26,7 +26,7 @@ from clipseg_cli.inputs import WorkItem
 from clipseg_cli.outputs import write_outputs
 from clipseg_cli.postprocess import any_at_or_above, clean_mask, mask_and_map, stats, zero_where
 from clipseg_cli.predictor import Segmenter, probabilities, upsample
-from clipseg_cli.targets import Result, Targets
+from clipseg_cli.targets import Result, Targets, decode_min_side, recorded_settings
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -73,13 +73,8 @@ class Engine:
         self.batch_size = pipeline.batch_size or (4 if segmenter.device_type == "cpu" else 16)
         self.max_pixels, self.workers, self.stats = pipeline.max_pixels, pipeline.workers, pipeline.stats
         self.drop_unused_layers, self.refiner = drop_unused_layers, refiner
-        # fp32 is the reference path: decode at full size. Faster precisions may decode JPEGs at
-        # reduced scale, still at least twice the model's input size, when only the mask is needed.
-        full_size = segmenter.is_fp32 or self.plan.needs_full_image or refiner is not None
-        self.min_side = None if full_size else 2 * max(segmenter.preprocessing.size)
-        self.recorded = {**self.plan.settings(), "decode": "full" if self.min_side is None else f"min {self.min_side}"}
-        if refiner is not None:  # absent without refinement: those outputs stay byte-identical
-            self.recorded["refine"] = refiner.name
+        self.min_side = decode_min_side(self.plan, segmenter.is_fp32, refiner is not None, segmenter.preprocessing.size)
+        self.recorded = recorded_settings(self.plan, self.min_side, refiner.name if refiner is not None else None)
         # maps that each depend on one prompt are written by several workers at once
         self.parts = _split(len(self.targets), 1 if self.targets.union or self.negatives else self.workers)
         self._swept: set[os.PathLike[str]] = set()  # output folders cleared of stale temporary files

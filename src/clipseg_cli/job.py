@@ -24,7 +24,7 @@ from clipseg_cli.outputs import OutputPlan
 from clipseg_cli.predictor import ModelSpec, Segmenter
 from clipseg_cli.prompts import Prompt, build_prompts, check_texts
 from clipseg_cli.refine import Refiner, check_available, load_refiner
-from clipseg_cli.targets import Result, Targets
+from clipseg_cli.targets import Result, Targets, decode_min_side, recorded_settings
 
 PathLike = str | os.PathLike[str]
 
@@ -108,12 +108,52 @@ class Job(Pipeline):
         Returns:
             The Engine; `Engine.process` runs it.
         """
-        prompts, names = prompts or self.prompts()
         refiner = refiner if refiner is not None else self.refiner(segmenter)
-        protected = [*(item.source for item in items), *protected, *self.prompt_images, *self.prompt_masks]
-        targets = Targets.build(prompts, names, negatives=list(self.negatives), union=self.union, plan=self.plan,
-                                force=self.force, protected=protected)
+        targets = self.targets(items, prompts=prompts, protected=protected)
         return Engine(segmenter, targets, self, drop_unused_layers=drop_unused_layers, refiner=refiner)
+
+    def targets(self, items: Sequence[WorkItem] = (), *, prompts: tuple[list[Prompt], list[str]] | None = None,
+                protected: Iterable[PathLike] = ()) -> Targets:
+        """What to write per image (no model needed); the inputs and the prompt files are protected.
+
+        Arguments:
+            items: the work items (their sources are protected).
+            prompts: from `prompts`, when built already.
+            protected: more files never to write.
+
+        Returns:
+            The run's `Targets`.
+        """
+        prompts, names = prompts or self.prompts()
+        protected = [*(item.source for item in items), *protected, *self.prompt_images, *self.prompt_masks]
+        return Targets.build(prompts, names, negatives=list(self.negatives), union=self.union, plan=self.plan,
+                             force=self.force, protected=protected)
+
+    def up_to_date(self, model: ModelSpec, items: Sequence[WorkItem], targets: Targets, *,
+                   progress: bool = True) -> list[Result] | None:
+        """The results of a rerun whose outputs all exist with matching fingerprints, found before any model
+        loads; None as soon as one output is to be written (or when refinement or --force is asked).
+
+        Arguments:
+            model: the model the run would load.
+            items: the work items.
+            targets: from `targets`.
+            progress: show download bars.
+
+        Returns:
+            One 'skipped' Result per (item, target), or None.
+        """
+        if self.force or self.refine != "none" or not items:
+            return None
+        identity, fp32, input_size = model.expected_identity(progress=progress)
+        settings = recorded_settings(self.plan, decode_min_side(self.plan, fp32, False, input_size), None)
+        results = []
+        for item in items:
+            decided = targets.decide(item, identity, settings)
+            if any(result.status != "skipped" for result in decided):
+                return None
+            results.extend(decided)
+        return results
 
     def segment(self, segmenter: Segmenter, inputs: Iterable[PathLike], output_dir: PathLike | None = None, *,
                 recursive: bool = False) -> Iterator[Result]:
@@ -164,6 +204,13 @@ class Job(Pipeline):
                  progress: bool, started: Callable[[str], None] | None,
                  late: Callable[[Result], None] | None) -> Iterator[Result]:
         """`run`'s second half, in a generator so that nothing loads before the results are asked for."""
+        skipped = self.up_to_date(model, items, self.targets(items, prompts=prompts, protected=protected),
+                                  progress=progress) if isinstance(model, ModelSpec) and ray is None else None
+        if skipped is not None:
+            if started is not None:
+                started(f"no model loaded: the outputs of all {len(items)} image(s) are up to date")
+            yield from skipped
+            return
         if ray is not None and isinstance(model, ModelSpec):
             from clipseg_cli.checkpoints.loading import checkpoint_dir
             from clipseg_cli.ray_batch import RayBatch

@@ -225,6 +225,29 @@ class ModelSpec:
     offline: bool | None = None
     revision: str | None = None
 
+    def expected_identity(self, *, progress: bool = True) -> tuple[dict[str, str], bool, tuple[int, int]]:
+        """What the loaded Segmenter would record in fingerprints, found without building the model (the
+        weights' digest is memoised, see `clipseg_cli.fingerprint.content_sha256`).
+
+        Arguments:
+            progress: show download bars.
+
+        Returns:
+            (its `Segmenter.identity`, whether it runs fp32, its input size (height, width)).
+        """
+        from clipseg_cli.checkpoints.loading import check_processing
+        from clipseg_cli.fingerprint import checkpoint_digest
+        from clipseg_cli.runtime import TORCH_DTYPES
+
+        runtime = choose_runtime(self.device, self.precision)
+        directory = checkpoint_dir(self.name, offline=self.offline, revision=self.revision, progress=progress)
+        _, preprocessing = check_processing(directory)
+        precision = TORCH_DTYPES.get(runtime.precision, runtime.precision)
+        if runtime.backend == "onnxruntime":
+            precision += "-onnxruntime"
+        identity = {"weights": checkpoint_digest(directory), "precision": precision, "device": runtime.device}
+        return identity, runtime.precision == "fp32", preprocessing.size
+
     def load(self, *, progress: bool = True) -> Segmenter:
         """Returns: the Segmenter (see `Segmenter.from_pretrained`); progress: show download bars."""
         return Segmenter.from_pretrained(self.name, device=self.device, precision=self.precision,

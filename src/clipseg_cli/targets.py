@@ -189,3 +189,36 @@ def name_targets(prompts: Sequence[Prompt], names: Sequence[str], negatives: Seq
         targets.append(Target(label, name, full_key, name + negative_text))
     taken = Counter(target.label for target in targets)  # names given through the API may repeat
     return [replace(t, label=label_for(t.prompt, t.key)) if taken[t.label] > 1 else t for t in targets]
+
+
+def decode_min_side(plan: OutputPlan, fp32: bool, refined: bool, input_size: tuple[int, int]) -> int | None:
+    """How small a JPEG may be decoded: fp32 is the reference path and decodes at full size; faster precisions
+    may decode at reduced scale, still at least twice the model's input size, when only the mask is needed.
+
+    Arguments:
+        plan: the files to write.
+        fp32: the model runs the fp32 class.
+        refined: a refiner follows the image's edges (it needs the full image).
+        input_size: the model's input (height, width).
+
+    Returns:
+        The shortest side to decode at least, or None for full size.
+    """
+    return None if fp32 or plan.needs_full_image or refined else 2 * max(input_size)
+
+
+def recorded_settings(plan: OutputPlan, min_side: int | None, refine: str | None) -> dict[str, object]:
+    """Every setting that changes the outputs' pixels, as each fingerprint records it.
+
+    Arguments:
+        plan: the files to write and the mask steps.
+        min_side: from `decode_min_side`.
+        refine: the refiner's name, or None (absent without refinement: those outputs stay byte-identical).
+
+    Returns:
+        The settings by name.
+    """
+    settings = {**plan.settings(), "decode": "full" if min_side is None else f"min {min_side}"}
+    if refine is not None:
+        settings["refine"] = refine
+    return settings

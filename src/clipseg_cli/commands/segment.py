@@ -89,6 +89,8 @@ def check_image_argument(image: str) -> None:
     """Refuse what segment cannot mean as its image: "", "-" and our own outputs."""
     if image == "":
         raise ClipSegError('the image path is empty (""); give an image file')
+    if not Path(image).exists():
+        raise ClipSegError(f"{image}: no such file")
     if image == "-":
         raise ClipSegError("segment - reads the image's bytes from stdin and needs --stdout mask|soft|overlay|cutout; "
                            "use `clipseg batch - -p PROMPT -o DIR` to read paths from stdin")
