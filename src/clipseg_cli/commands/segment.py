@@ -86,11 +86,9 @@ def to_stdout(image: str, texts: list[str], kind: str, output_dir: str | None, r
 
 
 def check_image_argument(image: str) -> None:
-    """Refuse what segment cannot mean as its image: "", "-" and our own outputs."""
+    """Refuse what segment cannot mean as its image: "", "-", our own outputs and a path where nothing is."""
     if image == "":
         raise ClipSegError('the image path is empty (""); give an image file')
-    if not Path(image).exists():
-        raise ClipSegError(f"{image}: no such file")
     if image == "-":
         raise ClipSegError("segment - reads the image's bytes from stdin and needs --stdout mask|soft|overlay|cutout; "
                            "use `clipseg batch - -p PROMPT -o DIR` to read paths from stdin")
@@ -98,3 +96,5 @@ def check_image_argument(image: str) -> None:
         kinds = ", ".join(f"*{suffix}" for suffix in (*OUTPUT_SUFFIXES, TEMP_SUFFIX))
         raise ClipSegError(f"{image} is an output of clipseg ({kinds} files are never inputs); "
                            "rename or copy it to use it as an input")
+    if not Path(image).exists():
+        raise ClipSegError(f"{image}: no such file")
