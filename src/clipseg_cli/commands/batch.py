@@ -11,7 +11,14 @@ from typing import Annotated
 import typer
 
 from clipseg_cli.commands import options
-from clipseg_cli.commands.settings import RayOptions, RunOptions, check_output_dir, execute, with_run_options
+from clipseg_cli.commands.settings import (
+    RayOptions,
+    RunOptions,
+    check_output_dir,
+    execute,
+    model_spec,
+    with_run_options,
+)
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.inputs import collect, no_images
 from clipseg_cli.shard import parse_shard, run_shard
@@ -65,11 +72,13 @@ def run_watching(inputs: list[str], folder: Path, recursive: bool, texts: list[s
     code = execute(items, texts, run_options) if items else 0
     if not run_options.quiet:
         typer.echo(f"clipseg: watching {len(folders)} folder(s) for new images; Ctrl-C stops", err=True)
+    segmenter = None  # loaded once, for the first image that lands, and kept for the whole watch
     for landed in ready_files(folders, recursive=recursive, skip=folder, since_ns=since_ns):
         fresh = [item for item in collect(inputs, output_dir=folder, recursive=recursive)
                  if item.source.resolve() in landed]
         if fresh:
-            code = max(code, execute(fresh, texts, run_options))
+            segmenter = segmenter or model_spec(run_options).load(progress=not run_options.quiet)
+            code = max(code, execute(fresh, texts, run_options, segmenter=segmenter))
     return code
 
 

@@ -17,6 +17,7 @@ from clipseg_cli.inputs import WorkItem, folder_problem
 
 if TYPE_CHECKING:
     from clipseg_cli.job import Job
+    from clipseg_cli.predictor import ModelSpec, Segmenter
 
 
 @dataclass
@@ -127,7 +128,8 @@ def same_named(kind: type, run_options: RunOptions) -> dict[str, object]:
 
 
 def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *, protected: list[Path] | None = None,
-            ray: RayOptions | None = None, collected_lines: list[str] | None = None) -> int:
+            ray: RayOptions | None = None, collected_lines: list[str] | None = None,
+            segmenter: Segmenter | None = None) -> int:
     """Run `Job.run` on the items with the options' model, reporting each result as it comes.
 
     Arguments:
@@ -137,13 +139,12 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
         protected: more files never written to (a shard gives every input of the whole run).
         ray: run on a Ray cluster instead of here.
         collected_lines: receives every result's JSON line.
+        segmenter: a model loaded before, used as it is (default: the options' model, loaded only when needed).
 
     Returns:
         The exit code: 0 all done, 1 some image failed.
     """
     from clipseg_cli.commands.report import Reporter
-    from clipseg_cli.predictor import ModelSpec
-
     began = False  # the model (or Ray) is ready: from then on the run ends with a summary
 
     def begin(description: str) -> None:
@@ -152,8 +153,7 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
         if run_options.verbose:
             reporter.info(description)
 
-    model = ModelSpec(run_options.weights, run_options.device, run_options.precision, run_options.offline or None,
-                      run_options.revision)
+    model = segmenter or model_spec(run_options)
     results = job_from_options(texts, run_options).run(  # the checks and the prompts run here, before the report starts
         model, items, protected=protected or (), ray=ray, progress=not run_options.quiet, started=begin,
         late=lambda result: reporter.add(result))  # the results written but not yet reported when cut short
@@ -167,6 +167,14 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
         if began:  # a set-up error (exit 2) is its one line, with no summary
             code = reporter.close()
     return code
+
+
+def model_spec(run_options: RunOptions) -> ModelSpec:
+    """Returns: the model the options ask for (``--weights``, ``--device``, ``--precision``, ...)."""
+    from clipseg_cli.predictor import ModelSpec
+
+    return ModelSpec(run_options.weights, run_options.device, run_options.precision, run_options.offline or None,
+                     run_options.revision)
 
 
 @dataclass(frozen=True)
