@@ -144,3 +144,26 @@ def test_sigterm_stops_ray_serve_and_exits_0(server):  # last: it stops the modu
     assert server.process.wait(DEADLINE) == 0, server.stderr.read_text()
     with pytest.raises(httpx.TransportError):  # Ray's proxy went with it
         httpx.get(f"{server.url}/healthz", timeout=10)
+
+
+# ---- the serve run builder (no Ray needed to build the application) ------------------------------------------
+
+
+def test_serve_run_builder_needs_a_token_and_known_arguments(checkpoint, monkeypatch):
+    from ray.serve import Application
+
+    from clipseg_cli.errors import ClipSegError
+    from clipseg_cli.serve.ray import app
+
+    monkeypatch.delenv("CLIPSEG_TOKEN", raising=False)
+    with pytest.raises(ClipSegError, match=r"give token=TOKEN \(or CLIPSEG_TOKEN\)"):
+        app({"weights": str(checkpoint)})
+    with pytest.raises(ClipSegError, match=r"^clipseg_cli\.serve\.ray:app colour: Extra inputs are not permitted"):
+        app({"weights": str(checkpoint), "token": TOKEN, "colour": "red"})
+    with pytest.raises(ClipSegError, match=r"^autoscale= '3:1': give MIN:MAX"):
+        app({"weights": str(checkpoint), "token": TOKEN, "autoscale": "3:1"})
+    with pytest.raises(ClipSegError, match=r"^replicas and autoscale: give one"):
+        app({"weights": str(checkpoint), "token": TOKEN, "replicas": "2", "autoscale": "1:3"})
+    assert isinstance(app({"weights": str(checkpoint), "no_auth": "true"}), Application)
+    monkeypatch.setenv("CLIPSEG_TOKEN", TOKEN)
+    assert isinstance(app({"weights": str(checkpoint), "autoscale": "1:3"}), Application)

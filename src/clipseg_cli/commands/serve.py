@@ -100,8 +100,6 @@ def _serve_on_ray(model: ModelSpec, config: ServeConfig, *, host: str, port: int
         raise ClipSegError(f'clipseg serve --ray needs the serve-ray extra ({exc.name} is missing): '
                            'pip install "clipseg-cli[serve-ray]"') from None
     bounds = on_ray.Scale.parse_autoscale(autoscale) if autoscale else None
-    if bounds and replicas != 1:
-        raise ClipSegError("--replicas and --autoscale: give one (a fixed number, or MIN:MAX)")
     scale = on_ray.Scale(replicas, bounds, cpus, 1.0 if model.device == "cuda" else 0.0)
     on_ray.run(on_ray.deployment(model, config, scale), host=host, port=port, address=address)
 

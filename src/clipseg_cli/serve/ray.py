@@ -16,7 +16,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
 from ray.serve import Application
 
@@ -48,12 +48,16 @@ class Scale:
     cpus: float = 1.0
     gpus: float = 0.0
 
+    def __post_init__(self) -> None:
+        if self.autoscale and self.replicas != 1:
+            raise ClipSegError("replicas and autoscale: give one (a fixed number, or MIN:MAX)")
+
     @staticmethod
-    def parse_autoscale(text: str) -> tuple[int, int]:
-        """Returns: (min, max) from ``MIN:MAX``; raises ClipSegError naming the option otherwise."""
+    def parse_autoscale(text: str, option: str = "--autoscale") -> tuple[int, int]:
+        """Returns: (min, max) from ``MIN:MAX``; raises ClipSegError naming ``option`` otherwise."""
         match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
         if not match or not 0 <= int(match[1]) <= int(match[2]) or int(match[2]) == 0:
-            raise ClipSegError(f"--autoscale {text!r}: give MIN:MAX replicas, 0 <= MIN <= MAX, MAX >= 1 (e.g. 1:4)")
+            raise ClipSegError(f"{option} {text!r}: give MIN:MAX replicas, 0 <= MIN <= MAX, MAX >= 1 (e.g. 1:4)")
         return int(match[1]), int(match[2])
 
 
@@ -139,12 +143,25 @@ class Arguments(BaseModel):
     replica_cpus: float = 1.0
 
 
-def app(args: Arguments) -> Application:
+def app(arguments: dict[str, str]) -> Application:
     """The application builder of ``serve run clipseg_cli.serve.ray:app weights=... token=... replicas=2``.
 
     A cluster's proxy is reached from other machines: a token (``token=`` or ``CLIPSEG_TOKEN``) is
     required, unless ``no_auth=true`` says otherwise (then it warns).
+
+    Arguments:
+        arguments: the ``KEY=VALUE`` pairs of ``serve run`` (see `Arguments`).
+
+    Returns:
+        The application ``serve run`` deploys.
     """
+    try:
+        args = Arguments.model_validate(arguments)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "arguments"
+        raise ClipSegError(f"clipseg_cli.serve.ray:app {where}: {first['msg']}; the arguments are "
+                           f"{', '.join(Arguments.model_fields)}") from None
     token = args.token or os.environ.get("CLIPSEG_TOKEN") or None
     if not token and not args.no_auth:
         raise ClipSegError("serve run clipseg_cli.serve.ray:app: give token=TOKEN (or CLIPSEG_TOKEN): Ray's proxy "
@@ -155,7 +172,7 @@ def app(args: Arguments) -> Application:
     config = ServeConfig(token=token, cors=tuple(o for o in args.cors.split(",") if o), max_queue=args.max_queue,
                          max_upload_mb=args.max_upload_mb, batch_size=args.batch_size,
                          batch_wait_ms=args.batch_wait_ms, max_pixels=args.max_pixels, refine=args.refine)
-    scale = Scale(args.replicas, Scale.parse_autoscale(args.autoscale) if args.autoscale else None,
+    scale = Scale(args.replicas, Scale.parse_autoscale(args.autoscale, "autoscale=") if args.autoscale else None,
                   args.replica_cpus, 1.0 if args.device == "cuda" else 0.0)
     return deployment(ModelSpec(args.weights, args.device, args.precision), config, scale)
 
