@@ -205,9 +205,7 @@ def run(application: Application, *, host: str, port: int, address: str | None) 
         print(f"clipseg serve --ray: http://{host}:{port}/ (Ray Serve proxy; API docs at /docs); Ctrl-C stops",
               file=sys.stderr)
         stop.wait()
-        serve.delete(APP_NAME)
-        if address is None:
-            serve.shutdown()
+        serve.delete(APP_NAME)  # a local Ray goes with ray.shutdown, its Serve controller and proxy with it
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
