@@ -176,7 +176,7 @@ class Job:
             checkpoint_dir(model.name, offline=model.offline, revision=model.revision,
                            progress=progress)  # downloaded once, here, with a progress bar
             runner = RayBatch(self, model, protected=[*(item.source for item in items), *protected],
-                              address=ray.address, actors=ray.actors)
+                              address=ray.address, actors=ray.actors, quiet=ray.quiet)
             described = f"Ray: {runner.describe()}, {len(items)} image(s)"
         else:
             owned = isinstance(model, ModelSpec)
@@ -201,6 +201,7 @@ class RayPlace(Protocol):
 
     address: str | None
     actors: int | None
+    quiet: bool  # nothing of Ray's on stderr
 
 
 def check_output_folders(items: Sequence[WorkItem]) -> None:
