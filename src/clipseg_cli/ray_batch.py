@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import TYPE_CHECKING
 
 from clipseg_cli.errors import ClipSegError
@@ -85,9 +85,8 @@ class RayBatch:
         if self.started:
             handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
             try:
-                with _backend_log_level("fatal" if quiet else None):
-                    ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                             logging_level=logging.CRITICAL if quiet else logging.ERROR, configure_logging=True)
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.CRITICAL if quiet else logging.ERROR, configure_logging=True)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 self._muted()
                 raise ClipSegError(f"--ray-address {address or '(local)'}: cannot start or join Ray ({exc}); "
@@ -304,20 +303,6 @@ def _mute_ray(quiet: bool) -> Callable[[], None]:
         logger.setLevel(before[1])
 
     return undo
-
-
-@contextmanager
-def _backend_log_level(level: str | None) -> Iterator[None]:
-    """Ray's C++ log level (RAY_BACKEND_LOG_LEVEL) for the processes started meanwhile: the driver's core worker
-    writes its errors to stderr (its ``core_worker.cc`` lines) at any level below fatal. None: as it is."""
-    before = os.environ.get("RAY_BACKEND_LOG_LEVEL")
-    if level is not None and before is None:
-        os.environ["RAY_BACKEND_LOG_LEVEL"] = level
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("RAY_BACKEND_LOG_LEVEL", None)
 
 
 def _first_line(exc: BaseException) -> str:
