@@ -15,7 +15,7 @@ import ray
 from clipseg_cli.inputs import collect
 from clipseg_cli.job import Job
 from clipseg_cli.ray_batch import RayBatch
-from clipseg_cli.ray_data import SegmentBatch, read_images, segment, write_masks
+from clipseg_cli.ray_data import SegmentBatch, read_image_files, segment, write_masks
 from helpers import Outcome, clipseg, files, make_folder, run_batch
 
 
@@ -96,7 +96,7 @@ def test_bad_weights_on_ray_are_a_setup_error(plain, tmp_path: Path, local_ray: 
 
 def test_ray_data_api_writes_the_same_files(plain, checkpoint: Path, tmp_path: Path, local_ray: None) -> None:
     folder, expected, _ = plain
-    images = read_images(str(folder))
+    images = read_image_files(str(folder))
     masks = segment(images, checkpoint, Job(["car", "tree"]), precision="fp32", batch_size=3, concurrency=1,
                     num_cpus=1)
     records = write_masks(masks, str(tmp_path / "api")).take_all()

@@ -2,9 +2,9 @@
 
     import ray
     from clipseg_cli.job import Job
-    from clipseg_cli.ray_data import read_images, segment, write_masks
+    from clipseg_cli.ray_data import read_image_files, segment, write_masks
 
-    images = read_images("s3://bucket/photos")                      # path, bytes, folder, stem
+    images = read_image_files("s3://bucket/photos")                      # path, bytes, folder, stem
     masks = segment(images, "CIDAS/clipseg-rd64-refined", Job(["car", "tree"]), batch_size=16,
                     concurrency=4, num_gpus=1)                       # one row per (image, prompt)
     written = write_masks(masks, "s3://bucket/masks")                # one record per row, no bytes
@@ -123,7 +123,7 @@ def segment(dataset: ray.data.Dataset, weights: str | Path, job: Job, *, batch_s
                                batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus, num_cpus=num_cpus)
 
 
-def read_images(paths: str | Sequence[str], *, recursive: bool = True, filesystem=None,
+def read_image_files(paths: str | Sequence[str], *, recursive: bool = True, filesystem=None,
                 **read_args) -> ray.data.Dataset:
     """Image files under folders (or named files) on any file system Ray Data reads (local, s3://, gs://, ...),
     with the output names ``clipseg batch`` gives them: the same files, folders and stems.
