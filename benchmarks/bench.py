@@ -3,7 +3,7 @@
 Both sides run alternately from this one script, each timed run in a fresh spawned process (so
 that its peak memory is its own), on a full-size random-weights checkpoint built offline.
 
-    python benchmarks/bench.py                 # the issue-21 goals 1-5 (s, export, b, b-fast, tower), a, agreement
+    python benchmarks/bench.py                 # issue-21 goals 1-5 (s, bf16, export, b, b-fast, tower), a, agreement
     python benchmarks/bench.py --quick         # smoke test: 2 small images x 2 prompts, narrow towers
     python benchmarks/bench.py --emulate-avx2  # both sides as on an AVX2-only CPU (torch's and oneDNN's switches)
     python benchmarks/bench.py --scenario b --device cuda --precision fp16
@@ -342,6 +342,19 @@ def scenario_s(args, work: Path) -> list[tuple]:
             goal("s: masks ours = reference", float(np.mean(a == b)), 0.9999, True, "{:.4%}")]
 
 
+def bf16_start_goal(args, work: Path) -> list[tuple]:
+    """Goal 4's start: `clipseg segment --precision bf16`, one photo and prompt, its traced programs cached."""
+    photo = make_images(work / "images-bf16", 1, [QUICK_SIZES[0] if args.quick else SINGLE_SIZE])[0]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "clipseg_cli", "segment", str(photo), "red car", "--weights", str(args.cache),
+               "--precision", "bf16", "-f", "-q", "-o", str(work / "bf16-start")]
+    first = run_wall(command, env)  # traces the programs unless cached
+    warm = statistics.median(run_wall(command, env) for _ in range(args.repeats or (1 if args.quick else 3)))
+    print(f"[bf16] segment --precision bf16, whole process: {warm:.2f} s with the traced programs cached "
+          f"(first run here {first:.2f} s)", flush=True)
+    return [goal("4: segment --precision bf16 wall time (s)", warm, 3, False, "{:.2f}")]
+
+
 def scenario_a(args, work: Path) -> list[tuple]:
     paths = make_images(work / "images-a", 1, QUICK_SIZES[:1] if args.quick else [(1920, 1080)])
     prompts = PROMPTS[:2] if args.quick else PROMPTS
@@ -519,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         goals = export_goal(args, work) if args.scenario in ("export", "all") and args.device == "cpu" else []
         goals += scenario_s(args, work) if args.scenario in ("s", "all") else []
+        goals += bf16_start_goal(args, work) if args.scenario in ("s", "all") and args.device == "cpu" else []
         goals += scenario_a(args, work) if args.scenario in ("a", "all") else []
         goals += scenario_b(args, work) if args.scenario in ("b", "all") else []
         goals += tower_goal(args) if args.scenario in ("tower", "all") and args.device == "cpu" else []

@@ -6,6 +6,7 @@ checkpoint is bench.py's random rd64-refined (full size; ``--quick``: narrow tow
 
     python benchmarks/serve_bench.py                     # 32 images 640x480, 48 requests per level
     python benchmarks/serve_bench.py --quick             # smoke: narrow towers, 8 images, 16 requests
+    python benchmarks/serve_bench.py --ray-replicas 2    # the server as 2 Ray Serve replicas (clipseg serve --ray)
 """
 
 from __future__ import annotations
@@ -36,14 +37,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def start_server(checkpoint: Path, precision: str, batch_size: int) -> tuple[subprocess.Popen, str]:
+def start_server(checkpoint: Path, precision: str, batch_size: int, ray_replicas: int) -> tuple[subprocess.Popen, str]:
+    """Start ``clipseg serve`` (with ``ray_replicas``, ``--ray``: the machine's CPUs shared among them)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"}
+    on_ray = (["--ray", "--replicas", str(ray_replicas), "--replica-cpus", str((os.cpu_count() or 1) / ray_replicas)]
+              if ray_replicas else [])
     process = subprocess.Popen([sys.executable, "-m", "clipseg_cli", "serve", "--weights", str(checkpoint),
                                 "--precision", precision, "--port", str(port), "--batch-size", str(batch_size),
-                                "--max-queue", "256"], env=env)
+                                "--max-queue", "256", *on_ray], env=env)
     url, end = f"http://127.0.0.1:{port}", time.monotonic() + 600
     while time.monotonic() < end and process.poll() is None:
         try:
@@ -101,6 +105,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--ray-replicas", type=int, default=0, help="serve with --ray and this many replicas")
     args = parser.parse_args()
     if args.quick:
         args.images, args.requests = 8, 16
@@ -110,7 +115,7 @@ def main() -> None:
     if not folder.is_dir():
         make_images(folder, args.images, [(640, 480)])
     images = sorted(folder.iterdir())
-    process, url = start_server(checkpoint, args.precision, args.batch_size)
+    process, url = start_server(checkpoint, args.precision, args.batch_size, args.ray_replicas)
     try:
         rows = [run_level(url, images, clients, args.requests) for clients in LEVELS]
     finally:

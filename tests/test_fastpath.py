@@ -15,8 +15,9 @@ from factory import PROBE_TEXTS, probe_image
 
 @pytest.fixture(scope="module")
 def models(checkpoint):
-    """(the fp32 model, a bf16 Segmenter on the CPU) of the same checkpoint."""
-    return load_model(checkpoint), Segmenter.from_pretrained(checkpoint, device="cpu", precision="bf16")
+    """(the fp32 model, a bf16 Segmenter on the CPU with transformers' modules) of the same checkpoint."""
+    eager = Segmenter.from_pretrained(checkpoint, device="cpu", precision="bf16", backend="torch")
+    return load_model(checkpoint), eager
 
 
 def test_scales_are_folded_into_fp32_weights_then_cast(models) -> None:

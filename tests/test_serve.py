@@ -24,13 +24,12 @@ import pytest
 from PIL import Image
 
 from helpers import clipseg, noise, save, subprocess_env
+from helpers_serve import AUTH, TOKEN, free_port, post, segment_cli
 
 httpx = pytest.importorskip("httpx", reason="the dev extra's httpx drives the server")
 pytest.importorskip("fastapi", reason="clipseg serve needs the serve extra")
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
-TOKEN = "s3cret-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ALLOWED = "http://allowed.example"
 DEADLINE = 180.0  # seconds a server may take to start or a condition to come true on a busy machine
 
@@ -73,12 +72,6 @@ class Server:
             assert self.process.poll() is None, f"the server exited while waiting for {what}"
             assert time.monotonic() < end, f"timed out waiting for {what}"
             time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(checkpoint: Path, *args: object, gate: Path | None = None) -> Server:
@@ -124,20 +117,6 @@ def server(checkpoint: Path) -> Iterator[Server]:
 def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     folder = tmp_path_factory.mktemp("serve-images")
     return [save(noise((60 + 3 * i, 40 + 2 * i), seed=i), folder / f"photo{i}.png") for i in range(8)]
-
-
-def post(server: Server, image: Path | bytes, *prompts: str, headers: dict | None = None, **fields: object):
-    data = {"prompt": list(prompts), **{key: str(value).lower() if isinstance(value, bool) else str(value)
-                                        for key, value in fields.items()}}
-    content = image if isinstance(image, bytes) else image.read_bytes()
-    return httpx.post(f"{server.url}/v1/segment", files={"image": ("photo.png", content)}, data=data,
-                      headers={**AUTH, **(headers or {})}, timeout=120)
-
-
-def segment_cli(image: Path, out: Path, checkpoint: Path, *args: object) -> list[dict]:
-    outcome = clipseg("segment", image, *args, "-o", out, "--weights", checkpoint, "--precision", "fp32", "--json")
-    assert outcome.code == 0, outcome.stderr
-    return outcome.records()
 
 
 # ---- the answers: the bytes clipseg segment writes ---------------------------------------------------------

@@ -52,7 +52,7 @@ clipseg eval records.jsonl --blur 2 --plot curves.png""",
     "shards": """clipseg shards masks/ --count 100
 clipseg shards masks/ --count 100 || sbatch --array=3,7 masks.sh""",
     "serve": """clipseg serve
-clipseg serve --port 8080 --batch-size 8 --max-queue 64
+clipseg serve --ray --replicas 2 --batch-size 8
 CLIPSEG_TOKEN=secret clipseg serve --host 0.0.0.0""",
     "cache": """clipseg cache
 clipseg cache clear --older-than 30

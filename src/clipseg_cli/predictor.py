@@ -94,7 +94,8 @@ class Segmenter:
             device: auto, cpu, cuda or mps. precision: auto, fast, fp32, bf16, fp16 or int8; auto is the
                 exact class (fp32) everywhere, fast the fastest precision of this hardware (`runtime.plan_run`).
             offline: never download (None: honour HF_HUB_OFFLINE). progress: show download bars.
-            backend: auto, torch or onnxruntime (auto: see `runtime.plan_run`).
+            backend: auto, torch or onnxruntime (auto: see `runtime.plan_run`; bf16 on the CPU then runs the
+                programs traced once per checkpoint, `backends.traced`; torch: transformers' modules, eagerly).
 
         Returns:
             A ready Segmenter.
@@ -112,6 +113,14 @@ class Segmenter:
                     raise
                 print(f"clipseg: {exc}; running fp32 with torch instead", file=sys.stderr)
                 plan = RunPlan("torch", plan.device, "fp32")
+        if plan.precision == "bf16" and plan.device == "cpu" and backend == "auto":
+            from clipseg_cli.backends.cache import CacheUnwritable
+            from clipseg_cli.backends.traced import TracedRunner
+
+            try:
+                return cls(*TracedRunner.load(directory, progress))
+            except CacheUnwritable as exc:
+                print(f"clipseg: {exc}; running bf16 with transformers' modules instead", file=sys.stderr)
         from clipseg_cli.backends.pytorch import TorchRunner
 
         return cls(*TorchRunner.load(directory, plan.device, plan.precision))

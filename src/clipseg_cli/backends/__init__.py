@@ -1,6 +1,7 @@
-"""Runtimes the Segmenter runs the model on: torch (`pytorch.TorchRunner`) and ONNX Runtime
-(`ort.OrtRunner`, over graphs exported once by `export` and kept by `cache`, with the `tokenizer`
-that spares it transformers). `predictor.Segmenter` holds one runner and does the rest."""
+"""Runtimes the Segmenter runs the model on: torch (`pytorch.TorchRunner`), bf16 TorchScript programs on the
+CPU (`traced.TracedRunner`, traced once and kept by `cache`) and ONNX Runtime (`ort.OrtRunner`, over graphs
+exported once by `export` and kept by `cache`); the last two use the `tokenizer` that spares them transformers.
+`predictor.Segmenter` holds one runner and does the rest."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Where graphs derived from a checkpoint live: one entry per (checkpoint content, our version, opset, tools).
 
+An entry holds the ONNX graphs (`backends.ort`) and the bf16 TorchScript programs (`backends.traced`),
+each file checked and sealed alike.
+
 An entry is ``<root>/onnx/<key>/`` under clipseg's cache root (`cachedir.cache_root`), its text prompts'
 embeddings in ``<root>/embeddings/<key>/`` (keyed by their token ids, so that a run with prompts seen before
 never opens the text graph). The key is a hash of everything that made the graphs, so a changed checkpoint,
@@ -101,6 +104,11 @@ def use(entry: Path) -> EntryLock:
 def graph_path(entry: Path, graph: str, precision: str) -> Path:
     """Returns: the file of one graph (``segment``, ``text``, ``visual``) in one precision (fp32, int8)."""
     return entry / f"{graph}-{precision}.onnx"
+
+
+def program_path(entry: Path, program: str) -> Path:
+    """Returns: the file of one bf16 TorchScript program (``segment``, ``text``, ``visual``; `backends.traced`)."""
+    return entry / f"{program}-bf16.torchscript"
 
 
 def _sum_path(graph: Path) -> Path:

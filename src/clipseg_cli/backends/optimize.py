@@ -42,7 +42,7 @@ def store_optimized(path: Path, graph: bytes) -> None:
         source.write_bytes(graph)
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.log_severity_level = 3  # errors only
+        options.log_severity_level = 4  # fatal only: a damaged graph is reported in our own one line
         options.optimized_model_filepath = str(target)
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                          weights_path(path).name)

@@ -57,6 +57,10 @@ class OrtRunner:
         self.tokenizer: ClipTokenizer  # built by `load` while the segment session opens
         self._sessions: dict[str, object] = {}
         self._opening: dict[str, Future] = {}  # sessions being opened in the background
+        if not progress:  # -q: nothing on stderr but errors, ONNX Runtime's own logger included
+            import onnxruntime
+
+            onnxruntime.set_default_logger_severity(4)
 
     @classmethod
     def load(cls, directory: Path, precision: str = "fp32", progress: bool = True) -> tuple[OrtRunner, Preprocessing]:
@@ -194,6 +198,6 @@ def _session(path: Path):
     verify_graph(path)  # before ONNX Runtime reads it: a damaged file is exported again, not half-read
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only
+    options.log_severity_level = 4  # fatal only: a damaged graph is reported in our own one line
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

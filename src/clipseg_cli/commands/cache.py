@@ -30,7 +30,8 @@ def _rows(root: Path) -> list[tuple[str, Path, int, float, str]]:
     for entry in entries(root / "onnx"):
         about = describe(entry)
         made = f"{about.get('checkpoint', 'an unknown checkpoint')} (clipseg {about.get('clipseg', 'older')})"
-        rows.append(("onnx", entry, size_of(entry), last_use(entry, lock_path(entry)), f"ONNX graphs of {made}"))
+        rows.append(("onnx", entry, size_of(entry), last_use(entry, lock_path(entry)),
+                     f"ONNX graphs and bf16 programs of {made}"))
     for folder in entries(root / "embeddings"):
         entry = root / "onnx" / folder.name
         count = sum(1 for _ in folder.glob("*.npy"))

@@ -20,7 +20,8 @@ def download_weights(
                                    "with several names, one subfolder per name.")] = None,
     prepare: Annotated[bool, typer.Option(
         "--prepare", help="Also prepare the model for CPUs now (the one-time ONNX export that a first run "
-                          "would do), so that the tasks of a job array do not all do it at once.")] = False,
+                          "would do, and on CPUs with bf16 units the bf16 programs), so that the tasks of a "
+                          "job array do not all do it at once.")] = False,
     revision: o.Revision = None,
     quiet: o.Quiet = False,
 ) -> None:
@@ -40,6 +41,11 @@ def download_weights(
         path = download(name, revision=revision, output_dir=target, progress=not quiet)
         if prepare:
             from clipseg_cli.backends.ort import prepare_graphs
+            from clipseg_cli.runtime import cpu_has_bf16_matmul
 
             prepare_graphs(path, progress=not quiet)
+            if cpu_has_bf16_matmul():  # where --precision fast means bf16
+                from clipseg_cli.backends.traced import prepare_programs
+
+                prepare_programs(path, progress=not quiet)
         typer.echo(str(path))

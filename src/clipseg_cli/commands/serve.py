@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,7 +12,12 @@ from clipseg_cli.commands import options as o
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 from clipseg_cli.errors import ClipSegError
 
+if TYPE_CHECKING:
+    from clipseg_cli.predictor import ModelSpec
+    from clipseg_cli.serve.app import ServeConfig
+
 SERVER = "Server"
+RAY = "Ray Serve"
 
 
 def serve(
@@ -41,8 +46,22 @@ def serve(
     batch_wait_ms: Annotated[float, typer.Option("--batch-wait-ms", min=0.0, rich_help_panel=SERVER,
                                                  help="How long the first request waits for others to batch.")]
     = 5.0,
+    ray: Annotated[bool, typer.Option("--ray", rich_help_panel=RAY,
+                                      help="Serve as Ray Serve replicas behind Ray's HTTP proxy (a local Ray).")]
+    = False,
+    replicas: Annotated[int, typer.Option("--replicas", min=1, rich_help_panel=RAY,
+                                          help="Replicas, each with the model loaded once (implies --ray).")] = 1,
+    autoscale: Annotated[str | None, typer.Option("--autoscale", metavar="MIN:MAX", rich_help_panel=RAY,
+                                                  help="Scale replicas on load between MIN and MAX (implies --ray).")]
+    = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", rich_help_panel=RAY,
+                                                    help="Join this Ray cluster (auto, or ray://HOST:10001) instead of "
+                                                         "a local Ray (implies --ray).")] = None,
+    replica_cpus: Annotated[float, typer.Option("--replica-cpus", min=0.0, rich_help_panel=RAY,
+                                                help="Ray CPUs each replica reserves (implies --ray).")] = 1.0,
 ) -> None:
-    """Serve masks over HTTP: POST /v1/segment, GET /healthz, GET /metrics, the page at /, the API docs at /docs."""
+    """Serve masks over HTTP: POST /v1/segment, GET /healthz, GET /metrics, the page at /, the API docs at /docs.
+    With --ray, Ray Serve replicas of the same app behind Ray's HTTP proxy on --host/--port."""
     check_exposure(host, token, no_auth)
     try:
         import uvicorn
@@ -51,21 +70,38 @@ def serve(
     except ImportError as exc:
         raise ClipSegError(f'clipseg serve needs the serve extra ({exc.name} is missing): '
                            'pip install "clipseg-cli[serve]"') from None
-    from clipseg_cli.predictor import Segmenter
-    from clipseg_cli.refine import check_available, load_refiner
-    from clipseg_cli.serve.library import Loaded
+    from clipseg_cli.predictor import ModelSpec
+    from clipseg_cli.refine import check_available
+    from clipseg_cli.serve.library import load
 
     check_available(refine)
-    segmenter = Segmenter.from_pretrained(weights, device=device, precision=precision)
-    loaded = Loaded(segmenter, load_refiner(refine, device=segmenter.device_type))
+    model = ModelSpec(weights, device, precision)
     config = ServeConfig(token=token, cors=tuple(cors or ()), max_upload_mb=max_upload_mb, max_queue=max_queue,
                          batch_size=batch_size, batch_wait_ms=batch_wait_ms, max_pixels=max_pixels, refine=refine)
+    if ray or replicas != 1 or autoscale or ray_address or replica_cpus != 1.0:
+        _serve_on_ray(model, config, host=host, port=port, replicas=replicas, autoscale=autoscale,
+                      address=ray_address, cpus=replica_cpus)
+        return
+    loaded = load(model, refine)
     server = _server(uvicorn.Config(create_app(lambda: loaded, config), host=host, port=port, log_level="warning",
                                     timeout_graceful_shutdown=60, lifespan="on"))
     print(f"clipseg serve: http://{host}:{port}/ (API docs at /docs); Ctrl-C stops", file=sys.stderr)
     server.run()
     if not server.started:
         raise ClipSegError(f"could not listen on {host}:{port} (in use, or not an address of this machine)")
+
+
+def _serve_on_ray(model: ModelSpec, config: ServeConfig, *, host: str, port: int, replicas: int, autoscale: str | None,
+                  address: str | None, cpus: float) -> None:
+    """``--ray``: the same app as Ray Serve replicas (`clipseg_cli.serve.ray`)."""
+    try:
+        from clipseg_cli.serve import ray as on_ray
+    except ImportError as exc:
+        raise ClipSegError(f'clipseg serve --ray needs the serve-ray extra ({exc.name} is missing): '
+                           'pip install "clipseg-cli[serve-ray]"') from None
+    bounds = on_ray.Scale.parse_autoscale(autoscale) if autoscale else None
+    scale = on_ray.Scale(replicas, bounds, cpus, 1.0 if model.device == "cuda" else 0.0)
+    on_ray.run(on_ray.deployment(model, config, scale), host=host, port=port, address=address)
 
 
 def check_exposure(host: str, token: str | None, no_auth: bool) -> None:

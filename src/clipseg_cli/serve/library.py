@@ -17,8 +17,8 @@ from clipseg_cli.inputs import WorkItem
 from clipseg_cli.job import Job
 from clipseg_cli.outputs import OutputPlan
 from clipseg_cli.postprocess import PostProcess
-from clipseg_cli.predictor import Segmenter
-from clipseg_cli.refine import Refiner
+from clipseg_cli.predictor import ModelSpec, Segmenter
+from clipseg_cli.refine import Refiner, check_available, load_refiner
 
 UPLOAD_STEM = "upload"  # every output is named upload.<label>.<kind>.png in the upload's own folder
 EMBEDDING_LIMIT = 4096  # prompts whose embeddings are kept (oldest forgotten first)
@@ -30,6 +30,21 @@ class Loaded:
 
     segmenter: Segmenter
     refiner: Refiner | None = None
+
+
+def load(model: ModelSpec, refine: str = "none") -> Loaded:
+    """Load the model (and the refiner) once, with the CLI's checks and one-line errors.
+
+    Arguments:
+        model: the checkpoint and how to run it (``--weights``, ``--device``, ``--precision``).
+        refine: the refiner requests may ask for (``--refine``).
+
+    Returns:
+        What the server runs every request on.
+    """
+    check_available(refine)
+    segmenter = model.load()
+    return Loaded(segmenter, load_refiner(refine, device=segmenter.device_type))
 
 
 @dataclass(frozen=True)
