@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+from PIL import Image
 
 from clipseg_cli.inputs import collect
 from clipseg_cli.job import Job
 from clipseg_cli.ray_batch import RayBatch
-from clipseg_cli.ray_data import SegmentBatch, read_images, segment, write_masks
+from clipseg_cli.ray_data import SegmentBatch, read_image_files, segment, write_masks
 from helpers import Outcome, clipseg, files, make_folder, run_batch
 
 
@@ -96,7 +97,7 @@ def test_bad_weights_on_ray_are_a_setup_error(plain, tmp_path: Path, local_ray: 
 
 def test_ray_data_api_writes_the_same_files(plain, checkpoint: Path, tmp_path: Path, local_ray: None) -> None:
     folder, expected, _ = plain
-    images = read_images(str(folder))
+    images = read_image_files(str(folder))
     masks = segment(images, checkpoint, Job(["car", "tree"]), precision="fp32", batch_size=3, concurrency=1,
                     num_cpus=1)
     records = write_masks(masks, str(tmp_path / "api")).take_all()
@@ -119,3 +120,37 @@ def test_segment_batch_takes_local_paths_without_ray(plain, checkpoint: Path) ->
         for kind in ("mask", "overlay"):
             assert row[kind] == (expected / row[f"{kind}_name"]).read_bytes()
         assert row["cutout"] is None and 0 <= row["coverage"] <= 1
+
+
+def without_text_chunks(png: bytes) -> bytes:
+    """A PNG file's bytes without its iTXt chunks (our fingerprint)."""
+    import struct
+
+    kept, offset = [png[:8]], 8
+    while offset < len(png):
+        length, kind = struct.unpack(">I4s", png[offset : offset + 8])
+        if kind != b"iTXt":
+            kept.append(png[offset : offset + 12 + length])
+        offset += 12 + length
+    return b"".join(kept)
+
+
+def test_ray_data_images_are_segmented_in_memory(plain, checkpoint: Path, local_ray: None) -> None:
+    folder, expected, _ = plain
+    names = {folder / "a.png": "a", folder / "c.png": "c", folder / "sub" / "deep" / "e.png": "sub/deep/e"}
+    images = ray.data.read_images([str(path) for path in names], mode="RGB", include_paths=True)
+    rows = segment(images, checkpoint, Job(["car", "tree"]), precision="fp32", batch_size=2, concurrency=1,
+                   num_cpus=1).take_all()
+    assert sorted((Path(row["path"]).name, row["prompt"]) for row in rows) == \
+        [(name, prompt) for name in ("a.png", "c.png", "e.png") for prompt in ("car", "tree")]
+    stems = {Path(path).name: stem for path, stem in names.items()}
+    for row in rows:
+        written = expected / f"{stems[Path(row['path']).name]}.{row['prompt']}.mask.png"
+        assert row["status"] == "ok" and row["mask"].dtype == np.uint8
+        assert np.array_equal(row["mask"], np.asarray(Image.open(written)))  # the pixels the CLI writes
+        assert row["soft"].dtype == np.float32 and row["soft"].shape == row["mask"].shape
+    encoded = SegmentBatch(checkpoint, Job(["car", "tree"]), precision="fp32", encode="png")
+    table = encoded({"image": np.array([np.asarray(Image.open(folder / "a.png").convert("RGB"))]),
+                     "path": np.array(["a.png"])})
+    for prompt, png in zip(table["prompt"], table["mask"], strict=True):
+        assert png == without_text_chunks((expected / f"a.{prompt}.mask.png").read_bytes())  # byte for byte

@@ -118,6 +118,22 @@ class Engine:
                     results.extend(part.result())
         return results
 
+    def maps(self, images: Sequence[DecodedImage]) -> list[list[tuple[np.ndarray, np.ndarray | None]]]:
+        """The masks and maps that `process` would write for these images, in memory: no file is read or written.
+
+        Arguments:
+            images: decoded images (`open_image`), run as one model batch.
+
+        Returns:
+            Per image, per target: (HxW bool mask, HxW float32 map, or None where nothing needs it).
+        """
+        if not images:
+            return []
+        logits = self.segmenter.logits([decoded.image for decoded in images], self.prompts + self.negatives)
+        every = range(len(self.targets))
+        return [[(mask, soft) for mask, soft, _ in self._masks(image_logits, decoded.image, decoded.size, every)]
+                for decoded, image_logits in zip(images, logits, strict=True)]
+
     def _pipeline(self, items: Iterator[WorkItem], pool: ThreadPoolExecutor) -> Iterator[Result]:
         """Decode ahead, run batches, write behind; yield each item's results once all are final, in input order.
 

@@ -218,7 +218,7 @@ class Job(Pipeline):
             checkpoint_dir(model.name, offline=model.offline, revision=model.revision,
                            progress=progress)  # downloaded once, here, with a progress bar
             runner = RayBatch(self, model, protected=[*(item.source for item in items), *protected],
-                              address=ray.address, actors=ray.actors)
+                              address=ray.address, actors=ray.actors, quiet=getattr(ray, "quiet", False))
             described = f"Ray: {runner.describe()}, {len(items)} image(s)"
         else:
             owned = isinstance(model, ModelSpec)
@@ -244,6 +244,7 @@ class RayPlace(Protocol):
 
     address: str | None
     actors: int | None
+    quiet: bool  # nothing of Ray's on stderr (optional: False when absent)
 
 
 def check_output_folders(items: Sequence[WorkItem]) -> None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING
 
@@ -63,7 +64,7 @@ class RayBatch:
     """Runs an Engine per actor over chunks of work items on Ray, yielding results in input order."""
 
     def __init__(self, job: Job, model: ModelSpec | Mapping[str, object], *, protected: Iterable[PathLike] = (),
-                 address: str | None = None, actors: int | None = None) -> None:
+                 address: str | None = None, actors: int | None = None, quiet: bool = False) -> None:
         """Arguments:
         job: what to segment and write.
         model: the model each actor loads (a `ModelSpec`, or a dict
@@ -72,19 +73,23 @@ class RayBatch:
             ``auto`` joins this machine's cluster; else ``ray://host:10001`` or ``host:6379``.
         actors: how many (default: one per GPU when running on GPUs, else one per CPU). Each takes
             one GPU when the device is cuda, or auto and the cluster has GPUs.
+        quiet: nothing of Ray's on stderr, not even its errors, and no line when an actor is replaced.
         """
         import ray
 
         model = model if isinstance(model, ModelSpec) else ModelSpec(**model)
         device = model.device
         begun = time.perf_counter()
+        self.quiet = quiet
         self.started = not ray.is_initialized()
+        self._muted = _mute_ray(quiet)
         if self.started:
             handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.ERROR, configure_logging=True)
+                         logging_level=logging.CRITICAL if quiet else logging.ERROR, configure_logging=True)
             except (ConnectionError, ValueError, RuntimeError) as exc:
+                self._muted()
                 raise ClipSegError(f"--ray-address {address or '(local)'}: cannot start or join Ray ({exc}); "
                                    "check the address (ray status shows it) or leave it out for a local Ray") from None
             finally:  # Ray's own handlers abort the process: Ctrl-C, SIGTERM and SIGHUP stop a run as ours do
@@ -104,11 +109,14 @@ class RayBatch:
         self._new_actor = lambda: remote.remote(job, model, shared, threads)
         self.actors = [self._new_actor() for _ in range(count)]
         self.threads = threads
-        errors = [error for error in ray.get([actor.ready.remote() for actor in self.actors]) if error]
-        self.startup = time.perf_counter() - begun  # Ray (when started here) and the actors' models
-        if errors:
+        readies = [actor.ready.remote() for actor in self.actors]
+        try:
+            for index, ready in enumerate(readies):
+                self.actors[index] = self._when_ready(self.actors[index], ready)
+        except ClipSegError:
             self.close()
-            raise ClipSegError(errors[0])
+            raise
+        self.startup = time.perf_counter() - begun  # Ray (when started here) and the actors' models
         self._pending: dict = {}  # object ref -> (chunk index, actor, chunk)
         self._losses: dict[int, int] = {}  # chunk index -> times its actor was lost
         self._finished: dict[int, list[Result]] = {}
@@ -191,19 +199,55 @@ class RayBatch:
                     "written so far are complete: rerun the same command to write the rest")
         with suppress(ray.exceptions.RayError):
             ray.kill(lost)
-        actor = self._new_actor()
-        self.actors[self.actors.index(lost)] = actor
+        self._tell(f"Ray lost an actor ({_first_line(exc)}); a new one redoes its {len(held)} chunk(s)")
         try:
-            error = ray.get(actor.ready.remote())
-        except ray.exceptions.RayError as failed:
-            error = f"Ray could not start a new actor ({_first_line(failed)})"
-        if error:
-            raise ClipSegError(f"{error}; the files written so far are complete: rerun the same command to write "
-                               "the rest")
+            actor = self._when_ready(self._new_actor())
+        except ClipSegError as failed:
+            raise ClipSegError(f"{failed}; the files written so far are complete: rerun the same command to write "
+                               "the rest") from None
+        self.actors[self.actors.index(lost)] = actor
         for ref, (index, _, chunk) in held.items():
             del self._pending[ref]
             self._pending[actor.process.remote(chunk)] = (index, actor, chunk)
         return actor
+
+    def _when_ready(self, actor: object, ready: object = None) -> object:
+        """Wait until an actor has loaded its model; one lost while it starts is replaced, `RESTARTS` times at most.
+
+        Arguments:
+            actor: the actor.
+            ready: its `ready` call, when made already.
+
+        Returns:
+            The actor, or the one that replaced it.
+
+        Raises:
+            ClipSegError: the model cannot be loaded (a set-up error), or no actor could be started.
+        """
+        import ray
+
+        for attempt in range(RESTARTS + 1):
+            try:
+                error = ray.get(ready if ready is not None else actor.ready.remote())
+            except ray.exceptions.RayActorError as exc:
+                if attempt == RESTARTS:
+                    raise ClipSegError(f"Ray could not start an actor ({_first_line(exc)})") from None
+                self._tell(f"Ray lost an actor while it started ({_first_line(exc)}); starting a new one")
+                actor, ready = self._new_actor(), None
+                continue
+            except ray.exceptions.RayError as exc:
+                raise ClipSegError(f"Ray could not start an actor ({_first_line(exc)})") from None
+            if error:
+                raise ClipSegError(error)
+            return actor
+        raise AssertionError("unreachable")
+
+    def _tell(self, message: str) -> None:
+        """One line on stderr (not when quiet), above a progress bar."""
+        if not self.quiet:
+            from tqdm import tqdm
+
+            tqdm.write(f"clipseg: {message}", file=sys.stderr)
 
     def unreported(self) -> list[Result]:
         """After an interrupted `process`: let the actors finish the chunks they were given (at most
@@ -237,6 +281,29 @@ class RayBatch:
         if self.started:
             ray.shutdown()
             self.started = False
+        self._muted()
+
+
+def _mute_ray(quiet: bool) -> Callable[[], None]:
+    """While we hold Ray: nothing of Ray's on stdout (its driver prints the raylet's errors there, e.g. on a
+    lost worker, even with log_to_driver=False), and with ``quiet`` nothing of its Python loggers on stderr.
+
+    Returns:
+        What undoes it (call it once Ray is let go).
+    """
+    from ray._private import worker
+
+    logger = logging.getLogger("ray")
+    before = worker._worker_logs_enabled, logger.level
+    worker._worker_logs_enabled = False  # the switch Ray's debugger uses: the raylet's errors stay in its log files
+    if quiet:
+        logger.setLevel(logging.CRITICAL)
+
+    def undo() -> None:
+        worker._worker_logs_enabled = before[0]
+        logger.setLevel(before[1])
+
+    return undo
 
 
 def _first_line(exc: BaseException) -> str:

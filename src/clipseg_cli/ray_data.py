@@ -2,19 +2,25 @@
 
     import ray
     from clipseg_cli.job import Job
-    from clipseg_cli.ray_data import read_images, segment, write_masks
+    from clipseg_cli.ray_data import read_image_files, segment, write_masks
 
-    images = read_images("s3://bucket/photos")                      # path, bytes, folder, stem
+    images = read_image_files("s3://bucket/photos")                      # path, bytes, folder, stem
     masks = segment(images, "CIDAS/clipseg-rd64-refined", Job(["car", "tree"]), batch_size=16,
                     concurrency=4, num_gpus=1)                       # one row per (image, prompt)
     written = write_masks(masks, "s3://bucket/masks")                # one record per row, no bytes
 
 `SegmentBatch` is the callable class behind `segment`, for ``Dataset.map_batches`` in your own
-pipelines: it holds one Segmenter (in our Engine) per actor, takes rows with ``path`` and
-optionally ``bytes`` (as ``ray.data.read_binary_files(..., include_paths=True)`` gives), and
-returns rows with the output files as PNG bytes and the statistics. Each batch runs the Engine
-that ``clipseg batch`` runs, writing into a temporary folder that is read back, so every file is
-byte for byte what ``clipseg batch`` writes for the same image, prompts and settings.
+pipelines: it holds one Segmenter (in our Engine) per actor. Rows of ``ray.data.read_images`` (an
+``image`` column) are segmented in memory, with the Engine's mask maths: masks (HxW uint8) and maps
+(HxW float32) as numpy columns, or the masks as PNG bytes with ``encode="png"``:
+
+    masks = segment(ray.data.read_images("s3://bucket/photos", mode="RGB", include_paths=True),
+                    "CIDAS/clipseg-rd64-refined", Job(["car"]))         # path, prompt, mask, soft, ...
+
+Rows with ``path`` and optionally ``bytes`` (as `read_image_files` gives) give the output files as PNG
+bytes, for `write_masks`: each batch runs the Engine that ``clipseg batch`` runs, writing into a
+temporary folder that is read back, so every file is byte for byte what ``clipseg batch`` writes for
+the same image, prompts and settings, fingerprint included.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from clipseg_cli.constants import OUTPUT_KINDS
 from clipseg_cli.errors import ClipSegError
@@ -59,23 +67,32 @@ class SegmentBatch:
     """
 
     def __init__(self, weights: str | Path, job: Job, *, device: str = "auto", precision: str = "auto",
-                 offline: bool | None = None, revision: str | None = None) -> None:
+                 offline: bool | None = None, revision: str | None = None, encode: str | None = None) -> None:
         """Arguments:
         weights, device, precision, offline, revision: as `Segmenter.from_pretrained` takes them.
         job: the prompts, output plan and mask steps (`clipseg_cli.job.Job`, what the CLI's options make).
+        encode: for rows with an ``image`` column: None gives the masks and maps as numpy arrays, ``png``
+            the masks as PNG bytes (those of ``clipseg batch``'s files without their fingerprint).
         """
         from clipseg_cli.predictor import ModelSpec
 
+        if encode not in (None, "png"):
+            raise ClipSegError(f"encode={encode!r}: choose None (numpy arrays) or 'png'")
+        self.encode = encode
         segmenter = ModelSpec(weights, device, precision, offline, revision).load(progress=False)
         self.engine = job.engine(segmenter, drop_unused_layers=True)
 
-    def __call__(self, batch: dict) -> pa.Table:
+    def __call__(self, batch: dict) -> pa.Table | dict:
         """Segment a batch of images (a dict of columns, Ray Data's default batch format).
 
         Returns:
-            A table of one row per (image, prompt), images in batch order, prompts in given order.
+            One row per (image, prompt), images in batch order, prompts in given order: for ``image`` rows
+            (see `in_memory`), else a table of the files' bytes and records.
         """
         import pyarrow as pa
+
+        if "image" in batch:
+            return self.in_memory(batch)
 
         paths = [str(path) for path in batch["path"]]
         data = batch.get("bytes")
@@ -100,6 +117,53 @@ class SegmentBatch:
         return pa.Table.from_pylist(rows, schema=_schema(with_bytes=True))
 
 
+    def in_memory(self, batch: dict) -> dict:
+        """Segment the rows of ``ray.data.read_images`` (an ``image`` column of HxWxC uint8 arrays, optionally
+        ``path``) in memory: nothing is read or written.
+
+        Returns:
+            Columns ``path`` (when given), ``prompt``, ``status``, ``error``, ``coverage``, ``bbox``,
+            ``mean_probability``, ``mask`` (HxW uint8, 255 inside; PNG bytes with ``encode="png"``) and
+            ``soft`` (HxW float32 map, None where nothing needed it).
+        """
+        from clipseg_cli.imaging.decode import open_image
+        from clipseg_cli.imaging.writing import mask_png
+        from clipseg_cli.postprocess import stats
+
+        engine = self.engine
+        paths = [str(path) for path in batch["path"]] if "path" in batch else [None] * len(batch["image"])
+        decoded, errors = [], {}
+        for index, image in enumerate(batch["image"]):
+            try:
+                decoded.append(open_image(np.asarray(image), max_pixels=engine.max_pixels))
+            except Exception as exc:  # one bad image never stops the batch
+                errors[index] = str(exc)
+        maps = iter(engine.maps(decoded))
+        rows: list[dict] = []
+        for index, path in enumerate(paths):
+            found = None if index in errors else next(maps)
+            for number, target in enumerate(engine.targets.targets):
+                row = {"path": path, "prompt": target.prompt, "status": "failed", "error": errors.get(index),
+                       "coverage": None, "bbox": None, "mean_probability": None, "mask": None, "soft": None}
+                if found is not None:
+                    mask, soft = found[number]
+                    row.update(status="ok", soft=soft, **(stats(mask, soft) if soft is not None else {}),
+                               mask=mask_png(mask) if self.encode else mask.astype(np.uint8) * np.uint8(255))
+                rows.append(row)
+        columns = {key: _column([row[key] for row in rows]) for key in (rows[0] if rows else {})}
+        if "path" not in batch:
+            columns.pop("path", None)
+        return columns
+
+
+def _column(values: list) -> np.ndarray:
+    """Returns: a numpy column of any values (arrays of different shapes included), as Ray Data takes it."""
+    column = np.empty(len(values), dtype=object)
+    for index, value in enumerate(values):  # one by one: arrays of one shape would be broadcast
+        column[index] = value
+    return column
+
+
 def _row(result, path: str, source: str, folder: str) -> dict:
     """One output row: the result's record under the row's own names, and its files' bytes."""
     row = {"path": path, "prompt": result.prompt, "status": result.status,
@@ -114,7 +178,7 @@ def _row(result, path: str, source: str, folder: str) -> dict:
 def segment(dataset: ray.data.Dataset, weights: str | Path, job: Job, *, batch_size: int = 16,
             concurrency: int = 1, num_gpus: float = 0, num_cpus: float = 1, **model) -> ray.data.Dataset:
     """``dataset.map_batches(SegmentBatch, ...)``: `concurrency` actors, each with `num_gpus` GPUs and
-    `num_cpus` CPUs, each holding one model; `model` (device, precision, ...) goes to `SegmentBatch`.
+    `num_cpus` CPUs, each holding one model; `model` (device, precision, encode, ...) goes to `SegmentBatch`.
 
     Returns:
         The lazy dataset of output rows (see `SegmentBatch`).
@@ -123,7 +187,7 @@ def segment(dataset: ray.data.Dataset, weights: str | Path, job: Job, *, batch_s
                                batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus, num_cpus=num_cpus)
 
 
-def read_images(paths: str | Sequence[str], *, recursive: bool = True, filesystem=None,
+def read_image_files(paths: str | Sequence[str], *, recursive: bool = True, filesystem=None,
                 **read_args) -> ray.data.Dataset:
     """Image files under folders (or named files) on any file system Ray Data reads (local, s3://, gs://, ...),
     with the output names ``clipseg batch`` gives them: the same files, folders and stems.

@@ -183,3 +183,4 @@ class RayOptions:
 
     address: str | None = None
     actors: int | None = None
+    quiet: bool = False
