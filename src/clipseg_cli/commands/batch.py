@@ -129,7 +129,7 @@ def batch(
         raise typer.Exit(run_watching(inputs, folder, recursive, texts_of(prompt, prompts_file), run_options,
                                       refused={"--shard": shard, "--ray": ray or ray_address}))
     part = parse_shard(shard) if shard is not None else None
-    on_ray = RayOptions(ray_address, ray_actors, quiet=settings.quiet) if ray or ray_address else None
+    on_ray = RayOptions(ray_address, ray_actors, quiet=run_options.quiet) if ray or ray_address else None
     texts = texts_of(prompt, prompts_file)
     lines = read_stdin_lines() if "-" in inputs else []
     items = collect(inputs, output_dir=folder, recursive=recursive, stdin=lines)
