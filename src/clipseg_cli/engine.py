@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clipseg_cli import combined
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.decode import DecodedImage, header_pixels, open_image
@@ -76,7 +77,8 @@ class Engine:
         self.min_side = decode_min_side(self.plan, segmenter.is_fp32, refiner is not None, segmenter.preprocessing.size)
         self.recorded = recorded_settings(self.plan, self.min_side, refiner.name if refiner is not None else None)
         # maps that each depend on one prompt are written by several workers at once
-        self.parts = _split(len(self.targets), 1 if self.targets.union or self.negatives else self.workers)
+        single = self.targets.union or self.negatives or self.plan.overlay_combined  # combined: all masks at once
+        self.parts = _split(len(self.targets), 1 if single else self.workers)
         self._swept: set[os.PathLike[str]] = set()  # output folders cleared of stale temporary files
 
     def process(self, items: Iterable[WorkItem]) -> Iterator[Result]:
@@ -261,8 +263,9 @@ class Engine:
         """
         try:
             targets = self.targets.targets[part.start : part.stop]
-            masks = self._masks(logits, decoded.image, decoded.size, part)
+            masks, kept = self._masks(logits, decoded.image, decoded.size, part), []
             for index, target, result, (mask, soft, foreground) in zip(part, targets, results, masks, strict=True):
+                kept.append(mask)
                 if result.status == "pending":
                     paths = self.targets.paths(item, target)
                     write_outputs(decoded.image, mask, soft, paths, self.plan, result.records, foreground=foreground,
@@ -270,6 +273,8 @@ class Engine:
                     result.stats = stats(mask, soft) if self.stats else {}
                     result.refine = self.refiner.name if self.refiner is not None else None
                     result.status = "ok"
+            if self.plan.overlay_combined:  # one part: every mask of the image is known
+                combined.write(decoded.image, kept, self.targets, results)
             return results
         except OSError as exc:
             where = exc.filename or item.output_dir

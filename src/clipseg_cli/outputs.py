@@ -26,6 +26,8 @@ from clipseg_cli.postprocess import PostProcess
 SLUG_LENGTH = 60
 HASH_CHARS = 6
 NAME_BYTES = 255  # the file-name limit of ext4, btrfs, APFS, NTFS (UTF-16 units there: fewer than bytes)
+COMBINED_LABEL = "all_prompts"  # the combined overlay's label: "_" is never in a prompt's label
+COMBINED_KIND = "combined_overlay"  # its key among a result's fingerprint records
 LONG_LABEL_BYTES = 96  # what a label keeps when a whole name would pass NAME_BYTES
 
 
@@ -35,6 +37,8 @@ class OutputPlan:
 
     mask: always written; binary 0/255 (the mask M), or with ``soft`` the map m as 8-bit grey.
     overlay: the image with M tinted and outlined.
+    overlay_combined: one overlay per image with every target's M in its palette colour and a legend
+        (`clipseg_cli.combined`).
     cutout: RGBA, M (or with ``soft`` m) as alpha.
     M and m are defined in `clipseg_cli.postprocess.mask_and_map`.
     overlay_color: the tint (RGB), default one colour per prompt from `PALETTE`.
@@ -49,6 +53,7 @@ class OutputPlan:
     overlay_color: tuple[int, int, int] | None = None
     overlay_alpha: float = 0.5
     bg_color: tuple[int, ...] | None = None
+    overlay_combined: bool = False
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -72,6 +77,8 @@ class OutputPlan:
                     "overlay_alpha": self.overlay_alpha, "outline": 2}
         if kind == "cutout":  # cut-outs before it kept the background's colours under alpha 0
             return {"bg_color": list(self.bg_color) if self.bg_color else "none"}
+        if kind == COMBINED_KIND:  # every prompt in its palette colour: --overlay-color does not apply
+            return {"overlay_alpha": self.overlay_alpha, "outline": 2, "legend": "prompt texts"}
         return {}
 
     def output_kind(self, kind: str) -> str:
@@ -81,7 +88,7 @@ class OutputPlan:
     @property
     def needs_full_image(self) -> bool:
         """Overlays and cut-outs need the image's pixels at full size; masks only its size."""
-        return self.overlay or self.cutout
+        return self.overlay or self.cutout or self.overlay_combined
 
 
 def slugify(text: str) -> str:
@@ -133,6 +140,19 @@ def output_paths(directory: Path, stem: str, label: str, plan: OutputPlan) -> di
         label = _fit(label, LONG_LABEL_BYTES)
         stem = _fit(stem, room - _size(label))
     return {kind: directory / f"{stem}.{label}.{kind}.png" for kind in plan.kinds}
+
+
+def combined_path(directory: Path, stem: str) -> Path:
+    """Where the combined overlay of one image goes: ``{stem}.all_prompts.overlay.png``.
+
+    No prompt's label contains ``_`` (`slugify`), so no prompt's file can take this name; a long
+    stem is cut as in `output_paths` to keep the name within 255 bytes.
+
+    Returns:
+        The path.
+    """
+    suffix = f".{COMBINED_LABEL}.overlay.png"
+    return directory / f"{_fit(stem, NAME_BYTES - _size(suffix))}{suffix}"
 
 
 def _size(text: str) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from clipseg_cli import combined
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.fingerprint import file_sha256, make_record, prompt_key, stale_reason
 from clipseg_cli.inputs import FileSet, WorkItem
@@ -35,12 +36,14 @@ class Result:
     stats: dict = field(default_factory=dict)
     records: dict[str, str] = field(default_factory=dict, repr=False)  # per kind, the fingerprint to store
     refine: str | None = None  # the refinement that ran (--refine); not in the JSON line when none did
+    combined_overlay: str | None = None  # the image's --overlay-combined file; not in the JSON line without it
 
     def to_json(self) -> dict:
         record = asdict(self)
         del record["records"]
-        if record["refine"] is None:
-            del record["refine"]
+        for optional in ("refine", "combined_overlay"):
+            if record[optional] is None:
+                del record[optional]
         record.update(record.pop("stats"))
         record.setdefault("coverage", None)  # the key is always there; null where no mask was made this run
         return record
@@ -152,7 +155,7 @@ class Targets:
                 if result.reason is None and len(existing) == len(paths):
                     result.status = "skipped"
             results.append(result)
-        return results
+        return combined.decide(self, item, results, digest, model, settings)
 
     def failed(self, item: WorkItem, exc: Exception, part: range | None = None) -> list[Result]:
         """Returns: a 'failed' result per target (of ``part``, default all) with the error on one line."""

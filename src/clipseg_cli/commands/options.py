@@ -42,6 +42,10 @@ OutputDir = Annotated[str | None, typer.Option(  # a str: "" must not become "."
     help="Folder for the outputs [default: beside each image].")]
 Overlay = Annotated[bool, typer.Option(
     "--overlay/--no-overlay", rich_help_panel=OUTPUT, help="Also write the image with the mask tinted.")]
+OverlayCombined = Annotated[bool, typer.Option(
+    "--overlay-combined", rich_help_panel=OUTPUT,
+    help="Also write one overlay per image, {stem}.all_prompts.overlay.png: every prompt's mask in its colour, "
+         "with a legend of the prompts.")]
 Soft = Annotated[bool, typer.Option(
     "--soft", rich_help_panel=OUTPUT, help="Write the probability as 8-bit grey instead of the binary mask.")]
 Cutout = Annotated[bool, typer.Option(

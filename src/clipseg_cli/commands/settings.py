@@ -35,6 +35,7 @@ class RunOptions:
     offline: options.Offline = False
     batch_size: options.BatchSize = None
     overlay: options.Overlay = True
+    overlay_combined: options.OverlayCombined = False
     soft: options.Soft = False
     cutout: options.Cutout = False
     bg_color: options.BgColor = None
