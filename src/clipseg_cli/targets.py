@@ -122,6 +122,7 @@ class Targets:
         """Decide for one item, before decoding it: a result per target, 'skipped' where its files exist
         with a matching fingerprint (unless forced), else 'pending' (to write), with the reason where an
         existing file did not match. Every target 'failed' when an output would overwrite a protected file.
+        With ``plan.overlay_combined``, the image's combined overlay joins the decision (`combined.decide`).
 
         Arguments:
             item: the image and where its outputs go.
