@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,3 +39,17 @@ def segment_cli(image: Path, out: Path, checkpoint: Path, *args: object) -> list
     outcome = clipseg("segment", image, *args, "-o", out, "--weights", checkpoint, "--precision", "fp32", "--json")
     assert outcome.code == 0, outcome.stderr
     return outcome.records()
+
+
+def assert_masks_are_segment_files(server: Any, asked: list[tuple[Path, str]], images: list[Path], checkpoint: Path,
+                                   out: Path) -> None:
+    """Ask for every (image, prompt) at once; each answer must be the mask PNG ``clipseg segment`` writes."""
+    with ThreadPoolExecutor(len(asked)) as pool:
+        answers = list(pool.map(lambda pair: post(server, pair[0], pair[1]), asked))
+    prompts = sorted({prompt for _, prompt in asked})
+    for image in images:
+        segment_cli(image, out, checkpoint, *prompts, "--no-overlay")
+    for (image, prompt), answer in zip(asked, answers, strict=True):
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"] == "image/png"
+        assert answer.content == (out / f"{image.stem}.{prompt}.mask.png").read_bytes(), (image, prompt)

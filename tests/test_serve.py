@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from helpers import clipseg, noise, save, subprocess_env
-from helpers_serve import AUTH, TOKEN, free_port, post, segment_cli
+from helpers_serve import AUTH, TOKEN, assert_masks_are_segment_files, free_port, post, segment_cli
 
 httpx = pytest.importorskip("httpx", reason="the dev extra's httpx drives the server")
 pytest.importorskip("fastapi", reason="clipseg serve needs the serve extra")
@@ -124,14 +124,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def test_32_concurrent_masks_are_the_bytes_clipseg_segment_writes(server, images, checkpoint, tmp_path):
     asked = [(images[i % 8], ("car", "tree")[i // 8 % 2]) for i in range(32)]
-    with ThreadPoolExecutor(32) as pool:
-        answers = list(pool.map(lambda pair: post(server, pair[0], pair[1]), asked))
-    for image in images:
-        segment_cli(image, tmp_path, checkpoint, "car", "tree", "--no-overlay")
-    for (image, prompt), answer in zip(asked, answers, strict=True):
-        assert answer.status_code == 200, answer.text
-        assert answer.headers["content-type"] == "image/png"
-        assert answer.content == (tmp_path / f"{image.stem}.{prompt}.mask.png").read_bytes(), (image, prompt)
+    assert_masks_are_segment_files(server, asked, images, checkpoint, tmp_path)
 
 
 def test_json_answer_has_every_file_and_the_statistics_of_segment_json(server, images, checkpoint, tmp_path):

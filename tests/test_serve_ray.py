@@ -13,14 +13,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from helpers import noise, save, subprocess_env
-from helpers_serve import AUTH, TOKEN, free_port, post, segment_cli
+from helpers_serve import AUTH, TOKEN, assert_masks_are_segment_files, free_port, post, segment_cli
 
 httpx = pytest.importorskip("httpx", reason="the dev extra's httpx drives the server")
 pytest.importorskip("ray.serve", reason="clipseg serve --ray needs the serve-ray extra")
@@ -84,14 +83,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def test_masks_from_ray_serve_are_the_bytes_clipseg_segment_writes(server, images, checkpoint, tmp_path):
     asked = [(image, prompt) for image in images for prompt in ("car", "tree")]
-    with ThreadPoolExecutor(len(asked)) as pool:
-        answers = list(pool.map(lambda pair: post(server, pair[0], pair[1]), asked))
-    for image in images:
-        segment_cli(image, tmp_path, checkpoint, "car", "tree", "--no-overlay")
-    for (image, prompt), answer in zip(asked, answers, strict=True):
-        assert answer.status_code == 200, answer.text
-        assert answer.headers["content-type"] == "image/png"
-        assert answer.content == (tmp_path / f"{image.stem}.{prompt}.mask.png").read_bytes(), (image, prompt)
+    assert_masks_are_segment_files(server, asked, images, checkpoint, tmp_path)
 
 
 def test_json_answer_has_the_files_of_segment_json(server, images, checkpoint, tmp_path):
