@@ -21,7 +21,7 @@ LAYERS = [
     ["clipseg_cli.checkpoints"],  # the loader builds the model: modeling never imports it
     ["clipseg_cli.backends"],  # the runtimes a Segmenter runs the model on (torch, ONNX Runtime)
     ["clipseg_cli.outputs", "clipseg_cli.prompts", "clipseg_cli.refine"],
-    ["clipseg_cli.targets"],  # what a run writes per image: names, skip or redo, failure records
+    ["clipseg_cli.targets", "clipseg_cli.combined"],  # what a run writes per image: names, skip or redo, failures
     ["clipseg_cli.predictor"],
     ["clipseg_cli.engine"],
     ["clipseg_cli.job", "clipseg_cli.shard", "clipseg_cli.ray_batch", "clipseg_cli.ray_data",

@@ -263,9 +263,10 @@ class Engine:
         """
         try:
             targets = self.targets.targets[part.start : part.stop]
-            masks, kept = self._masks(logits, decoded.image, decoded.size, part), []
+            masks, image_masks = self._masks(logits, decoded.image, decoded.size, part), []
             for index, target, result, (mask, soft, foreground) in zip(part, targets, results, masks, strict=True):
-                kept.append(mask)
+                if self.plan.overlay_combined:  # kept only for it: 30 prompts' masks of a large image are 100s of MB
+                    image_masks.append(mask)
                 if result.status == "pending":
                     paths = self.targets.paths(item, target)
                     write_outputs(decoded.image, mask, soft, paths, self.plan, result.records, foreground=foreground,
@@ -274,7 +275,7 @@ class Engine:
                     result.refine = self.refiner.name if self.refiner is not None else None
                     result.status = "ok"
             if self.plan.overlay_combined:  # one part: every mask of the image is known
-                combined.write(decoded.image, kept, self.targets, results)
+                combined.write(decoded.image, image_masks, self.targets, results)
             return results
         except OSError as exc:
             where = exc.filename or item.output_dir
