@@ -76,9 +76,7 @@ class OrtRunner:
         if runner._file("segment").is_file():  # opening while the tokenizer is built
             runner._open_in_background("segment")
         runner.tokenizer = ClipTokenizer(directory, config.text["max_position_embeddings"], config.text["vocab_size"])
-        missing = [graph for graph in ("segment", "text") if not runner._file(graph).is_file()]
-        if missing:  # both at once: one load of the weights
-            runner._export(missing)
+        runner._export_missing(["segment", "text"])  # both at once: one load of the weights
         if "segment" not in runner._opening:  # the text graph opens only for a prompt not embedded before
             runner._open_in_background("segment")
         return runner, preprocessing
@@ -148,6 +146,17 @@ class OrtRunner:
         if self.progress:
             print(f"clipseg: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
+    def _export_missing(self, graphs: list[str]) -> bool:
+        """Export those of ``graphs`` the cache lacks, in one load of the weights.
+
+        Returns:
+            True when something was exported.
+        """
+        missing = [graph for graph in graphs if not self._file(graph).is_file()]
+        if missing:
+            self._export(missing)
+        return bool(missing)
+
     def _export(self, graphs: list[str], reason: str = "") -> None:
         """Export ``graphs`` from the checkpoint's fp32 weights into the cache (imports torch), saying so (or
         ``reason``) in one line."""
@@ -180,11 +189,7 @@ def prepare_graphs(directory: Path, progress: bool = True) -> bool:
     """
     directory = Path(directory)
     config, preprocessing = check_processing(directory)
-    runner = OrtRunner(directory, "fp32", config, preprocessing, progress)
-    missing = [graph for graph in ("segment", "text") if not runner._file(graph).is_file()]
-    if missing:
-        runner._export(missing)
-    return bool(missing)
+    return OrtRunner(directory, "fp32", config, preprocessing, progress)._export_missing(["segment", "text"])
 
 
 def _session(path: Path):

@@ -111,15 +111,24 @@ class TracedRunner:
     def _ensure(self, *programs: str) -> None:
         """Load ``programs``; trace the ones missing from the cache, or damaged there (saying so), first."""
         wanted = [name for name in programs if name not in self._programs]
-        missing = [name for name in wanted if not program_path(self.entry, name).is_file()]
-        if missing:
-            self._trace(missing)
+        self._trace_missing(wanted)
         for name in wanted:
             try:
                 self._programs[name] = _load(program_path(self.entry, name))
             except CacheDamaged as exc:
                 self._trace([name], f"{exc}; tracing it again")
                 self._programs[name] = _load(program_path(self.entry, name))
+
+    def _trace_missing(self, programs: list[str]) -> bool:
+        """Trace those of ``programs`` the cache lacks, in one load of the weights.
+
+        Returns:
+            True when something was traced.
+        """
+        missing = [name for name in programs if not program_path(self.entry, name).is_file()]
+        if missing:
+            self._trace(missing)
+        return bool(missing)
 
     def _trace(self, programs: list[str], reason: str = "") -> None:
         """Trace ``programs`` from the checkpoint's weights into the cache (imports transformers), saying so (or
@@ -185,11 +194,7 @@ def prepare_programs(directory: Path, progress: bool = True) -> bool:
     """
     directory = Path(directory)
     config, preprocessing = check_processing(directory)
-    runner = TracedRunner(directory, config, preprocessing, progress)
-    missing = [name for name in ("segment", "text") if not program_path(runner.entry, name).is_file()]
-    if missing:
-        runner._trace(missing)
-    return bool(missing)
+    return TracedRunner(directory, config, preprocessing, progress)._trace_missing(["segment", "text"])
 
 
 def _serialise(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> bytes:
