@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipseg_cli.errors import ClipSegError
 from clipseg_cli.fingerprint import PNG_KEY, make_record, stale_reason
 from clipseg_cli.imaging.writing import combined_overlay, save_png
 from clipseg_cli.outputs import COMBINED_KIND, combined_path
@@ -46,9 +45,9 @@ def decide(targets: Targets, item: WorkItem, results: list[Result], input_sha256
     if not targets.plan.overlay_combined or any(result.status == "failed" for result in results):
         return results
     path = combined_path(item.output_dir, item.stem)
-    if path in targets.protected:
-        return targets.failed(item, ClipSegError(f"{item.source}: its output {path} would overwrite an input file; "
-                                                 "rename that file or choose another --output-dir"))
+    refused = targets.refuse_overwriting_inputs(item, [path])
+    if refused:
+        return refused
     record = make_record("combined overlay", input_sha256=input_sha256,
                          prompt=" + ".join(target.key for target in targets.targets),
                          prompt_text=" | ".join(target.text for target in targets.targets), model=model,

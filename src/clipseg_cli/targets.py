@@ -139,10 +139,9 @@ class Targets:
         results = []
         for target in self.targets:
             paths = self.paths(item, target)
-            clash = next((path for path in paths.values() if path in self.protected), None)
-            if clash is not None:
-                return self.failed(item, ClipSegError(f"{item.source}: its output {clash} would overwrite an input "
-                                                      "file; rename that file or choose another --output-dir"))
+            refused = self.refuse_overwriting_inputs(item, paths.values())
+            if refused:
+                return refused
             records = {kind: make_record(self.plan.output_kind(kind), input_sha256=digest, prompt=target.key,
                                          prompt_text=target.text, model=model,
                                          settings={**settings, **self.plan.looks(kind)})  # looks: their files only
@@ -157,6 +156,15 @@ class Targets:
                     result.status = "skipped"
             results.append(result)
         return combined.decide(self, item, results, digest, model, settings)
+
+    def refuse_overwriting_inputs(self, item: WorkItem, paths: Iterable[Path]) -> list[Result]:
+        """Returns: a 'failed' result per target when one of ``paths`` (an item's outputs) is a protected file,
+        else an empty list."""
+        clash = next((path for path in paths if path in self.protected), None)
+        if clash is None:
+            return []
+        return self.failed(item, ClipSegError(f"{item.source}: its output {clash} would overwrite an input file; "
+                                              "rename that file or choose another --output-dir"))
 
     def failed(self, item: WorkItem, exc: Exception, part: range | None = None) -> list[Result]:
         """Returns: a 'failed' result per target (of ``part``, default all) with the error on one line."""
