@@ -358,6 +358,30 @@ def bf16_start_goal(args, work: Path) -> list[tuple]:
     return [goal("4: segment --precision bf16 wall time (s)", warm, 3, False, "{:.2f}")]
 
 
+def default_change(args, work: Path) -> list[tuple]:
+    """What issue 21's new default gains or costs on a CPU with bf16 units, where auto was bf16 on torch before:
+    `clipseg batch` as whole processes over 1, 24 and 500 JPEGs x 3 prompts, masks only, auto (now the exact
+    class) against --precision bf16 (the old auto), one after the other, the models prepared beforehand."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
+    counts = (1, 2) if args.quick else (1, 24, 500)
+    for count in counts:
+        sizes = QUICK_SIZES if args.quick else ([SINGLE_SIZE] if count == 1 else SIZES if count <= 24 else [(640, 480)])
+        folder = work / f"images-default-{count}"
+        make_images(folder, count, sizes)
+        seconds = {}
+        for precision in ("auto", "bf16", "auto", "bf16")[: 2 if count > 24 else 4]:
+            prompts = [arg for prompt in PROMPTS[:3] for arg in ("-p", prompt)]
+            command = [sys.executable, "-m", "clipseg_cli", "batch", str(folder), *prompts,
+                       "--weights", str(args.cache), "--precision", precision, "--no-overlay", "-f", "-q",
+                       "-o", str(work / f"default-{count}-{precision}")]
+            seconds.setdefault(precision, []).append(run_wall(command, env))
+        auto, bf16 = (min(seconds[p]) for p in ("auto", "bf16"))
+        print(f"[default] {count} JPEG(s) {sorted(set(sizes))} x 3 prompts, whole process: auto (exact) {auto:.2f} s, "
+              f"bf16 (the old auto on bf16 CPUs) {bf16:.2f} s: the new default takes {auto / bf16:.2f}x the time",
+              flush=True)
+    return []
+
+
 def scenario_a(args, work: Path) -> list[tuple]:
     paths = make_images(work / "images-a", 1, QUICK_SIZES[:1] if args.quick else [(1920, 1080)])
     prompts = PROMPTS[:2] if args.quick else PROMPTS
@@ -502,10 +526,11 @@ def _timed(call) -> float:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=("s", "export", "a", "b", "tower", "all"), default="all",
+    parser.add_argument("--scenario", choices=("s", "export", "a", "b", "tower", "default", "all"), default="all",
                         help="s: `clipseg segment` 1 image x 1 prompt, whole processes; a: 1 image x 5 prompts, fp32; "
                              "b: 24 images x 3 prompts, ours at --precision (and fast); export: the one-time export; "
-                             "tower: the image tower against the fp32 GEMM peak")
+                             "tower: the image tower against the fp32 GEMM peak; default: auto against bf16 (the old "
+                             "default on bf16 CPUs) at 1, 24 and 500 images (not part of all)")
     parser.add_argument("--repeats", type=int, help="timed rounds per side (default: 5 for a, 1 for b)")
     parser.add_argument("--images", type=int, default=24, help="images in scenario b")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="for both sides")
@@ -542,12 +567,13 @@ def main(argv: list[str] | None = None) -> int:
         goals += scenario_a(args, work) if args.scenario in ("a", "all") else []
         goals += scenario_b(args, work) if args.scenario in ("b", "all") else []
         goals += tower_goal(args) if args.scenario in ("tower", "all") and args.device == "cpu" else []
+        goals += default_change(args, work) if args.scenario == "default" else []
     finally:
         if args.keep:
             print(f"images and outputs kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    width = max(len(g[0]) for g in goals)
+    width = max((len(g[0]) for g in goals), default=0)
     print(f"\nsummary on {cpu_flags()}" + (" (--quick: tiny model, indicative only)" if args.quick else ""))
     for name, value, target, verdict in goals:
         verdict = "not judged in quick mode" if args.quick else verdict  # a tiny model says nothing of the goals
