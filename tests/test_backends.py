@@ -120,12 +120,10 @@ def test_plan_picks_the_runtime(monkeypatch):
     assert choose_runtime("cpu", "int8").backend == "onnxruntime"
     with pytest.raises(ClipSegError, match="int8 runs on ONNX Runtime only"):
         choose_runtime("cpu", "int8", "torch")
-    detect.cache_clear()
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
+    assert detect() and runtime.cpu_has_amx_bf16()
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # an emulated AVX2 CPU has no bf16 units for torch
-    try:
-        assert not detect()
-    finally:
-        detect.cache_clear()  # the next test sees this CPU again
+    assert not detect() and not runtime.cpu_has_amx_bf16() and runtime.fast_cpu_precision() == "int8"
 
 
 def test_cache_is_keyed_by_the_checkpoint_and_rebuilt_when_stale(tmp_path, own_cache):

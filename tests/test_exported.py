@@ -112,21 +112,20 @@ def test_a_warm_bf16_start_does_not_import_transformers_clip_modules(own_cache, 
     assert "torch" in imported and not any(name.startswith("transformers") for name in imported)
 
 
-@pytest.mark.parametrize("bf16_units", [True, False], ids=["bf16-cpu", "emulated-avx2-cpu"])
-def test_download_weights_prepare_traces_the_programs_on_a_cpu_with_bf16_units(
-        bf16_units, hub_server, checkpoint, tmp_path):
-    if bf16_units and not runtime.cpu_has_bf16_matmul():
-        pytest.skip("this CPU has no bf16 units")
+@pytest.mark.parametrize("emulated", [False, True], ids=["this-cpu", "emulated-avx2-cpu"])
+def test_download_weights_prepare_traces_the_programs_only_where_fast_means_bf16(
+        emulated, hub_server, checkpoint, tmp_path):
+    bf16 = not emulated and runtime.fast_cpu_precision() == "bf16"  # CPUs with AMX; int8 elsewhere
     served = {path.name: path.read_bytes() for path in checkpoint.iterdir()}
     hub_server.add_revision("CIDAS/clipseg-rd64-refined", "main", served)
     cache = tmp_path / "cache"
     env = subprocess_env(HF_ENDPOINT=hub_server.url, HF_HUB_CACHE=str(tmp_path / "hub"), CLIPSEG_CACHE=str(cache),
-                         **({} if bf16_units else EMULATED_AVX2))
+                         **(EMULATED_AVX2 if emulated else {}))
     env.pop("HF_HUB_OFFLINE")
     done = subprocess.run([sys.executable, "-m", "clipseg_cli", "download-weights", "--prepare"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     entry = entry_dir(Path(done.stdout.strip()), cache / "onnx")
-    assert (entry / "segment-fp32.onnx").is_file()
-    assert program_path(entry, "segment").is_file() == bf16_units
-    assert (PREPARING in done.stderr) == bf16_units
+    assert (entry / "segment-fp32.onnx").is_file() and (entry / "segment-int8.onnx").is_file() != bf16
+    assert program_path(entry, "segment").is_file() == bf16
+    assert (PREPARING in done.stderr) == bf16

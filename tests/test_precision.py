@@ -15,7 +15,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 import clipseg_cli.runtime as runtime
-from clipseg_cli.backends.cache import entry_dir, graph_path
+from clipseg_cli.backends.cache import entry_dir, graph_path, program_path
 from clipseg_cli.backends.ort import prepare_graphs
 from clipseg_cli.fingerprint import PNG_KEY, read_record
 from clipseg_cli.runtime import choose_runtime
@@ -26,21 +26,33 @@ EMULATED_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}  #
 PREPARING = "preparing the model for this CPU, once (about "
 
 
+# /proc/cpuinfo flags of the CPU kinds that pick different precisions (as `runtime._cpu_flags` reads them).
+CPU_FLAGS = {
+    "amx": {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"},
+    "avx512_bf16": {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"},  # this EPYC: no AMX
+    "avx512": {"avx2", "fma", "avx512f", "avx512_vnni"},
+    "avx2": {"avx2", "fma"},
+}
+FAST_ON_CPU = {"amx": ("torch", "bf16"), "avx512_bf16": ("onnxruntime", "int8"), "avx512": ("onnxruntime", "int8"),
+               "avx2": ("onnxruntime", "int8")}
+
+
 @pytest.fixture
 def cpu_kind(monkeypatch):
-    """Set the CPU kind runtime sees: ``cpu_kind(True)`` has bf16 units, ``cpu_kind(False)`` is AVX2-only."""
+    """Set the CPU kind runtime sees by its /proc/cpuinfo flags: ``cpu_kind("amx")``, ``cpu_kind("avx512_bf16")``,
+    ``cpu_kind("avx512")`` or ``cpu_kind("avx2")``, without the emulation settings."""
     for name in EMULATED_AVX2:
         monkeypatch.delenv(name, raising=False)
 
-    def set_kind(bf16: bool) -> None:
-        monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda: bf16)
+    def set_kind(kind: str) -> None:
+        monkeypatch.setattr(runtime, "_cpu_flags", lambda: frozenset(CPU_FLAGS[kind]))
     return set_kind
 
 
-@pytest.mark.parametrize("bf16_units", [True, False], ids=["bf16-cpu", "avx2-cpu"])
+@pytest.mark.parametrize("kind", list(CPU_FLAGS))
 @pytest.mark.parametrize("gpu", ["none", "cuda", "mps"])
-def test_auto_is_exact_and_fast_is_the_hardware_s_fast_precision(cpu_kind, monkeypatch, gpu, bf16_units):
-    cpu_kind(bf16_units)
+def test_auto_is_exact_and_fast_is_the_hardware_s_fast_precision(cpu_kind, monkeypatch, gpu, kind):
+    cpu_kind(kind)
     monkeypatch.setattr(runtime, "may_have_gpu", lambda: gpu != "none")
     monkeypatch.setattr(runtime, "resolve_device", lambda device: torch.device("cpu" if gpu == "none" else gpu))
     auto = choose_runtime("auto", "auto")
@@ -48,14 +60,26 @@ def test_auto_is_exact_and_fast_is_the_hardware_s_fast_precision(cpu_kind, monke
     assert auto.backend == ("onnxruntime" if gpu == "none" else "torch")
     assert choose_runtime("cpu", "auto").precision == "fp32"  # a GPU machine asked for its CPU
     fast = choose_runtime("auto", "fast")
-    expected = ("torch", "bf16") if bf16_units else ("onnxruntime", "int8")
-    assert (fast.backend, fast.precision) == (expected if gpu == "none" else ("torch", "fp16"))
+    assert (fast.backend, fast.precision) == (FAST_ON_CPU[kind] if gpu == "none" else ("torch", "fp16"))
+    assert choose_runtime("cpu", "fast") == runtime.Runtime(FAST_ON_CPU[kind][0], "cpu", FAST_ON_CPU[kind][1])
     assert choose_runtime("cpu", "auto", "torch") == runtime.Runtime("torch", "cpu", "fp32")
-    assert choose_runtime("cpu", "fast", "onnxruntime").precision == "int8"
+    assert choose_runtime("cpu", "fast", "torch") == runtime.Runtime("torch", "cpu", "bf16")  # int8 needs ORT
+    assert choose_runtime("cpu", "fast", "onnxruntime") == runtime.Runtime("onnxruntime", "cpu", "int8")
+    assert runtime.cpu_has_bf16_matmul() == (kind in ("amx", "avx512_bf16"))  # its other users' rule is unchanged
 
 
-def test_segment_auto_runs_exact_on_a_bf16_cpu(cpu_kind, checkpoint, tmp_path):
-    cpu_kind(True)
+def test_fast_is_int8_on_an_amx_cpu_kept_off_avx512(cpu_kind, monkeypatch):
+    cpu_kind("amx")
+    assert runtime.fast_cpu_precision() == "bf16"
+    for name, value in EMULATED_AVX2.items():  # how an AVX2-only CPU is emulated: torch never reaches AMX
+        monkeypatch.setenv(name, value)
+        assert choose_runtime("cpu", "fast") == runtime.Runtime("onnxruntime", "cpu", "int8")
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("kind", ["avx512_bf16", "amx"])
+def test_segment_auto_runs_exact_and_fast_the_cpu_s_fast_precision(cpu_kind, checkpoint, tmp_path, kind):
+    cpu_kind(kind)
     photo = tmp_path / "photo.png"
     probe_image(0).save(photo)
     done = clipseg("segment", photo, "tree", "--weights", checkpoint, "--no-overlay", "-v", "--json")
@@ -64,7 +88,8 @@ def test_segment_auto_runs_exact_on_a_bf16_cpu(cpu_kind, checkpoint, tmp_path):
     assert read_record(Path(done.records()[0]["mask"]))["precision"] == "exact"
     fast = clipseg("segment", photo, "tree", "--weights", checkpoint, "--no-overlay", "-v", "--precision", "fast",
                    "-o", tmp_path / "fast")
-    assert fast.code == 0 and "precision bf16 (fast asked) on torch" in fast.stderr
+    backend, precision = FAST_ON_CPU[kind]
+    assert fast.code == 0 and f"precision {precision} (fast asked) on {backend}" in fast.stderr
 
 
 def masks(folder: Path) -> dict[str, np.ndarray]:
@@ -92,7 +117,7 @@ def native_batch(folder: Path, out: Path, checkpoint: Path, *args: str) -> list[
 
 
 def test_exact_masks_of_an_avx2_and_a_bf16_cpu_agree_and_each_accepts_the_other_s(cpu_kind, checkpoint, tmp_path):
-    cpu_kind(True)  # the native runs: a CPU with bf16 units (auto meant bf16 on torch there)
+    cpu_kind("avx512_bf16")  # the native runs: a CPU with bf16 units (auto meant bf16 on torch there)
     folder = make_folder(tmp_path)
     avx2, native = tmp_path / "avx2", tmp_path / "native"
     first = emulated_avx2_batch(folder, avx2, checkpoint)  # auto: ONNX Runtime fp32
@@ -127,7 +152,7 @@ def rewrite_precision(path: Path, precision: str) -> None:
 
 @pytest.mark.parametrize(("old", "redone"), [("bfloat16", True), ("float32-onnxruntime", False), ("float32", False)])
 def test_outputs_of_an_older_release_are_redone_only_where_auto_was_bf16(cpu_kind, checkpoint, tmp_path, old, redone):
-    cpu_kind(True)
+    cpu_kind("avx512_bf16")
     photo = tmp_path / "photo.png"
     probe_image(0).save(photo)
     args = ("segment", photo, "tree", "--weights", checkpoint, "--no-overlay", "--json")
@@ -142,6 +167,45 @@ def test_outputs_of_an_older_release_are_redone_only_where_auto_was_bf16(cpu_kin
         assert clipseg(*args).records()[0]["status"] == "skipped"  # once
     else:
         assert (record["status"], record["reason"]) == ("skipped", None)
+
+
+@pytest.mark.parametrize("kind", ["avx512_bf16", "amx"])
+def test_outputs_of_the_old_fast_are_redone_once_where_fast_is_now_int8(cpu_kind, checkpoint, tmp_path, kind):
+    cpu_kind(kind)
+    photo = tmp_path / "photo.png"
+    probe_image(0).save(photo)
+    args = ("segment", photo, "tree", "--weights", checkpoint, "--no-overlay", "--json", "--precision")
+    old = clipseg(*args, "bf16").records()[0]  # what fast wrote on every CPU with bf16 units before
+    assert read_record(Path(old["mask"]))["precision"] == "bf16"
+    again = clipseg(*args, "fast")
+    record = again.records()[0]
+    if kind == "amx":  # fast is still bf16 there
+        assert (record["status"], record["reason"]) == ("skipped", None)
+        return
+    assert record["status"] == "ok" and "bf16 -> int8: --precision fast is now int8 on CPUs without AMX" in (
+        record["reason"])
+    assert "--precision fast is now int8" in again.stderr  # the summary's first redone output says why
+    assert read_record(Path(record["mask"]))["precision"] == "int8"
+    assert clipseg(*args, "fast").records()[0]["status"] == "skipped"  # once
+
+
+@pytest.mark.parametrize("kind", ["avx512_bf16", "avx2", "amx"])
+def test_prepare_for_cpu_makes_what_auto_and_fast_run(cpu_kind, checkpoint, own_cache, tmp_path, kind):
+    cpu_kind(kind)
+    fast = FAST_ON_CPU[kind][1]
+    assert runtime.prepare_for_cpu(checkpoint, progress=False) == ["fp32", fast]
+    entry = entry_dir(checkpoint)
+    assert graph_path(entry, "segment", "fp32").is_file() and graph_path(entry, "text", "fp32").is_file()
+    assert graph_path(entry, "segment", "int8").is_file() == (fast == "int8")
+    assert program_path(entry, "segment").is_file() == (fast == "bf16")  # traced only where fast means bf16
+    assert program_path(entry, "text").is_file() == (fast == "bf16")
+    assert runtime.prepare_for_cpu(checkpoint, progress=False) == []  # all in the cache now
+    photo = tmp_path / "photo.png"
+    probe_image(0).save(photo)
+    for precision in ("auto", "fast"):  # a first run then prepares nothing
+        done = clipseg("segment", photo, "tree", "--weights", checkpoint, "--no-overlay", "--precision", precision,
+                       "-o", tmp_path / precision)
+        assert done.code == 0 and "clipseg: preparing" not in done.stderr, done.stderr
 
 
 def test_first_run_announces_the_export_and_a_killed_one_resumes(checkpoint, tmp_path, monkeypatch):
@@ -170,7 +234,11 @@ def test_download_weights_prepare_exports_ahead(hub_server, checkpoint, tmp_path
     command = [sys.executable, "-m", "clipseg_cli", "download-weights", "--prepare"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stderr.count(PREPARING) == 1
+    assert done.stderr.count(PREPARING) == 1  # the exact class, then the fast class's int8 graph or bf16 programs
+    fast = runtime.fast_cpu_precision()
+    assert [line for line in done.stderr.splitlines() if "clipseg: preparing" in line] == [
+        next(line for line in done.stderr.splitlines() if PREPARING in line),
+        next(line for line in done.stderr.splitlines() if f"preparing the {fast} model for this CPU" in line)]
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and PREPARING not in again.stderr and again.stdout == done.stdout
     monkeypatch.setenv("CLIPSEG_CACHE", str(cache))

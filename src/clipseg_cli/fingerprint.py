@@ -52,9 +52,13 @@ _REASONS = {"input": "input file changed", "prompt_sha256": "prompt changed", "w
 # "exact" (masks equal to 99.99 %), accepted everywhere. Older records stored the names: read as their classes.
 PRECISION_CLASSES = {"float32": "exact", "float32-onnxruntime": "exact", "bfloat16": "bf16", "float16": "fp16",
                      "int8-onnxruntime": "int8"}
-# Why an output of auto on a CPU with bf16 units (bf16 before auto meant the exact class) is redone, once.
+# Why an output made by an older meaning of auto or fast is redone, once: auto on a CPU with bf16 units was bf16
+# (records of that release name "bfloat16") before it meant the exact class; fast on CPUs with AVX512-BF16 but no
+# AMX was bf16 before it meant int8 there.
 _OLD_AUTO_REASON = ("precision changed (bf16 -> exact: --precision auto is now exact on every CPU; "
-                    "--precision fast keeps bf16)")
+                    "--precision bf16 keeps bf16)")
+_OLD_FAST_REASON = ("precision changed (bf16 -> int8: --precision fast is now int8 on CPUs without AMX, "
+                    "AVX512-BF16 ones included; --precision bf16 keeps bf16)")
 
 
 def file_sha256(path: Path) -> str:
@@ -201,8 +205,11 @@ def stale_reason(path: Path, expected: str) -> str | None:
         return None
     for key, reason in _REASONS.items():
         if found.get(key) != want[key]:
-            old_auto = key == "precision" and legacy == "bfloat16" and want[key] == "exact"
-            return _OLD_AUTO_REASON if old_auto else reason
+            if key == "precision" and legacy == "bfloat16" and want[key] == "exact":
+                return _OLD_AUTO_REASON
+            if key == "precision" and found.get(key) == "bf16" and want[key] == "int8":
+                return _OLD_FAST_REASON
+            return reason
     settings = found.get("settings") if isinstance(found.get("settings"), dict) else {}
     changed = sorted(key for key in want["settings"].keys() | settings.keys()
                      if settings.get(key) != want["settings"].get(key))

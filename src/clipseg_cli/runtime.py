@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipseg_cli.errors import ClipSegError
@@ -37,6 +38,21 @@ class Runtime:
 
 
 @cache
+def _cpu_flags() -> frozenset[str]:
+    """Returns: the flags of the first ``flags`` line of /proc/cpuinfo; empty where it cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            return frozenset(next((line for line in info if line.startswith("flags")), "").split())
+    except OSError:
+        return frozenset()
+
+
+def _torch_kept_off_avx512() -> bool:
+    """Returns: whether ``ATEN_CPU_CAPABILITY=avx2`` or ``ONEDNN_MAX_CPU_ISA=AVX2`` (how an AVX2-only CPU is
+    emulated) keeps torch off AVX-512, and so off its bf16 units."""
+    return any(os.environ.get(name, "").lower() in lower for name, lower in _NO_AVX512.items())
+
+
 def cpu_has_bf16_matmul() -> bool:
     """Whether this CPU has native bf16 matrix units (AMX or AVX512-BF16) that torch may use.
 
@@ -46,15 +62,50 @@ def cpu_has_bf16_matmul() -> bool:
     Returns:
         True when bf16 matmuls run natively (several times faster than fp32).
     """
-    for name, lower in _NO_AVX512.items():
-        if os.environ.get(name, "").lower() in lower:
-            return False
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            flags = next((line for line in info if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return not _torch_kept_off_avx512() and bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+
+
+def cpu_has_amx_bf16() -> bool:
+    """Whether this CPU has AMX bf16 tiles (flag ``amx_bf16``) that torch may use; the emulation settings of
+    `cpu_has_bf16_matmul` count as none.
+
+    Returns:
+        True where bf16 outruns int8: AMX's tiles multiply bf16 several times faster than fp32, while
+        AVX512-BF16's dot products alone give about 2x fp32, less than int8 with VNNI or even AVX2.
+    """
+    return not _torch_kept_off_avx512() and "amx_bf16" in _cpu_flags()
+
+
+def fast_cpu_precision() -> str:
+    """What ``--precision fast`` runs on this CPU: the one place of that rule.
+
+    Returns:
+        "bf16" (torch) on CPUs with AMX bf16 tiles, "int8" (ONNX Runtime) on every other CPU.
+    """
+    return "bf16" if cpu_has_amx_bf16() else "int8"
+
+
+def prepare_for_cpu(directory: Path, progress: bool = True) -> list[str]:
+    """Export and trace ahead what ``auto`` and ``fast`` run on this CPU (imports torch): the exact-class graphs,
+    then the fast class's int8 segment graph, or its bf16 programs where fast means bf16 (`fast_cpu_precision`).
+    Each step says in one line that it runs, unless the cache already holds its result.
+
+    Raises CacheUnwritable when the cache cannot take them.
+
+    Returns:
+        The precisions prepared now ("fp32", "int8", "bf16"); empty when the cache held everything.
+    """
+    from clipseg_cli.backends.ort import prepare_graphs
+
+    done = ["fp32"] if prepare_graphs(directory, progress) else []
+    fast = fast_cpu_precision()
+    if fast == "bf16":
+        from clipseg_cli.backends.traced import prepare_programs
+
+        made = prepare_programs(directory, progress)
+    else:
+        made = prepare_graphs(directory, progress, fast)
+    return [*done, fast] if made else done
 
 
 def may_have_gpu() -> bool:
@@ -78,8 +129,9 @@ def choose_runtime(device: str = "auto", precision: str = "auto", backend: str =
 
     ``auto`` is the exact class everywhere: fp32 through ONNX Runtime on CPUs (torch where ``backend``
     says so), fp32 with TF32 off on GPUs. ``fast`` picks the fastest precision this hardware runs
-    well: bf16 (torch) on CPUs with bf16 matrix units, int8 (ONNX Runtime) on other CPUs, fp16 on
-    GPUs. ``fp32``, ``bf16`` and ``fp16`` run on torch (fp32 is the reference computation, bit for
+    well: bf16 (torch) on CPUs with AMX bf16 tiles, int8 (ONNX Runtime) on other CPUs (AVX512-BF16
+    without AMX included: `fast_cpu_precision`), fp16 on GPUs; with ``backend`` torch it is bf16, with
+    onnxruntime int8. ``fp32``, ``bf16`` and ``fp16`` run on torch (fp32 is the reference computation, bit for
     bit); ``int8`` (dynamic quantization) runs on ONNX Runtime, on CPUs only. ``backend`` forces the
     runtime where it can.
 
@@ -100,8 +152,7 @@ def choose_runtime(device: str = "auto", precision: str = "auto", backend: str =
         precision = "fp32"
         backend = "torch" if backend == "torch" else "onnxruntime"
     elif precision == "fast":
-        bf16 = backend == "torch" or (backend == "auto" and cpu_has_bf16_matmul())
-        precision = "bf16" if bf16 else "int8"
+        precision = {"torch": "bf16", "onnxruntime": "int8"}.get(backend) or fast_cpu_precision()
     if precision == "int8":
         if backend == "torch":
             raise ClipSegError("--precision int8 runs on ONNX Runtime only")

@@ -170,7 +170,8 @@ class OrtRunner:
 
         prepare(self.entry, self.directory)
         seconds = export_seconds(self.directory, graphs)
-        self._note(reason or f"preparing the model for this CPU, once (about {seconds} s)")
+        model = "the int8 model" if self.precision == "int8" else "the model"
+        self._note(reason or f"preparing {model} for this CPU, once (about {seconds} s)")
         model = load_directory(self.directory)
         for graph in graphs:
             data = export_graph(model, graph, self.preprocessing.size)
@@ -183,8 +184,9 @@ class OrtRunner:
                 raise unwritable(exc, self._file(graph)) from None
 
 
-def prepare_graphs(directory: Path, progress: bool = True) -> bool:
-    """Export a checkpoint folder's exact-class graphs (segment and text) into the cache unless there.
+def prepare_graphs(directory: Path, progress: bool = True, precision: str = "fp32") -> bool:
+    """Export a checkpoint folder's graphs at ``precision`` (fp32: the exact class; int8: its quantized segment
+    graph, beside the fp32 text graph both share) into the cache unless there.
 
     Raises CacheUnwritable when the cache cannot take them.
 
@@ -193,7 +195,7 @@ def prepare_graphs(directory: Path, progress: bool = True) -> bool:
     """
     directory = Path(directory)
     config, preprocessing = check_processing(directory)
-    return OrtRunner(directory, "fp32", config, preprocessing, progress)._export_missing(["segment", "text"])
+    return OrtRunner(directory, precision, config, preprocessing, progress)._export_missing(["segment", "text"])
 
 
 def _session(path: Path, prepack: bool = True):

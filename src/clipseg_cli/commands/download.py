@@ -19,9 +19,10 @@ def download_weights(
         "--output-dir", "-o", help="Also write a self-contained copy here (loadable with --weights DIR); "
                                    "with several names, one subfolder per name.")] = None,
     prepare: Annotated[bool, typer.Option(
-        "--prepare", help="Also prepare the model for CPUs now (the one-time ONNX export that a first run "
-                          "would do, and on CPUs with bf16 units the bf16 programs), so that the tasks of a "
-                          "job array do not all do it at once.")] = False,
+        "--prepare", help="Also prepare the model for this CPU now, for --precision auto and fast (the "
+                          "one-time ONNX export that a first run would do, then the int8 graph, or the bf16 "
+                          "programs on CPUs with AMX), so that the tasks of a job array do not all do it at "
+                          "once.")] = False,
     revision: options.Revision = None,
     quiet: options.Quiet = False,
 ) -> None:
@@ -40,12 +41,7 @@ def download_weights(
         target = output_dir / name.rsplit("/", 1)[-1] if output_dir and len(names) > 1 else output_dir
         path = download(name, revision=revision, output_dir=target, progress=not quiet)
         if prepare:
-            from clipseg_cli.backends.ort import prepare_graphs
-            from clipseg_cli.runtime import cpu_has_bf16_matmul
+            from clipseg_cli.runtime import prepare_for_cpu
 
-            prepare_graphs(path, progress=not quiet)
-            if cpu_has_bf16_matmul():  # where --precision fast means bf16
-                from clipseg_cli.backends.traced import prepare_programs
-
-                prepare_programs(path, progress=not quiet)
+            prepare_for_cpu(path, progress=not quiet)
         typer.echo(str(path))

@@ -27,9 +27,9 @@ Device = Annotated[str, typer.Option(
 Precision = Annotated[str, typer.Option(
     "--precision", rich_help_panel=MODEL, metavar="|".join(PRECISIONS), autocompletion=lambda: list(PRECISIONS),
     help="auto: the exact class on every machine (fp32: ONNX Runtime on CPUs, "
-         "GPUs without TF32), the same masks wherever it runs. fast: bf16 on CPUs with bf16 units, int8 on other "
-         "CPUs, fp16 on GPUs; masks about 99 % (bf16, fp16) or 98 % (int8) equal to exact's. fp32: the reference "
-         "computation on torch, bit for bit.")]
+         "GPUs without TF32), the same masks wherever it runs. fast: bf16 on CPUs with AMX, int8 on other CPUs "
+         "(AVX512-BF16 without AMX too), fp16 on GPUs; masks about 99 % (bf16, fp16) or 98 % (int8) equal to "
+         "exact's. fp32: the reference computation on torch, bit for bit.")]
 Revision = Annotated[str | None, typer.Option(
     "--revision", rich_help_panel=MODEL, help="Hub branch, tag or commit of the weights.")]
 Offline = Annotated[bool, typer.Option(
