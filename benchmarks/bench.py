@@ -390,7 +390,7 @@ def scenario_a(args, work: Path) -> list[tuple]:
 
 
 def chosen_precision(args) -> str:
-    """What ours' --precision resolves to here (bf16 only where torch may use bf16 units)."""
+    """What ours' --precision resolves to here (`choose_runtime`'s words, with the runtime where it is ONNX Runtime)."""
     sys.path.insert(0, str(SRC))
     from clipseg_cli.runtime import choose_runtime
 
