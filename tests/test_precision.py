@@ -15,6 +15,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 import clipseg_cli.runtime as runtime
+from clipseg_cli.backends import prepare_for_cpu
 from clipseg_cli.backends.cache import entry_dir, graph_path, program_path
 from clipseg_cli.backends.ort import prepare_graphs
 from clipseg_cli.fingerprint import PNG_KEY, read_record
@@ -193,13 +194,13 @@ def test_outputs_of_the_old_fast_are_redone_once_where_fast_is_now_int8(cpu_kind
 def test_prepare_for_cpu_makes_what_auto_and_fast_run(cpu_kind, checkpoint, own_cache, tmp_path, kind):
     cpu_kind(kind)
     fast = FAST_ON_CPU[kind][1]
-    assert runtime.prepare_for_cpu(checkpoint, progress=False) == ["fp32", fast]
+    assert prepare_for_cpu(checkpoint, progress=False) == ["fp32", fast]
     entry = entry_dir(checkpoint)
     assert graph_path(entry, "segment", "fp32").is_file() and graph_path(entry, "text", "fp32").is_file()
     assert graph_path(entry, "segment", "int8").is_file() == (fast == "int8")
     assert program_path(entry, "segment").is_file() == (fast == "bf16")  # traced only where fast means bf16
     assert program_path(entry, "text").is_file() == (fast == "bf16")
-    assert runtime.prepare_for_cpu(checkpoint, progress=False) == []  # all in the cache now
+    assert prepare_for_cpu(checkpoint, progress=False) == []  # all in the cache now
     photo = tmp_path / "photo.png"
     probe_image(0).save(photo)
     for precision in ("auto", "fast"):  # a first run then prepares nothing

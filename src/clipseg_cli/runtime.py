@@ -11,7 +11,6 @@ import sys
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipseg_cli.errors import ClipSegError
@@ -83,29 +82,6 @@ def fast_cpu_precision() -> str:
         "bf16" (torch) on CPUs with AMX bf16 tiles, "int8" (ONNX Runtime) on every other CPU.
     """
     return "bf16" if cpu_has_amx_bf16() else "int8"
-
-
-def prepare_for_cpu(directory: Path, progress: bool = True) -> list[str]:
-    """Export and trace ahead what ``auto`` and ``fast`` run on this CPU (imports torch): the exact-class graphs,
-    then the fast class's int8 segment graph, or its bf16 programs where fast means bf16 (`fast_cpu_precision`).
-    Each step says in one line that it runs, unless the cache already holds its result.
-
-    Raises CacheUnwritable when the cache cannot take them.
-
-    Returns:
-        The precisions prepared now ("fp32", "int8", "bf16"); empty when the cache held everything.
-    """
-    from clipseg_cli.backends.ort import prepare_graphs
-
-    done = ["fp32"] if prepare_graphs(directory, progress) else []
-    fast = fast_cpu_precision()
-    if fast == "bf16":
-        from clipseg_cli.backends.traced import prepare_programs
-
-        made = prepare_programs(directory, progress)
-    else:
-        made = prepare_graphs(directory, progress, fast)
-    return [*done, fast] if made else done
 
 
 def may_have_gpu() -> bool:

@@ -5,6 +5,7 @@ exported once by `export` and kept by `cache`); the last two use the `tokenizer`
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,3 +33,27 @@ class Runner(Protocol):
 
     def drop_unused(self) -> None:
         """Free what only new prompts would need."""
+
+
+def prepare_for_cpu(directory: Path, progress: bool = True) -> list[str]:
+    """Export and trace ahead what ``auto`` and ``fast`` run on this CPU (imports torch): the exact-class graphs,
+    then the fast class's int8 segment graph, or its bf16 programs where fast means bf16 (`fast_cpu_precision`).
+    Each step says in one line that it runs, unless the cache already holds its result.
+
+    Raises CacheUnwritable when the cache cannot take them.
+
+    Returns:
+        The precisions prepared now ("fp32", "int8", "bf16"); empty when the cache held everything.
+    """
+    from clipseg_cli.backends.ort import prepare_graphs
+    from clipseg_cli.runtime import fast_cpu_precision
+
+    done = ["fp32"] if prepare_graphs(directory, progress) else []
+    fast = fast_cpu_precision()
+    if fast == "bf16":
+        from clipseg_cli.backends.traced import prepare_programs
+
+        made = prepare_programs(directory, progress)
+    else:
+        made = prepare_graphs(directory, progress, fast)
+    return [*done, fast] if made else done

@@ -41,7 +41,7 @@ def download_weights(
         target = output_dir / name.rsplit("/", 1)[-1] if output_dir and len(names) > 1 else output_dir
         path = download(name, revision=revision, output_dir=target, progress=not quiet)
         if prepare:
-            from clipseg_cli.runtime import prepare_for_cpu
+            from clipseg_cli.backends import prepare_for_cpu
 
             prepare_for_cpu(path, progress=not quiet)
         typer.echo(str(path))
