@@ -90,8 +90,9 @@ def export_graph(model: ClipSeg, graph: str, size: tuple[int, int]) -> bytes:
     """
     height, width = size
     pixels = torch.zeros(2, 3, height, width)
-    if graph == "segment":
-        module, args = SegmentGraph(model), (pixels, torch.zeros(3, model.config.projection_dim))
+    if graph == "segment":  # one image and one prompt: the tracer runs the towers once, the same graph as 2 and 3
+        args = (torch.zeros(1, 3, height, width), torch.zeros(1, model.config.projection_dim))
+        module = SegmentGraph(model)
         names, outputs = ["pixel_values", "conditional"], ["logits"]
         axes = {"pixel_values": {0: "images"}, "conditional": {0: "prompts"}, "logits": {0: "images", 1: "prompts"}}
     elif graph == "text":

@@ -161,22 +161,35 @@ class OrtRunner:
         """Export ``graphs`` from the checkpoint's fp32 weights into the cache (imports torch), saying so (or
         ``reason``) in one line."""
         from clipseg_cli.backends.export import export_graph, export_seconds, quantize_int8
-        from clipseg_cli.backends.optimize import store_optimized
         from clipseg_cli.checkpoints.loading import load_directory
 
         prepare(self.entry, self.directory)
         seconds = export_seconds(self.directory, graphs)
         self._note(reason or f"preparing the model for this CPU, once (about {seconds} s)")
         model = load_directory(self.directory)
-        for graph in graphs:
-            data = export_graph(model, graph, self.preprocessing.size)
-            if graph == "segment" and self.precision == "int8":
-                data = quantize_int8(data)
-            try:
-                store_optimized(self._file(graph), data)
-                seal_graph(self._file(graph))
-            except OSError as exc:
-                raise unwritable(exc, self._file(graph)) from None
+        storing: Future | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="clipseg-store") as storer:  # leaving it waits for a store begun
+            for graph in graphs:
+                data = export_graph(model, graph, self.preprocessing.size)
+                if graph == "segment" and self.precision == "int8":
+                    data = quantize_int8(data)
+                if storing is not None:
+                    storing.result()
+                storing = storer.submit(self._store, graph, data)  # ONNX Runtime's work while the next graph traces
+            storing.result()
+
+    def _store(self, graph: str, data: bytes) -> None:
+        """Optimise one exported graph and store it whole in the cache, with its checksums.
+
+        Raises CacheUnwritable when the cache cannot take it.
+        """
+        from clipseg_cli.backends.optimize import store_optimized
+
+        try:
+            store_optimized(self._file(graph), data)
+            seal_graph(self._file(graph))
+        except OSError as exc:
+            raise unwritable(exc, self._file(graph)) from None
 
 
 def prepare_graphs(directory: Path, progress: bool = True) -> bool:
