@@ -181,6 +181,14 @@ def test_an_export_killed_midway_leaves_nothing_behind_once_the_next_run_exports
     assert segmenter.predict(probe_image(0), TEXTS).shape[0] == len(TEXTS)
 
 
+def test_the_segment_graph_traced_on_one_image_and_prompt_is_the_one_traced_on_more(checkpoint):
+    from clipseg_cli.backends.export import export_graph
+    from clipseg_cli.checkpoints.loading import check_processing, load_directory
+
+    model, size = load_directory(checkpoint), check_processing(checkpoint)[1].size
+    assert export_graph(model, "segment", size) == export_graph(model, "segment", size, example=(2, 3))
+
+
 def test_a_failed_text_export_leaves_the_segment_graph_stored_and_a_rerun_exports_only_the_text(
         tmp_path, own_cache, monkeypatch):
     import clipseg_cli.backends.export as export

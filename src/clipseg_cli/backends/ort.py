@@ -2,9 +2,10 @@
 
 With the graphs in the cache, loading reads only the checkpoint's small files (config,
 preprocessing, tokenizer) and the graphs: neither torch nor transformers is imported. The first
-run exports them (torch, about 8 s for the published size; `prepare_graphs` does it ahead) into the
-cache (`backends.cache`), one graph at a time, so that a killed export resumes with the graphs it
-had not stored. The stored graphs hold nothing specific to an instruction set: one export serves
+run exports them (torch, about 11 s for the published size on a quiet 2-core EPYC; `prepare_graphs` does
+it ahead) into the cache (`backends.cache`), each graph stored whole as soon as it is exported (ONNX
+Runtime optimises and stores one while the next one traces), so that a killed export resumes with the
+graphs it had not stored. The stored graphs hold nothing specific to an instruction set: one export serves
 every CPU kind that shares the cache.
 """
 
