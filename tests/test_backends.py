@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import CLIPTokenizer
 
-from clipseg_cli.backends.cache import entry_dir, graph_path
+from clipseg_cli.backends.cache import entry_dir, graph_path, verify_graph
 from clipseg_cli.backends.optimize import weights_path
+from clipseg_cli.backends.ort import prepare_graphs
 from clipseg_cli.backends.tokenizer import ClipTokenizer
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.upsample import sigmoid_, upsample_bilinear
@@ -175,6 +177,49 @@ def test_an_export_killed_midway_leaves_nothing_behind_once_the_next_run_exports
     segmenter = on_onnxruntime(directory)
     assert not [p for p in entry.iterdir() if p.name.startswith(".")]
     assert segmenter.predict(probe_image(0), TEXTS).shape[0] == len(TEXTS)
+
+
+def test_the_segment_graph_traced_on_one_image_and_prompt_is_the_one_traced_on_more(checkpoint):
+    from clipseg_cli.backends.export import export_graph
+    from clipseg_cli.checkpoints.loading import check_processing, load_directory
+
+    model, size = load_directory(checkpoint), check_processing(checkpoint)[1].size
+    assert export_graph(model, "segment", size) == export_graph(model, "segment", size, example=(2, 3))
+
+
+def test_a_failed_text_export_leaves_the_segment_graph_stored_and_a_rerun_exports_only_the_text(
+        tmp_path, own_cache, monkeypatch):
+    import clipseg_cli.backends.export as export
+    import clipseg_cli.backends.optimize as optimize
+
+    directory = build_checkpoint(tmp_path / "ckpt", "plain")
+    failed, exported = threading.Event(), []
+    real_export, real_store = export.export_graph, optimize.store_optimized
+
+    def export_graph(model, graph, size):
+        exported.append(graph)
+        if graph == "text" and not failed.is_set():
+            failed.set()  # the segment graph is still being stored (held below)
+            raise RuntimeError("text export failed")
+        return real_export(model, graph, size)
+
+    def store_optimized(path, data):
+        if path.name.startswith("segment"):
+            assert failed.wait(60)  # stored only once the text export has failed
+        real_store(path, data)
+
+    monkeypatch.setattr(export, "export_graph", export_graph)
+    monkeypatch.setattr(optimize, "store_optimized", store_optimized)
+    with pytest.raises(RuntimeError, match="text export failed"):
+        prepare_graphs(directory, progress=False)
+    entry = entry_dir(directory)
+    segment, text = graph_path(entry, "segment", "fp32"), graph_path(entry, "text", "fp32")
+    verify_graph(segment)  # stored whole and sealed before the error reached the caller
+    assert not text.exists() and exported == ["segment", "text"]
+    stamp = segment.stat().st_mtime_ns
+    assert prepare_graphs(directory, progress=False)
+    assert exported == ["segment", "text", "text"] and segment.stat().st_mtime_ns == stamp
+    verify_graph(text)
 
 
 def test_graph_weights_stored_beside_it_and_rebuilt_when_damaged(tmp_path):

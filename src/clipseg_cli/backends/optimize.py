@@ -38,8 +38,7 @@ def store_optimized(path: Path, graph: bytes) -> None:
     try:
         remove_stale_temps(path.parent)
         folder = temp_folder(path)
-        source, target = folder / "source.onnx", folder / path.name
-        source.write_bytes(graph)
+        target = folder / path.name
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.log_severity_level = 4  # fatal only: a damaged graph is reported in our own one line
@@ -48,7 +47,7 @@ def store_optimized(path: Path, graph: bytes) -> None:
                                          weights_path(path).name)
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                          "1024")
-        onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+        onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])  # from memory: no source file
         for written in (weights_path(target), target):
             _sync(written)
             os.replace(written, path.parent / written.name)
