@@ -170,8 +170,8 @@ class OrtRunner:
 
         prepare(self.entry, self.directory)
         seconds = export_seconds(self.directory, graphs)
-        model = "the int8 model" if self.precision == "int8" else "the model"
-        self._note(reason or f"preparing {model} for this CPU, once (about {seconds} s)")
+        what = "the int8 model" if self.precision == "int8" else "the model"
+        self._note(reason or f"preparing {what} for this CPU, once (about {seconds} s)")
         model = load_directory(self.directory)
         storing: Future | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="clipseg-store") as storer:  # leaving it waits for a store begun
