@@ -114,18 +114,17 @@ def test_plan_picks_the_runtime(monkeypatch):
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     import clipseg_cli.runtime as runtime
 
-    detect = runtime.cpu_has_bf16_matmul
-    for bf16 in (True, False):  # auto is fp32 through ONNX Runtime whatever the CPU
-        monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda bf16=bf16: bf16)
+    for flags in ({"avx2", "avx512f", "avx512_bf16"}, {"avx2"}):  # auto is fp32 through ONNX Runtime whatever the CPU
+        monkeypatch.setattr(runtime, "_cpu_flags", lambda flags=frozenset(flags): flags)
         assert choose_runtime("cpu", "auto") == runtime.Runtime("onnxruntime", "cpu", "fp32")
     assert choose_runtime("cpu", "fp32") == runtime.Runtime("torch", "cpu", "fp32")  # the reference stays torch
     assert choose_runtime("cpu", "int8").backend == "onnxruntime"
     with pytest.raises(ClipSegError, match="int8 runs on ONNX Runtime only"):
         choose_runtime("cpu", "int8", "torch")
     monkeypatch.setattr(runtime, "_cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
-    assert detect() and runtime.cpu_has_amx_bf16()
+    assert runtime.cpu_has_amx_bf16()
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # an emulated AVX2 CPU has no bf16 units for torch
-    assert not detect() and not runtime.cpu_has_amx_bf16() and runtime.fast_cpu_precision() == "int8"
+    assert not runtime.cpu_has_amx_bf16() and runtime.fast_cpu_precision() == "int8"
 
 
 def test_cache_is_keyed_by_the_checkpoint_and_rebuilt_when_stale(tmp_path, own_cache):
@@ -270,7 +269,8 @@ def test_unwritable_cache_falls_back_to_torch(checkpoint, tmp_path, monkeypatch)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("CLIPSEG_CACHE", str(blocker))
-    monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda: True)  # auto: fp32 through ONNX Runtime all the same
+    bf16_cpu = frozenset({"avx2", "avx512f", "avx512_bf16"})
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: bf16_cpu)  # auto: fp32 through ONNX Runtime all the same
     done = clipseg("segment", photo, "tree", "--weights", checkpoint, "--no-overlay", "-v")
     assert done.code == 0, done.stderr
     notes = [line for line in done.stderr.splitlines() if "ONNX graph cache" in line]

@@ -28,7 +28,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 @pytest.fixture
 def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh cache root, and `--precision auto` on ONNX Runtime (as on a CPU without bf16 units)."""
-    monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda: False)
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: frozenset({"avx2"}))
     monkeypatch.setenv("CLIPSEG_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
 

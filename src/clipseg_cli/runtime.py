@@ -52,21 +52,9 @@ def _torch_kept_off_avx512() -> bool:
     return any(os.environ.get(name, "").lower() in lower for name, lower in _NO_AVX512.items())
 
 
-def cpu_has_bf16_matmul() -> bool:
-    """Whether this CPU has native bf16 matrix units (AMX or AVX512-BF16) that torch may use.
-
-    ``ATEN_CPU_CAPABILITY=avx2`` or ``ONEDNN_MAX_CPU_ISA=AVX2`` (how an AVX2-only CPU is emulated)
-    keeps torch off AVX-512, so they count as no bf16 units.
-
-    Returns:
-        True when bf16 matmuls run natively (several times faster than fp32).
-    """
-    return not _torch_kept_off_avx512() and bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
-
-
 def cpu_has_amx_bf16() -> bool:
-    """Whether this CPU has AMX bf16 tiles (flag ``amx_bf16``) that torch may use; the emulation settings of
-    `cpu_has_bf16_matmul` count as none.
+    """Whether this CPU has AMX bf16 tiles (flag ``amx_bf16``) that torch may use; the emulation settings
+    (`_torch_kept_off_avx512`) count as none.
 
     Returns:
         True where bf16 outruns int8: AMX's tiles multiply bf16 several times faster than fp32, while
