@@ -24,6 +24,7 @@ from clipseg_cli.commands.batch import batch
 from clipseg_cli.commands.cache import cache_app
 from clipseg_cli.commands.download import download_weights
 from clipseg_cli.commands.eval import eval_command
+from clipseg_cli.commands.label import label_command
 from clipseg_cli.commands.segment import segment
 from clipseg_cli.commands.serve import serve
 from clipseg_cli.commands.shards import shards
@@ -101,6 +102,7 @@ app.command("train", cls=Command, no_args_is_help=True, epilog=EXAMPLES["train"]
 app.command("eval", cls=Command, no_args_is_help=True, epilog=EXAMPLES["eval"])(eval_command)
 app.command("shards", cls=Command, no_args_is_help=True, epilog=EXAMPLES["shards"])(shards)
 app.command("serve", cls=Command, epilog=EXAMPLES["serve"])(serve)
+app.command("label", cls=Command, no_args_is_help=True)(label_command)
 app.add_typer(cache_app, name="cache", cls=Group, epilog=EXAMPLES["cache"])
 
 
