@@ -55,6 +55,9 @@ clipseg shards masks/ --count 100 || sbatch --array=3,7 masks.sh""",
     "serve": """clipseg serve
 clipseg serve --ray --replicas 2 --batch-size 8
 CLIPSEG_TOKEN=secret clipseg serve --host 0.0.0.0""",
+    "label": """clipseg label photos/ -r -p car -p "person=person,cyclist" -o data/ --format yolo --split 0.8,0.1,0.1
+clipseg label photos/ -p car -o dataset/ --shard 3/10
+clipseg label dataset/ --merge -o dataset/ --preview 16""",
     "cache": """clipseg cache
 clipseg cache clear --older-than 30
 clipseg cache clear --what embeddings""",
@@ -102,7 +105,7 @@ app.command("train", cls=Command, no_args_is_help=True, epilog=EXAMPLES["train"]
 app.command("eval", cls=Command, no_args_is_help=True, epilog=EXAMPLES["eval"])(eval_command)
 app.command("shards", cls=Command, no_args_is_help=True, epilog=EXAMPLES["shards"])(shards)
 app.command("serve", cls=Command, epilog=EXAMPLES["serve"])(serve)
-app.command("label", cls=Command, no_args_is_help=True)(label_command)
+app.command("label", cls=Command, no_args_is_help=True, epilog=EXAMPLES["label"])(label_command)
 app.add_typer(cache_app, name="cache", cls=Group, epilog=EXAMPLES["cache"])
 
 
