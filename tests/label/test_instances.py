@@ -46,3 +46,17 @@ def test_splits_sum_to_one() -> None:
     for bad in ("0.8,0.1", "0.5,0.5,0.5", "1,0,0,0", "-0.5,1.5", "0,1", "nan"):
         with pytest.raises(ClipSegError):
             parse_splits(bad)
+
+
+def test_rle_from_a_components_box_is_pycocotools_encoding_of_the_whole_mask() -> None:
+    from clipseg_cli.label.instances import encode_rle
+
+    rng = np.random.default_rng(0)
+    corners = np.zeros((5, 4), bool)
+    corners[0, 0] = corners[4, 3] = True  # the first and the last pixel
+    corners[2, 1:3] = True
+    for mask in (corners, rng.random((31, 47)) > 0.6, np.ones((6, 9), bool)):
+        found = instances(0, mask, np.ones(mask.shape, np.float32))
+        assert found and sum(instance.area for instance in found) == mask.sum()
+        for instance in found:
+            assert instance.rle == encode_rle(instance.mask((mask.shape[1], mask.shape[0])))
