@@ -85,7 +85,6 @@ def decoded_frames(path: Path, fmt: str = "rgb24", codec: str | None = None) -> 
             return [frame.to_ndarray(format=fmt) for frame in container.decode(video=0)]
         context = av.CodecContext.create(codec, "r")
         frames = [frame for packet in container.demux(video=0) for frame in context.decode(packet)]
-        frames += context.decode(None)
         return [frame.to_ndarray(format=fmt) for frame in frames]
 
 

@@ -37,7 +37,7 @@ def video(
     audio: Annotated[bool, typer.Option(
         "--audio/--no-audio", rich_help_panel=VIDEO, help="Copy the sound into the overlay and cut-out.")] = True,
     chunk_frames: Annotated[int, typer.Option(
-        "--chunk-frames", min=1, rich_help_panel=VIDEO, hidden=True,
+        "--chunk-frames", min=1, rich_help_panel=VIDEO,
         help="Frames per resumable chunk (a killed run resumes from its last finished chunk).")] = 240,
     *,
     run_options: RunOptions,
