@@ -96,18 +96,26 @@ def probe(path: Path, max_pixels: int) -> VideoInfo:
             raise VideoError(path, f"no video stream (streams: {', '.join(kinds)})")
         stream = container.streams.video[0]
         width, height = stream.codec_context.width, stream.codec_context.height
-        if width * height > max_pixels:
-            raise VideoError(path, f"frames are {width}x{height} = {width * height} pixels, over the limit of "
-                                   f"{max_pixels} (raise it with --max-pixels)")
+        _check_pixels(path, (width, height), max_pixels)
         time_base = stream.time_base or Fraction(1, av.time_base)
         duration = (float(stream.duration * time_base) if stream.duration
                     else container.duration / av.time_base if container.duration else None)
         rate = stream.average_rate or stream.guessed_rate
         frames = stream.frames or (round(duration * rate) if duration and rate else None)
         audio = tuple(s.index for s in container.streams.audio)
-        rotation = _rotation(container)
+        rotation, first = _first_frame(container)
+        if first is not None and first != (width, height):  # a raw stream's header tells its last size
+            width, height = first
+            _check_pixels(path, first, max_pixels)
         return VideoInfo(Path(path), width, height, rotation, time_base, rate, frames, duration, audio,
                          stream.codec_context.name)
+
+
+def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise VideoError(path, f"frames are {width}x{height} = {width * height} pixels, over the limit of "
+                               f"{max_pixels} (raise it with --max-pixels)")
 
 
 def read_frames(info: VideoInfo, *, start: int = 0) -> Iterator[SourceFrame]:
@@ -182,19 +190,24 @@ def _frame_step(info: VideoInfo) -> int:
     return 1
 
 
-def _rotation(container) -> int:
-    """Returns: the video stream's display rotation, in degrees counter-clockwise (0, 90, 180 or 270).
+def _first_frame(container) -> tuple[int, tuple[int, int] | None]:
+    """The display rotation (degrees counter-clockwise: 0, 90, 180 or 270) and the size of the first frame.
 
     FFmpeg attaches the stream's display matrix to each decoded frame; the first frame tells.
+
+    Returns:
+        (rotation, (width, height)), the size None when no frame decodes (reading the frames says why).
     """
     import av
 
     try:
         frame = next(container.decode(video=0), None)
     except av.error.FFmpegError:
-        return 0  # reading the frames says what is wrong
-    degrees = round(getattr(frame, "rotation", 0) or 0) if frame is not None else 0
-    return (round(degrees / 90) * 90) % 360
+        return 0, None
+    if frame is None:
+        return 0, None
+    degrees = round(getattr(frame, "rotation", 0) or 0)
+    return (round(degrees / 90) * 90) % 360, (frame.width, frame.height)
 
 
 def _open(path: Path):
