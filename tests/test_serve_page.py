@@ -19,7 +19,7 @@ from PIL import Image
 from helpers import noise, save, subprocess_env
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "serve.png"
+SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "serve.png"
 httpx = pytest.importorskip("httpx", reason="the dev extra's httpx polls the server")
 sync_api = pytest.importorskip("playwright.sync_api", reason="the dev extra's playwright drives the browser")
 pytestmark = [pytest.mark.usefixtures("offline"),
@@ -81,5 +81,5 @@ def test_page_segments_recuts_in_the_browser_and_downloads_a_cutout(url, tmp_pat
         page.get_by_role("button", name="Segment").click()
         assert "type what to cut out" in page.locator("#error").text_content()  # errors shown in the page
         browser.close()
-    if os.environ.get("CLIPSEG_SAVE_SCREENSHOT"):  # the README's picture: CLIPSEG_SAVE_SCREENSHOT=1 pytest ...
+    if os.environ.get("CLIPSEG_SAVE_SCREENSHOT"):  # the docs' picture: CLIPSEG_SAVE_SCREENSHOT=1 pytest ...
         SCREENSHOT.write_bytes((tmp_path / "page.png").read_bytes())
