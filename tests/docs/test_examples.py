@@ -103,9 +103,9 @@ SIZE = (96, 64)
 # What the examples name that a user brings; examples/ is copied as it is.
 STAND_INS: dict[str, Callable[[Path], None]] = {
     **{name: (lambda path, seed=seed: photo(path, SIZE, seed)) for seed, name in enumerate([
-        "photo.jpg", "street.jpg", "car.jpg", "ref1.jpg", "ref2.jpg", "shoot/a.jpg", "shoot/b.jpg",
-        "shoot/sub/c.jpg", "shoot/sub/d.jpg", "shots/a.jpg", "shots/b.jpg", "photos/a.jpg", "photos/b.png",
-        "new/a.jpg", "incoming/a.jpg"])},
+        "photo.jpg", "street.jpg", "car.jpg", "ref1.jpg", "ref2.jpg",
+        "shoot/a.jpg", "shoot/b.jpg", "shoot/e.jpg", "shoot/sub/c.jpg", "shoot/sub/d.jpg",  # shards 0/2 and 1/2 both
+        "shots/a.jpg", "shots/b.jpg", "photos/a.jpg", "photos/b.png", "new/a.jpg", "incoming/a.jpg"])},
     **{name: (lambda path: object_mask(path, SIZE)) for name in ["car.mask.png", "ref1.mask.png", "ref2.mask.png"]},
     "prompts.txt": lambda path: path.write_text("car\n# a comment line\n\ndog\n", encoding="utf-8"),
 }
