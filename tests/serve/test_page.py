@@ -24,7 +24,7 @@ from helpers import noise, save, subprocess_env
 from helpers_serve import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "serve.png"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "serve.png"
 PROMPTS = ("cat", "dog")
 # Watches what the page sends (Chromium hides multipart bodies from Playwright): the form's text fields per request.
 WATCH_FORMS = """window.sentForms = [];
@@ -295,7 +295,7 @@ def test_screen_reader_names_and_both_colour_schemes(page, photo, tmp_path):
     for scheme, light in (("light", True), ("dark", False)):
         corner = np.asarray(Image.open(tmp_path / f"{scheme}.png").convert("L"))[5, 5]
         assert (corner > 200) if light else (corner < 50), (scheme, corner)
-    if os.environ.get("CLIPSEG_SAVE_SCREENSHOT"):  # the README's picture: CLIPSEG_SAVE_SCREENSHOT=1 pytest ...
+    if os.environ.get("CLIPSEG_SAVE_SCREENSHOT"):  # the docs' picture: CLIPSEG_SAVE_SCREENSHOT=1 pytest ...
         SCREENSHOT.write_bytes((tmp_path / "light.png").read_bytes())
 
 

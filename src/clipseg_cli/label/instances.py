@@ -19,7 +19,7 @@ class Instance:
     bbox: x, y, width, height of the smallest box holding it (pixels).
     score: the mean of the class's map over it.
     rle: its mask as compressed COCO RLE counts (pycocotools' string).
-    mask: HxW bool, while the image's files are written (not stored).
+    crop: its mask within its box (height x width bool), while the image's files are written (not stored).
     """
 
     category: int
@@ -27,7 +27,14 @@ class Instance:
     bbox: tuple[int, int, int, int]
     score: float
     rle: str
-    mask: np.ndarray | None = field(default=None, repr=False)
+    crop: np.ndarray | None = field(default=None, repr=False)
+
+    def mask(self, size: tuple[int, int]) -> np.ndarray:
+        """Returns: its HxW bool mask in an image of (width, height)."""
+        x, y, w, h = self.bbox
+        full = np.zeros((size[1], size[0]), dtype=bool)
+        full[y : y + h, x : x + w] = self.crop
+        return full
 
     def to_record(self) -> dict:
         return {"category": self.category, "area": self.area, "bbox": list(self.bbox), "score": self.score,
@@ -55,6 +62,8 @@ def decode_rle(counts: str, size: tuple[int, int]) -> np.ndarray:
 def instances(category: int, mask: np.ndarray, soft: np.ndarray, *, semantic: bool = False) -> list[Instance]:
     """The regions of one class's mask: each 8-connected component, or the whole mask with ``semantic``.
 
+    Each component is handled within its box, so the cost follows its area, not the image's.
+
     Arguments:
         category: the class's index.
         mask: HxW bool, the mask `clipseg batch` writes.
@@ -65,17 +74,46 @@ def instances(category: int, mask: np.ndarray, soft: np.ndarray, *, semantic: bo
         The regions in raster order of their first pixel; none when the mask is empty.
     """
     if semantic:
-        return [_instance(category, mask, soft)] if mask.any() else []
-    count, labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-    return [_instance(category, labels == number, soft) for number in range(1, count)]
+        if not mask.any():
+            return []
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        box = (int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
+        area = int(np.count_nonzero(mask))
+        return [Instance(category, area, box, _score(soft, mask, area), encode_rle(mask),
+                         mask[box[1] : box[1] + box[3], box[0] : box[0] + box[2]])]
+    count, labels, boxes, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    found = []
+    size = (mask.shape[1], mask.shape[0])
+    for number in range(1, count):
+        x, y, w, h, area = (int(value) for value in boxes[number])
+        crop = labels[y : y + h, x : x + w] == number
+        found.append(Instance(category, area, (x, y, w, h), _score(soft[y : y + h, x : x + w], crop, area),
+                              _crop_rle(crop, x, y, size), crop))
+    return found
 
 
-def _instance(category: int, region: np.ndarray, soft: np.ndarray) -> Instance:
-    area = int(np.count_nonzero(region))
-    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
-    bbox = (int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
-    score = round(float(soft.sum(where=region, dtype=np.float64)) / area, 6)
-    return Instance(category, area, bbox, score, encode_rle(region), region)
+def _score(soft: np.ndarray, region: np.ndarray, area: int) -> float:
+    return round(float(soft.sum(where=region, dtype=np.float64)) / area, 6)
+
+
+def _crop_rle(crop: np.ndarray, x: int, y: int, size: tuple[int, int]) -> str:
+    """Returns: the compressed COCO RLE of a region given within its box at (x, y), in an image of ``size``:
+    the runs come from the box's pixels (column by column, as COCO counts), pycocotools compresses them."""
+    from pycocotools import mask as coco_mask
+
+    width, height = size
+    columns, rows = np.nonzero(crop.T)  # column-major: by column, then row
+    index = (columns.astype(np.int64) + x) * height + rows + y
+    breaks = np.flatnonzero(np.diff(index) != 1)
+    starts = np.concatenate([index[:1], index[breaks + 1]])
+    ends = np.concatenate([index[breaks], index[-1:]]) + 1
+    counts = np.empty(2 * len(starts) + 1, dtype=np.int64)
+    counts[0:-1:2] = starts - np.concatenate([[0], ends[:-1]])
+    counts[1::2] = ends - starts
+    counts[-1] = width * height - ends[-1]
+    runs = counts.tolist() if counts[-1] else counts[:-1].tolist()  # pycocotools ends on the last run
+    found = coco_mask.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+    return found["counts"].decode("ascii")
 
 
 def winning_class(masks: Sequence[np.ndarray], softs: Sequence[np.ndarray]) -> np.ndarray:

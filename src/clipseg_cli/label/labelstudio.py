@@ -70,7 +70,7 @@ def write_image(root: Path, image: LabelledImage, classes: Sequence[LabelClass])
     width, height = image.size
     regions = [{"id": f"r{number}", "type": "brushlabels", "from_name": FROM_NAME, "to_name": TO_NAME,
                 "original_width": width, "original_height": height, "image_rotation": 0,
-                "value": {"format": "rle", "rle": brush_rle(instance.mask),
+                "value": {"format": "rle", "rle": brush_rle(instance.mask(image.size)),
                           "brushlabels": [classes[instance.category].name]},
                 "score": instance.score}
                for number, instance in enumerate(image.instances, 1)]

@@ -61,7 +61,9 @@ def write_image(root: Path, image: LabelledImage, classes: Sequence[LabelClass])
     winner = winning_class(image.masks, image.softs)
     objects = np.zeros(winner.shape, dtype=np.uint8)
     for number, instance in enumerate(image.instances, 1):
-        objects[instance.mask & (winner == instance.category + 1)] = number
+        x, y, w, h = instance.bbox
+        box = objects[y : y + h, x : x + w]
+        box[instance.crop & (winner[y : y + h, x : x + w] == instance.category + 1)] = number
     stem = image.entry.stem
     return [write_file(root, f"Annotations/{stem}.xml", annotation_xml(image, classes).encode()),
             write_file(root, f"SegmentationClass/{stem}.png", palette_png(winner)),

@@ -31,7 +31,8 @@ def write_image(root: Path, image: LabelledImage, classes: Sequence[LabelClass])
     width, height = image.size
     lines = []
     for instance in image.instances:
-        points = (polygon(instance.mask) + _QUARTER) / np.array([width, height], dtype=np.float64)
+        corner = np.array(instance.bbox[:2], dtype=np.float64) + _QUARTER
+        points = (polygon(instance.crop) + corner) / np.array([width, height], dtype=np.float64)
         lines.append(" ".join([str(instance.category), *(f"{value:.6f}" for value in points.ravel())]))
     text = "".join(line + "\n" for line in lines)
     return [write_file(root, f"labels/{image.entry.split}/{image.entry.stem}.txt", text.encode())], {}
