@@ -15,13 +15,13 @@ from helpers import clipseg, noise
 from helpers_serve import AUTH, TOKEN
 
 pytest.importorskip("fastapi", reason="clipseg serve needs the serve extra")
-from starlette.testclient import TestClient  # noqa: E402
+from starlette.testclient import TestClient
 
-from clipseg_cli.errors import ClipSegError  # noqa: E402
-from clipseg_cli.serve.app import ServeConfig, create_app  # noqa: E402
-from clipseg_cli.serve.forms import accepted  # noqa: E402
-from clipseg_cli.serve.guard import Guard  # noqa: E402
-from clipseg_cli.serve.library import Loaded  # noqa: E402
+from clipseg_cli.errors import ClipSegError
+from clipseg_cli.serve.app import ServeConfig, create_app
+from clipseg_cli.serve.forms import accepted
+from clipseg_cli.serve.guard import Guard
+from clipseg_cli.serve.library import Loaded
 
 pytestmark = pytest.mark.usefixtures("offline")
 ALLOWED = "http://allowed.example"
@@ -127,7 +127,7 @@ def multipart(*parts: tuple[str, bytes, str | None]) -> tuple[bytes, dict[str, s
 @pytest.mark.parametrize("field", ["prompt", "negative", "template"])
 def test_a_field_that_is_not_utf8_is_422_and_utf8_latin_letters_are_taken(client, image, field):
     value = b"\xff\xfe car" if field != "template" else b"\xff a photo of {}"
-    parts = [("image", image, "photo.png"), ("prompt", "car".encode(), None)] if field != "prompt" else \
+    parts = [("image", image, "photo.png"), ("prompt", b"car", None)] if field != "prompt" else \
         [("image", image, "photo.png")]
     body, headers = multipart(*parts, (field, value, None))
     answer = client.post("/v1/segment", content=body, headers=headers)

@@ -1,7 +1,7 @@
 """The FastAPI app of ``clipseg serve``: ``POST /v1/segment``, ``GET /healthz``, ``GET /metrics``.
 
 Every error is a JSON body with one line, ``{"error": "..."}``; the server keeps serving after it.
-The OpenAPI page is at ``/docs``.
+The web page (``/``) and the OpenAPI page (``/docs``) are serve/pages.py's.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import base64
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -27,6 +26,7 @@ from clipseg_cli.serve.batching import MicroBatcher, QueueFull
 from clipseg_cli.serve.forms import Utf8Route, accepted
 from clipseg_cli.serve.guard import ASGIApp, Guard, Receive, Scope, Send
 from clipseg_cli.serve.library import Answer, Loaded, Options, Upload, run_job
+from clipseg_cli.serve.pages import add_pages
 
 FIELDS = frozenset({"image", "prompt", "negative", "template", "union", "threshold", "blur", "dilate", "erode",
                     "min_area", "invert", "soft", "overlay", "cutout", "refine"})
@@ -125,11 +125,11 @@ def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) ->
             batcher.stop()
             state.clear()
 
-    api = FastAPI(title="clipseg serve", version="1", lifespan=lifespan)
+    api = FastAPI(title="clipseg serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     api.router.route_class = Utf8Route  # a form field that is not UTF-8 is a 422, never read as Latin-1
     api.state.draining = False
     _handlers(api)
-    page = Path(__file__).parent / "page"
+    add_pages(api)  # / and /docs, from files shipped in wheels (no CDN)
 
     @api.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -141,18 +141,6 @@ def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) ->
     @api.get("/metrics")
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @api.get("/", include_in_schema=False)
-    async def index() -> Response:
-        return Response((page / "index.html").read_bytes(), media_type="text/html; charset=utf-8")
-
-    @api.get("/page/{name}", include_in_schema=False)
-    async def page_file(name: str) -> Response:
-        files = {path.name: path for path in page.iterdir()}  # only the page's own files, never a path
-        if name not in files:
-            raise Failed(404, f"no page file {name!r}")
-        kind = {"js": "text/javascript", "css": "text/css"}.get(name.rpartition(".")[2], "application/octet-stream")
-        return Response(files[name].read_bytes(), media_type=kind)
 
     @api.post("/v1/segment", responses={200: {"content": {"image/png": {}, "application/json": {}}}})
     async def segment(
