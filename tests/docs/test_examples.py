@@ -11,7 +11,8 @@ stands for any hash) must exist after its block.
 A block that cannot run here (a GPU, a cluster, a server that runs until stopped, a benchmark) has a
 comment line right above its fence that says why: ``<!-- not run: needs a Ray cluster -->``. The
 README's first block is the set-up, which .ci/run runs. A new page, or a new example that names a file
-of its own, is picked up as it is; add what it names to STAND_INS.
+of its own, is picked up as it is; add what it names to STAND_INS. The README's ```python block (the
+API in ten lines) runs too, after its shell examples (docs/python.md's are run by tests/test_api.py).
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def blocks(page: Path) -> list[Block]:
 
 def run_blocks(page: Path) -> list[Block]:
     return [block for block in blocks(page) if block.not_run is None]
+
+
+def python_blocks(page: Path) -> list[str]:
+    """The ```python blocks of a page that this test runs: the README's."""
+    text = page.read_text(encoding="utf-8") if page.name == "README.md" else ""
+    return re.findall(r"^```python\n(.*?)^```$", text, flags=re.DOTALL | re.MULTILINE)
 
 
 def test_every_example_that_is_not_run_says_why() -> None:
@@ -175,3 +182,8 @@ def test_the_examples_of_a_page_run(page: Path, published_hub: FakeHub, tmp_path
                                      f"stderr: {done.stderr[-3000:]}"
         missing = [name for name in promised_files(block.code) if not list(sandbox.glob(name))]
         assert missing == [], f"{block.where}: its comments promise {missing}, which the example did not write"
+    for code in python_blocks(page):
+        done = subprocess.run([sys.executable, "-c", code], cwd=sandbox, env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
+        assert done.returncode == 0, f"{page.name}'s Python:\n{code}\nstderr: {done.stderr[-3000:]}"
+        assert done.stdout.startswith(("ok ", "skipped ")), done.stdout  # one line per result: status, mask, stats
