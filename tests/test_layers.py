@@ -27,6 +27,7 @@ LAYERS = [
     ["clipseg_cli.job", "clipseg_cli.shard", "clipseg_cli.ray_batch", "clipseg_cli.ray_data",
      "clipseg_cli.training", "clipseg_cli.serve"],
     ["clipseg_cli.label"],  # clipseg label: datasets from masks (imported by commands/label.py only)
+    ["clipseg_cli.video"],  # clipseg video (imported by commands/video.py only)
     ["clipseg_cli.commands"],
     ["clipseg_cli.cli", "clipseg_cli.__main__"],
 ]
