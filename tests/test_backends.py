@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import CLIPTokenizer
 
-from clipseg_cli.backends.cache import entry_dir, graph_path, verify_graph
+from clipseg_cli.backends.graph_cache import entry_dir, graph_path, verify_graph
 from clipseg_cli.backends.optimize import weights_path
 from clipseg_cli.backends.ort import prepare_graphs
 from clipseg_cli.backends.tokenizer import ClipTokenizer
@@ -179,7 +179,7 @@ def test_an_export_killed_midway_leaves_nothing_behind_once_the_next_run_exports
 
 
 def test_the_segment_graph_traced_on_one_image_and_prompt_is_the_one_traced_on_more(checkpoint):
-    from clipseg_cli.backends.export import export_graph
+    from clipseg_cli.backends.onnx_export import export_graph
     from clipseg_cli.checkpoints.loading import check_processing, load_directory
 
     model, size = load_directory(checkpoint), check_processing(checkpoint)[1].size
@@ -188,7 +188,7 @@ def test_the_segment_graph_traced_on_one_image_and_prompt_is_the_one_traced_on_m
 
 def test_a_failed_text_export_leaves_the_segment_graph_stored_and_a_rerun_exports_only_the_text(
         tmp_path, own_cache, monkeypatch):
-    import clipseg_cli.backends.export as export
+    import clipseg_cli.backends.onnx_export as export
     import clipseg_cli.backends.optimize as optimize
 
     directory = build_checkpoint(tmp_path / "ckpt", "plain")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import clipseg_cli.backends.cache as onnx_cache_module
+import clipseg_cli.backends.graph_cache as onnx_cache_module
 import clipseg_cli.runtime as runtime
 from clipseg_cli.cachedir import seal
 from factory import build_checkpoint, probe_image, shapes_task, write_manifest
@@ -131,7 +131,7 @@ def test_zeroed_activation_files_are_computed_again_and_give_the_same_weights_an
 HOLD = """
 import sys
 from pathlib import Path
-from clipseg_cli.backends.cache import use
+from clipseg_cli.backends.graph_cache import use
 lock = use(Path(sys.argv[1]))
 print("holding", flush=True)
 sys.stdin.read()  # until the test closes the pipe

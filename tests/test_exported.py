@@ -12,7 +12,7 @@ import pytest
 
 import clipseg_cli.runtime as runtime
 from clipseg_cli import Segmenter
-from clipseg_cli.backends.cache import entry_dir, program_path
+from clipseg_cli.backends.graph_cache import entry_dir, program_path
 from clipseg_cli.backends.traced import prepare_programs
 from clipseg_cli.prompts import Average
 from factory import probe_image

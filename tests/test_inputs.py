@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import clipseg_cli
-from clipseg_cli.inputs import collect
+from clipseg_cli.run.inputs import collect
 from helpers import binary_mask, clipseg, names, noise, pixels, save, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache

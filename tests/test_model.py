@@ -13,12 +13,12 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
 from clipseg_cli import ClipSegError, Segmenter, load_model
-from clipseg_cli.engine import Engine, Pipeline
 from clipseg_cli.errors import CheckpointError
-from clipseg_cli.inputs import WorkItem
-from clipseg_cli.outputs import OutputPlan
 from clipseg_cli.predictor import probabilities
-from clipseg_cli.targets import Targets
+from clipseg_cli.run.engine import Engine, Pipeline
+from clipseg_cli.run.inputs import WorkItem
+from clipseg_cli.run.outputs import OutputPlan
+from clipseg_cli.run.targets import Targets
 from factory import CONFIGS, Reference, assert_prompts_differ, build_checkpoint, probe_image
 
 PROMPTS = ["red car", "tree", "a dog on the left"]

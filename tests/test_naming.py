@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clipseg_cli.outputs import OutputPlan, label_for, output_paths
+from clipseg_cli.run.outputs import OutputPlan, label_for, output_paths
 from helpers import binary_mask, clipseg, noise, save
 
 SIZE = (40, 32)

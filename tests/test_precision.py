@@ -16,7 +16,7 @@ from PIL import Image, PngImagePlugin
 
 import clipseg_cli.runtime as runtime
 from clipseg_cli.backends import prepare_for_cpu
-from clipseg_cli.backends.cache import entry_dir, graph_path, program_path
+from clipseg_cli.backends.graph_cache import entry_dir, graph_path, program_path
 from clipseg_cli.backends.ort import prepare_graphs
 from clipseg_cli.fingerprint import PNG_KEY, read_record
 from clipseg_cli.runtime import choose_runtime

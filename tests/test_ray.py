@@ -13,10 +13,11 @@ import pytest
 import ray
 from PIL import Image
 
-from clipseg_cli.inputs import collect
-from clipseg_cli.job import Job
-from clipseg_cli.ray_batch import RayBatch
-from clipseg_cli.ray_data import SegmentBatch, read_image_files, segment, write_masks
+from clipseg_cli.run.engine import Pipeline
+from clipseg_cli.run.inputs import collect
+from clipseg_cli.run.job import Job
+from clipseg_cli.scale.ray_batch import RayBatch
+from clipseg_cli.scale.ray_data import SegmentBatch, read_image_files, segment, write_masks
 from helpers import Outcome, clipseg, files, make_folder, run_batch
 
 
@@ -77,8 +78,8 @@ def test_a_lost_actor_is_replaced_and_its_work_redone(plain, checkpoint: Path, t
     folder, expected, _ = plain
     out = tmp_path / "out"
     items = collect([str(folder)], output_dir=out, recursive=True)
-    runner = RayBatch(Job(["car", "tree"], batch_size=1), {"name": checkpoint, "device": "cpu", "precision": "fp32"},
-                      actors=2)
+    job = Job(["car", "tree"], pipeline=Pipeline(batch_size=1))
+    runner = RayBatch(job, {"name": checkpoint, "device": "cpu", "precision": "fp32"}, actors=2)
     lost = runner.actors[0]
     ray.kill(lost)  # gone for good, as on a lost node or an OOM kill: Ray does not start it again
     results = list(runner.process(items))

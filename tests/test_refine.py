@@ -21,13 +21,13 @@ from huggingface_hub import constants as hf_constants
 from PIL import Image
 
 from clipseg_cli.fingerprint import read_record
-from clipseg_cli.job import Job
-from clipseg_cli.outputs import OutputPlan
 from clipseg_cli.postprocess import PostProcess, mask_and_map
 from clipseg_cli.predictor import Segmenter
 from clipseg_cli.refine import refine_map
 from clipseg_cli.refine.matting import matte
 from clipseg_cli.refine.sam import SamRefiner, region_prompts
+from clipseg_cli.run.job import Job
+from clipseg_cli.run.outputs import OutputPlan
 from helpers import clipseg, noise, save, subprocess_env
 from hub_server import FakeHub
 

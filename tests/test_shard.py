@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from clipseg_cli.inputs import collect
-from clipseg_cli.shard import Shard, parse_shard, select
+from clipseg_cli.run.inputs import collect
+from clipseg_cli.scale.sharding import Shard, parse_shard, select
 from helpers import clipseg, files, make_folder, noise, run_batch, same_records, save
 
 

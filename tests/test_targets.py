@@ -1,4 +1,4 @@
-"""What a run writes per image, its names and its rerun rules, decided without a model (`clipseg_cli.targets`)."""
+"""What a run writes per image, its names and its rerun rules, decided without a model (`clipseg_cli.run.targets`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from PIL import Image
 
 from clipseg_cli.fingerprint import PNG_KEY
 from clipseg_cli.imaging.writing import save_mask_png
-from clipseg_cli.inputs import WorkItem
-from clipseg_cli.outputs import OutputPlan
-from clipseg_cli.targets import Targets
+from clipseg_cli.run.inputs import WorkItem
+from clipseg_cli.run.outputs import OutputPlan
+from clipseg_cli.run.targets import Targets
 
 MODEL = {"weights": "w", "precision": "float32", "device": "cpu"}
 SETTINGS = {"threshold": 0.4}

@@ -7,7 +7,7 @@ import queue
 import threading
 from pathlib import Path
 
-from clipseg_cli.watch import ready_files
+from clipseg_cli.scale.watch import ready_files
 from helpers import noise, save
 
 

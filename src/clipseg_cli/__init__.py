@@ -32,8 +32,8 @@ The names, by what they are for (each written once, in `_EXPORTS`):
   the decoder, ``clipseg train``) with `TrainOptions`.
 - Errors: `ClipSegError`, a set-up error with a one-line message.
 
-The rest is imported from its module: `clipseg_cli.engine` (`Engine`), `clipseg_cli.targets`
-(`Targets`, `Result`), `clipseg_cli.inputs` (`collect`, `WorkItem`), `clipseg_cli.prompts`
+The rest is imported from its module: `clipseg_cli.run.engine` (`Engine`), `clipseg_cli.run.targets`
+(`Targets`, `Result`), `clipseg_cli.run.inputs` (`collect`, `WorkItem`), `clipseg_cli.prompts`
 (`build_prompts`, `Average`), `clipseg_cli.postprocess` (`combine`), `clipseg_cli.refine`
 (`load_refiner`), `clipseg_cli.checkpoints` (`available_models`, `download`), `clipseg_cli.modeling`
 (`ClipSeg`, `ClipSegConfig`).
@@ -59,8 +59,8 @@ _EXPORTS = {  # module: the names it gives the package
     "clipseg_cli.imaging.visual_prompt": ("visual_prompt",),
     "clipseg_cli.postprocess": ("PostProcess", "make_mask"),
     "clipseg_cli.refine": ("refine_map",),
-    "clipseg_cli.job": ("Job",),
-    "clipseg_cli.outputs": ("OutputPlan",),
+    "clipseg_cli.run.job": ("Job",),
+    "clipseg_cli.run.outputs": ("OutputPlan",),
     "clipseg_cli.training.api": ("evaluate", "train"),
     "clipseg_cli.training.trainer": ("TrainOptions",),
     "clipseg_cli.errors": ("ClipSegError",),

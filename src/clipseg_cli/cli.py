@@ -21,8 +21,8 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from clipseg_cli import __version__
 from clipseg_cli.commands.batch import batch
-from clipseg_cli.commands.cache import cache_app
-from clipseg_cli.commands.download import download_weights
+from clipseg_cli.commands.cache_admin import cache_app
+from clipseg_cli.commands.download_weights import download_weights
 from clipseg_cli.commands.eval import eval_command
 from clipseg_cli.commands.segment import segment
 from clipseg_cli.commands.serve import serve

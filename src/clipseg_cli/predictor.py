@@ -105,7 +105,7 @@ class Segmenter:
         runtime = choose_runtime(device, precision, backend)
         directory = checkpoint_dir(name, offline=offline, revision=revision, progress=progress)
         if runtime.backend == "onnxruntime":
-            from clipseg_cli.backends.cache import CacheUnwritable
+            from clipseg_cli.backends.graph_cache import CacheUnwritable
             from clipseg_cli.backends.ort import OrtRunner
 
             try:
@@ -116,7 +116,7 @@ class Segmenter:
                 print(f"clipseg: {exc}; running fp32 with torch instead", file=sys.stderr)
                 runtime = Runtime("torch", runtime.device, "fp32")
         if runtime.precision == "bf16" and runtime.device == "cpu" and backend == "auto":
-            from clipseg_cli.backends.cache import CacheUnwritable
+            from clipseg_cli.backends.graph_cache import CacheUnwritable
             from clipseg_cli.backends.traced import TracedRunner
 
             try:

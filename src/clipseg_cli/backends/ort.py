@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipseg_cli.backends.cache import (
+from clipseg_cli.backends.graph_cache import (
     entry_dir,
     graph_path,
     load_embedding,
@@ -165,7 +165,7 @@ class OrtRunner:
     def _export(self, graphs: list[str], reason: str = "") -> None:
         """Export ``graphs`` from the checkpoint's fp32 weights into the cache (imports torch), saying so (or
         ``reason``) in one line."""
-        from clipseg_cli.backends.export import export_graph, export_seconds, quantize_int8
+        from clipseg_cli.backends.onnx_export import export_graph, export_seconds, quantize_int8
         from clipseg_cli.checkpoints.loading import load_directory
 
         prepare(self.entry, self.directory)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipseg_cli.backends.cache import (
+from clipseg_cli.backends.graph_cache import (
     CacheDamaged,
     entry_dir,
     prepare,
@@ -133,7 +133,7 @@ class TracedRunner:
     def _trace(self, programs: list[str], reason: str = "") -> None:
         """Trace ``programs`` from the checkpoint's weights into the cache (imports transformers), saying so (or
         ``reason``) in one line."""
-        from clipseg_cli.backends.export import export_seconds
+        from clipseg_cli.backends.onnx_export import export_seconds
 
         prepare(self.entry, self.directory)
         if self.progress:
@@ -158,7 +158,7 @@ def trace_programs(directory: Path, size: tuple[int, int], programs: list[str]) 
     Returns:
         {name: the serialised TorchScript program}, in the order of ``programs``.
     """
-    from clipseg_cli.backends.export import SegmentGraph, TextGraph, VisualGraph
+    from clipseg_cli.backends.onnx_export import SegmentGraph, TextGraph, VisualGraph
     from clipseg_cli.checkpoints.loading import load_directory
     from clipseg_cli.modeling import ClipSeg
     from clipseg_cli.modeling.fastpath import speed_up

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_THRESHOLD
-from clipseg_cli.engine import Result
-from clipseg_cli.inputs import WorkItem
-from clipseg_cli.job import Job
-from clipseg_cli.outputs import OutputPlan
 from clipseg_cli.postprocess import PostProcess
 from clipseg_cli.predictor import ModelSpec, Segmenter
 from clipseg_cli.refine import Refiner, check_available, load_refiner
+from clipseg_cli.run.engine import Pipeline, Result
+from clipseg_cli.run.inputs import WorkItem
+from clipseg_cli.run.job import Job
+from clipseg_cli.run.outputs import OutputPlan
 
 UPLOAD_STEM = "upload"  # every output is named upload.<label>.<kind>.png in the upload's own folder
 EMBEDDING_LIMIT = 4096  # prompts whose embeddings are kept (oldest forgotten first)
@@ -72,7 +72,8 @@ class Options:
                            min_area=self.min_area, invert=self.invert)
         plan = OutputPlan(overlay=self.overlay, soft=self.soft, cutout=self.cutout, post=post)
         return Job(self.prompts, templates=self.templates, negatives=self.negatives, union=self.union, plan=plan,
-                   force=True, max_pixels=max_pixels, batch_size=batch_size, stats=True, refine=self.refine)
+                   force=True, pipeline=Pipeline(max_pixels=max_pixels, batch_size=batch_size, stats=True),
+                   refine=self.refine)
 
 
 def run_job(loaded: Loaded, job: Job, uploads: Sequence[Path]) -> list[list[Result]]:

@@ -1,6 +1,10 @@
 """What a run writes for each image: the targets (one per prompt, or one union), their names, and
 the skip-or-redo decision for each (image, target), and the records of what happened.
 
+The combined overlay (``--overlay-combined``) is one file per image with every target's mask in its palette
+colour and a legend of the prompts; it is made from all of an image's masks, so when it must be redone every
+target of the image is redone (the masks are the same; the files are rewritten atomically).
+
 Built once per run from the prompts and the output plan; no model is needed, so the naming and
 rerun rules are tested without one (tests/test_targets.py).
 """
@@ -12,13 +16,18 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from clipseg_cli import combined
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.fingerprint import file_sha256, make_record, prompt_key, stale_reason
-from clipseg_cli.inputs import FileSet, WorkItem
-from clipseg_cli.outputs import OutputPlan, label_for, output_paths
+from clipseg_cli.fingerprint import PNG_KEY, file_sha256, make_record, prompt_key, stale_reason
+from clipseg_cli.imaging.writing import combined_overlay, save_png
 from clipseg_cli.prompts import Prompt
+from clipseg_cli.run.inputs import FileSet, WorkItem
+from clipseg_cli.run.outputs import COMBINED_KIND, OutputPlan, combined_path, label_for, output_paths
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
 
 
 @dataclass
@@ -122,7 +131,7 @@ class Targets:
         """Decide for one item, before decoding it: a result per target, 'skipped' where its files exist
         with a matching fingerprint (unless forced), else 'pending' (to write), with the reason where an
         existing file did not match. Every target 'failed' when an output would overwrite a protected file.
-        With ``plan.overlay_combined``, the image's combined overlay joins the decision (`combined.decide`).
+        With ``plan.overlay_combined``, the image's combined overlay joins the decision (`_decide_combined`).
 
         Arguments:
             item: the image and where its outputs go.
@@ -155,7 +164,50 @@ class Targets:
                 if result.reason is None and len(existing) == len(paths):
                     result.status = "skipped"
             results.append(result)
-        return combined.decide(self, item, results, digest, model, settings)
+        return self._decide_combined(item, results, digest, model, settings)
+
+    def _decide_combined(self, item: WorkItem, results: list[Result], input_sha256: str, model: dict[str, str],
+                         settings: dict[str, object]) -> list[Result]:
+        """Add the combined overlay to one item's decided results (a no-op unless the plan asks for it).
+
+        Every result names the file; the first carries its fingerprint record. When the file is missing
+        or stale, skipped results become pending (with the stale reason).
+
+        Returns:
+            The results, or a 'failed' result per target when the file would overwrite a protected one.
+        """
+        if not self.plan.overlay_combined or any(result.status == "failed" for result in results):
+            return results
+        path = combined_path(item.output_dir, item.stem)
+        refused = self.refuse_overwriting_inputs(item, [path])
+        if refused:
+            return refused
+        record = make_record("combined overlay", input_sha256=input_sha256,
+                             prompt=" + ".join(target.key for target in self.targets),
+                             prompt_text=" | ".join(target.text for target in self.targets), model=model,
+                             settings={**settings, **self.plan.looks(COMBINED_KIND)})
+        for result in results:
+            result.combined_overlay = str(path)
+        results[0].records[COMBINED_KIND] = record
+        if self.force or all(result.status == "pending" for result in results):
+            return results
+        reason = stale_reason(path, record) if os.path.lexists(path) else "combined overlay missing"
+        if reason is not None:
+            for result in results:
+                if result.status == "skipped":
+                    result.status, result.reason = "pending", reason
+        return results
+
+    def write_combined(self, image: Image.Image, masks: list[np.ndarray], results: list[Result]) -> None:
+        """Write an image's combined overlay atomically, with its fingerprint record (see `_decide_combined`).
+
+        Arguments:
+            image: the RGB image at full size.
+            masks: HxW bool, the final mask M of every target, in target order.
+            results: the image's results, all of them, as `decide` left them.
+        """
+        drawn = combined_overlay(image, masks, [target.prompt for target in self.targets], self.plan.overlay_alpha)
+        save_png(drawn, Path(results[0].combined_overlay), text={PNG_KEY: results[0].records[COMBINED_KIND]})
 
     def refuse_overwriting_inputs(self, item: WorkItem, paths: Iterable[Path]) -> list[Result]:
         """Returns: a 'failed' result per target when one of ``paths`` (an item's outputs) is a protected file,

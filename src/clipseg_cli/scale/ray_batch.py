@@ -5,7 +5,7 @@ each actor loads the model once and runs our own Engine over chunks of items, wi
 settings, skipping and atomic writes as a run on one machine, so the files are byte for byte the
 same. Actors read the inputs and write the outputs themselves: every node must see them at the
 same paths (a local Ray, or a shared file system such as NFS or Lustre). For object stores, use
-the Ray Data API in `clipseg_cli.ray_data`.
+the Ray Data API in `clipseg_cli.scale.ray_data`.
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.inputs import WorkItem
 from clipseg_cli.predictor import ModelSpec
+from clipseg_cli.run.inputs import WorkItem
 
 if TYPE_CHECKING:
-    from clipseg_cli.job import Job, PathLike
-    from clipseg_cli.targets import Result
+    from clipseg_cli.run.job import Job, PathLike
+    from clipseg_cli.run.targets import Result
 
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 IN_FLIGHT = 2  # chunks queued per actor, so that none waits for the driver between chunks
@@ -58,6 +59,30 @@ class _EngineActor:
 
     def process(self, items: list[WorkItem]) -> list[Result]:
         return list(self.engine.process(items))
+
+
+@dataclass(frozen=True)
+class RayPlace:
+    """Where ``--ray`` runs a job (`clipseg_cli.run.job.Place`): address None starts a local Ray, ``auto`` joins
+    this machine's cluster; actors None is one per GPU, else one per CPU; quiet keeps Ray's lines off stderr."""
+
+    address: str | None = None
+    actors: int | None = None
+    quiet: bool = False
+
+    def runner(self, job: Job, model: ModelSpec, items: Sequence[WorkItem], *, protected: Iterable[PathLike],
+               progress: bool) -> tuple[RayBatch, str]:
+        """The checkpoint is downloaded once, here (with a progress bar), then the actors load it.
+
+        Returns:
+            The RayBatch of the job's items, and a line saying what runs.
+        """
+        from clipseg_cli.checkpoints.loading import checkpoint_dir
+
+        checkpoint_dir(model.name, offline=model.offline, revision=model.revision, progress=progress)
+        runner = RayBatch(job, model, protected=[*(item.source for item in items), *protected],
+                          address=self.address, actors=self.actors, quiet=self.quiet)
+        return runner, f"Ray: {runner.describe()}, {len(items)} image(s)"
 
 
 class RayBatch:
@@ -103,7 +128,7 @@ class RayBatch:
             raise ClipSegError("--ray with --device cuda: the Ray cluster has no GPU; use --device cpu or auto")
         count = actors or (gpu_count if self.gpus else cpus)
         threads = 1 if self.gpus else max(1, cpus // count)
-        self.batch_size = job.batch_size or (16 if self.gpus else 4)
+        self.batch_size = job.pipeline.batch_size or (16 if self.gpus else 4)
         remote = ray.remote(num_cpus=threads, num_gpus=1 if self.gpus else 0, max_restarts=0)(_EngineActor)
         shared = ray.put([os.fspath(path) for path in protected])  # sent once, not once per actor
         self._new_actor = lambda: remote.remote(job, model, shared, threads)

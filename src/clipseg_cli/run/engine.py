@@ -18,16 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipseg_cli import combined
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.decode import DecodedImage, header_pixels, open_image
 from clipseg_cli.imaging.writing import remove_stale_temps
-from clipseg_cli.inputs import WorkItem
-from clipseg_cli.outputs import write_outputs
 from clipseg_cli.postprocess import any_at_or_above, clean_mask, mask_and_map, stats, zero_where
 from clipseg_cli.predictor import Segmenter, probabilities, upsample
-from clipseg_cli.targets import Result, Targets, decode_min_side, recorded_settings
+from clipseg_cli.run.inputs import WorkItem
+from clipseg_cli.run.outputs import write_outputs
+from clipseg_cli.run.targets import Result, Targets, decode_min_side, recorded_settings
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -41,7 +40,7 @@ _MAX_QUEUED = 8  # results waiting for an earlier, slower item: at most this man
 
 @dataclass(frozen=True, kw_only=True)
 class Pipeline:
-    """How a run computes, whatever it writes: the Engine's own choices (a `clipseg_cli.job.Job` is one).
+    """How a run computes, whatever it writes: the Engine's own choices (a `clipseg_cli.run.job.Job` is one).
 
     batch_size: images per model call (None: 4 on CPUs, little to gain and memory to lose; 16 on GPUs).
     max_pixels: decoded images larger than this are refused or reduced (see `open_image`).
@@ -275,7 +274,7 @@ class Engine:
                     result.refine = self.refiner.name if self.refiner is not None else None
                     result.status = "ok"
             if self.plan.overlay_combined:  # one part: every mask of the image is known
-                combined.write(decoded.image, image_masks, self.targets, results)
+                self.targets.write_combined(decoded.image, image_masks, results)
             return results
         except OSError as exc:
             where = exc.filename or item.output_dir

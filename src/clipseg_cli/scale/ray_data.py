@@ -1,8 +1,8 @@
 """Ray Data: segment the images of a Dataset, with the masks, names and PNG records of ``clipseg batch``.
 
     import ray
-    from clipseg_cli.job import Job
-    from clipseg_cli.ray_data import read_image_files, segment, write_masks
+    from clipseg_cli.run.job import Job
+    from clipseg_cli.scale.ray_data import read_image_files, segment, write_masks
 
     images = read_image_files("s3://bucket/photos")                      # path, bytes, folder, stem
     masks = segment(images, "CIDAS/clipseg-rd64-refined", Job(["car", "tree"]), batch_size=16,
@@ -35,13 +35,13 @@ import numpy as np
 
 from clipseg_cli.constants import OUTPUT_KINDS
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.inputs import IMAGE_EXTENSIONS, WorkItem, is_own_output, output_stems
+from clipseg_cli.run.inputs import IMAGE_EXTENSIONS, WorkItem, is_own_output, output_stems
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
-    from clipseg_cli.job import Job
+    from clipseg_cli.run.job import Job
 
 RECORD_COLUMNS = ("path", "prompt", "status", "error", "coverage", "bbox", "mean_probability",
                   *(f"{kind}_name" for kind in OUTPUT_KINDS))
@@ -70,7 +70,7 @@ class SegmentBatch:
                  offline: bool | None = None, revision: str | None = None, encode: str | None = None) -> None:
         """Arguments:
         weights, device, precision, offline, revision: as `Segmenter.from_pretrained` takes them.
-        job: the prompts, output plan and mask steps (`clipseg_cli.job.Job`, what the CLI's options make).
+        job: the prompts, output plan and mask steps (`clipseg_cli.run.job.Job`, what the CLI's options make).
         encode: for rows with an ``image`` column: None gives the masks and maps as numpy arrays, ``png``
             the masks as PNG bytes (those of ``clipseg batch``'s files without their fingerprint).
         """
@@ -192,7 +192,7 @@ def read_image_files(paths: str | Sequence[str], *, recursive: bool = True, file
     """Image files under folders (or named files) on any file system Ray Data reads (local, s3://, gs://, ...),
     with the output names ``clipseg batch`` gives them: the same files, folders and stems.
 
-    Files are chosen as `clipseg_cli.inputs.walk` chooses them (image extensions, no hidden files or
+    Files are chosen as `clipseg_cli.run.inputs.walk` chooses them (image extensions, no hidden files or
     folders, not our own outputs). `read_args` go to ``ray.data.read_binary_files``.
 
     Returns:

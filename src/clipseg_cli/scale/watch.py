@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from clipseg_cli.inputs import IMAGE_EXTENSIONS, is_own_output
+from clipseg_cli.run.inputs import IMAGE_EXTENSIONS, is_own_output
 
 SETTLE_S = 1.0  # a file is complete once its size and mtime have not changed for this long
 POLL_MS = 200  # how often pending files are looked at again while nothing else happens

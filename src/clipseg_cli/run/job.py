@@ -17,23 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from clipseg_cli.engine import Engine, Pipeline
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.inputs import WorkItem, collect, folder_problem
-from clipseg_cli.outputs import OutputPlan
 from clipseg_cli.predictor import ModelSpec, Segmenter
 from clipseg_cli.prompts import Prompt, build_prompts, check_texts
 from clipseg_cli.refine import Refiner, check_available, load_refiner
-from clipseg_cli.targets import Result, Targets, decode_min_side, recorded_settings
+from clipseg_cli.run.engine import Engine, Pipeline
+from clipseg_cli.run.inputs import WorkItem, collect, folder_problem
+from clipseg_cli.run.outputs import OutputPlan
+from clipseg_cli.run.targets import Result, Targets, decode_min_side, recorded_settings
 
 PathLike = str | os.PathLike[str]
 
 
 @dataclass(frozen=True)
-class Job(Pipeline):
+class Job:
     """What to segment and what to write, for any number of images (one CLI run of segment or batch).
-
-    A Job is the run's `Pipeline` too (``batch_size``, ``max_pixels``, ``stats``, ``workers``: keywords only).
 
     texts: the text prompts (``segment IMAGE PROMPT...``, ``-p``).
     templates: ``--template``; each text's embedding is the average over them.
@@ -46,6 +44,7 @@ class Job(Pipeline):
     refine: ``--refine``, none, guided, matting or sam (`clipseg_cli.refine`): the map follows the
         object's edges, after the prompt algebra and before the mask steps.
     sam_weights: ``--sam-weights``.
+    pipeline: how the run computes (``--batch-size``, ``--max-pixels``, statistics, threads): `Pipeline`.
     """
 
     texts: Sequence[str] = ()
@@ -58,6 +57,7 @@ class Job(Pipeline):
     force: bool = False
     refine: str = "none"
     sam_weights: str | None = None
+    pipeline: Pipeline = field(default_factory=Pipeline)
 
     def check(self, items: Sequence[WorkItem] = ()) -> None:
         """Refuse, before any model loads, texts that are not UTF-8, templates without one ``{}``, and
@@ -77,7 +77,7 @@ class Job(Pipeline):
             (prompts, names), as `clipseg_cli.prompts.build_prompts` gives them.
         """
         return build_prompts(self.texts, templates=self.templates, prompt_images=self.prompt_images,
-                             prompt_masks=self.prompt_masks, max_pixels=self.max_pixels)
+                             prompt_masks=self.prompt_masks, max_pixels=self.pipeline.max_pixels)
 
     def refiner(self, segmenter: Segmenter, *, offline: bool | None = None, progress: bool = True) -> Refiner | None:
         """The refinement of ``refine`` (its SAM checkpoint loaded, on the segmenter's device), or None.
@@ -110,7 +110,7 @@ class Job(Pipeline):
         """
         refiner = refiner if refiner is not None else self.refiner(segmenter)
         targets = self.targets(items, prompts=prompts, protected=protected)
-        return Engine(segmenter, targets, self, drop_unused_layers=drop_unused_layers, refiner=refiner)
+        return Engine(segmenter, targets, self.pipeline, drop_unused_layers=drop_unused_layers, refiner=refiner)
 
     def targets(self, items: Sequence[WorkItem] = (), *, prompts: tuple[list[Prompt], list[str]] | None = None,
                 protected: Iterable[PathLike] = ()) -> Targets:
@@ -173,20 +173,21 @@ class Job(Pipeline):
         yield from self.run(segmenter, items)
 
     def run(self, model: ModelSpec | Segmenter, items: Sequence[WorkItem], *, protected: Iterable[PathLike] = (),
-            ray: RayPlace | None = None, progress: bool = True, started: Callable[[str], None] | None = None,
+            place: Place | None = None, progress: bool = True, started: Callable[[str], None] | None = None,
             late: Callable[[Result], None] | None = None) -> Iterator[Result]:
         """The whole run, in its one order: the checks and the prompts now (before any model loads), then,
-        as the results are taken, the model (or Ray's actors), the refiner, the targets, the engine.
+        as the results are taken, the model (or the place's runner), the refiner, the targets, the engine.
 
         Arguments:
             model: a loaded Segmenter (used as it is), or the spec of one to load (its text tower is
                 then freed once the prompts are embedded).
             items: the work items.
             protected: more files never to write (a shard gives every input of the whole run).
-            ray: run on Ray's actors at ``ray.address`` instead of here (needs a ModelSpec).
+            place: run elsewhere instead of here (`clipseg_cli.scale.ray_batch.RayPlace`: Ray's actors;
+                needs a ModelSpec).
             progress: show download bars.
             started: told what runs (device, precision, batch size), once the model is ready.
-            late: given each result that was written but not yielded when the run was cut short
+            late: given each result that was written but not yet yielded when the run was cut short
                 (Ctrl-C, a signal, a closed stdout, the iterator closed).
 
         Returns:
@@ -197,29 +198,23 @@ class Job(Pipeline):
         """
         self.check(items)
         prompts = self.prompts()
-        return self._results(model, items, prompts, protected, ray, progress, started, late)
+        return self._results(model, items, prompts, protected, place, progress, started, late)
 
     def _results(self, model: ModelSpec | Segmenter, items: Sequence[WorkItem],
-                 prompts: tuple[list[Prompt], list[str]], protected: Iterable[PathLike], ray: RayPlace | None,
+                 prompts: tuple[list[Prompt], list[str]], protected: Iterable[PathLike], place: Place | None,
                  progress: bool, started: Callable[[str], None] | None,
                  late: Callable[[Result], None] | None) -> Iterator[Result]:
         """`run`'s second half, in a generator so that nothing loads before the results are asked for."""
         skipped = self.up_to_date(model, items, self.targets(items, prompts=prompts, protected=protected),
-                                  progress=progress) if isinstance(model, ModelSpec) and ray is None else None
+                                  progress=progress) if isinstance(model, ModelSpec) and place is None else None
         if skipped is not None:
             if started is not None:
                 started(f"no model loaded: the outputs of all {len(items)} image(s) are up to date")
             yield from skipped
             return
-        if ray is not None and isinstance(model, ModelSpec):
-            from clipseg_cli.checkpoints.loading import checkpoint_dir
-            from clipseg_cli.ray_batch import RayBatch
-
-            checkpoint_dir(model.name, offline=model.offline, revision=model.revision,
-                           progress=progress)  # downloaded once, here, with a progress bar
-            runner = RayBatch(self, model, protected=[*(item.source for item in items), *protected],
-                              address=ray.address, actors=ray.actors, quiet=getattr(ray, "quiet", False))
-            described = f"Ray: {runner.describe()}, {len(items)} image(s)"
+        runner: Runner
+        if place is not None and isinstance(model, ModelSpec):
+            runner, described = place.runner(self, model, items, protected=protected, progress=progress)
         else:
             owned = isinstance(model, ModelSpec)
             segmenter = model.load(progress=progress) if owned else model
@@ -239,12 +234,21 @@ class Job(Pipeline):
                     late(result)
 
 
-class RayPlace(Protocol):
-    """Where a run goes on Ray (``--ray-address``, ``--ray-actors``): None starts a local Ray."""
+class Runner(Protocol):
+    """What runs a job's items: an `Engine` here, or a place's runner (Ray's actors)."""
 
-    address: str | None
-    actors: int | None
-    quiet: bool  # nothing of Ray's on stderr (optional: False when absent)
+    def process(self, items: Sequence[WorkItem]) -> Iterator[Result]: ...
+
+    def unreported(self) -> list[Result]: ...
+
+
+class Place(Protocol):
+    """Somewhere else a job runs (`clipseg_cli.scale.ray_batch.RayPlace`); the run's order stays `Job.run`'s."""
+
+    def runner(self, job: Job, model: ModelSpec, items: Sequence[WorkItem], *, protected: Iterable[PathLike],
+               progress: bool) -> tuple[Runner, str]:
+        """Returns: the runner of ``job``'s items there, and a line saying what runs."""
+        ...
 
 
 def check_output_folders(items: Sequence[WorkItem]) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clipseg_cli.backends.cache import OPSET
+from clipseg_cli.backends.graph_cache import OPSET
 from clipseg_cli.constants import PICKLE_FILE, SAFETENSORS_FILE
 from clipseg_cli.modeling import ClipSeg
 

@@ -23,7 +23,7 @@ class What(str, Enum):
 
 def _rows(root: Path) -> list[tuple[str, Path, int, float, str]]:
     """Returns: (what, path, bytes, last use, what it is for) of every entry under ``root``."""
-    from clipseg_cli.backends.cache import describe, lock_path
+    from clipseg_cli.backends.graph_cache import describe, lock_path
     from clipseg_cli.cachedir import entries, last_use, size_of
 
     rows = []
@@ -89,9 +89,9 @@ def clear(
     what: Annotated[What | None, typer.Option("--what", help="Only this kind of entry.")] = None,
 ) -> None:
     """Remove cache entries (all, or those matching the options); entries a running clipseg uses are left."""
-    from clipseg_cli.backends.cache import remove_entry
+    from clipseg_cli.backends.graph_cache import remove_entry
     from clipseg_cli.cachedir import remove, try_exclusive
-    from clipseg_cli.training.cache import LOCK_FILE
+    from clipseg_cli.training.activation_cache import LOCK_FILE
 
     root = _root()
     cutoff = time.time() - older_than * 86400 if older_than is not None else None

@@ -38,7 +38,7 @@ class OutputPlan:
     mask: always written; binary 0/255 (the mask M), or with ``soft`` the map m as 8-bit grey.
     overlay: the image with M tinted and outlined.
     overlay_combined: one overlay per image with every target's M in its palette colour and a legend
-        (`clipseg_cli.combined`).
+        (`clipseg_cli.run.targets`).
     cutout: RGBA, M (or with ``soft`` m) as alpha.
     M and m are defined in `clipseg_cli.postprocess.mask_and_map`.
     overlay_color: the tint (RGB), default one colour per prompt from `PALETTE`.
