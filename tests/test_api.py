@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from itertools import pairwise
 from pathlib import Path
 
@@ -108,3 +111,30 @@ def test_every_public_name_resolves() -> None:
 
     missing = [name for name in clipseg_cli.__all__ if getattr(clipseg_cli, name, None) is None]
     assert not missing, f"clipseg_cli.__all__ names what it cannot give: {missing}"
+
+
+PUBLIC = ["ClipSegError", "Job", "ModelSpec", "OutputPlan", "Pipeline", "PostProcess", "Segmenter", "TrainOptions",
+          "__version__", "evaluate", "load_model", "make_mask", "refine_map", "train", "visual_prompt"]
+
+
+def test_the_public_api_is_pinned() -> None:
+    # a name added to or dropped from the package's face is a decision: change PUBLIC with it, and the docs
+    import clipseg_cli
+
+    assert sorted(clipseg_cli.__all__) == PUBLIC
+
+
+def test_importing_the_package_changes_no_environment_variable_and_prints_nothing() -> None:
+    # OpenCV's own import sets LD_LIBRARY_PATH (cv2/__init__.py, for its bundled libraries): not ours to change
+    probe = ("import os, sys; before = dict(os.environ); import clipseg_cli; same = dict(os.environ) == before; "
+             "[getattr(clipseg_cli, name) for name in clipseg_cli.__all__]; os.environ.pop('LD_LIBRARY_PATH', None); "
+             "before.pop('LD_LIBRARY_PATH', None); sys.exit(0 if same and dict(os.environ) == before else 3)")
+    env = {**os.environ, "HF_HOME": "", "XDG_CACHE_HOME": "", "PYTHONPATH": str(Path(clipseg_cli_src()))}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+
+
+def clipseg_cli_src() -> str:
+    import clipseg_cli
+
+    return str(Path(clipseg_cli.__file__).parents[1])

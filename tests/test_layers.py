@@ -22,7 +22,7 @@ LAYERS = [
     ["clipseg_cli.checkpoints"],  # the loader builds the model: modeling never imports it
     ["clipseg_cli.backends"],  # the runtimes a Segmenter runs the model on (torch, ONNX Runtime)
     ["clipseg_cli.run.outputs", "clipseg_cli.prompts", "clipseg_cli.refine"],
-    ["clipseg_cli.run.targets"],  # what a run writes per image: names, skip or redo, the combined overlay
+    ["clipseg_cli.run.targets", "clipseg_cli.run.slots"],  # per image: names, skip or redo, combined overlay, order
     ["clipseg_cli.predictor"],
     ["clipseg_cli.run.engine"],
     ["clipseg_cli.run.job", "clipseg_cli.run", "clipseg_cli.training"],

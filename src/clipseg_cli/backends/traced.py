@@ -12,13 +12,14 @@ calls as the eager modules make, so the masks equal the eager bf16 path's bit fo
 from __future__ import annotations
 
 import io
-import sys
+import logging
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from clipseg_cli import LOGGER
 from clipseg_cli.backends.graph_cache import (
     CacheDamaged,
     entry_dir,
@@ -35,6 +36,8 @@ from clipseg_cli.fingerprint import checkpoint_digest
 from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.imaging.writing import atomic_write
 from clipseg_cli.modeling.config import ClipSegConfig
+
+LOG = logging.getLogger(LOGGER)
 
 PROGRAMS = ("segment", "text", "visual")
 PRECISION = "bf16"
@@ -139,7 +142,7 @@ class TracedRunner:
         if self.progress:
             seconds = export_seconds(self.directory, programs)
             line = reason or f"preparing the bf16 model for this CPU, once (about {seconds} s)"
-            print(f"clipseg: {' '.join(line.split())}", file=sys.stderr, flush=True)
+            LOG.info(" ".join(line.split()))
         for name, data in trace_programs(self.directory, self.preprocessing.size, programs).items():
             path = program_path(self.entry, name)
             try:

@@ -13,7 +13,6 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +25,7 @@ from clipseg_cli.postprocess import any_at_or_above, clean_mask, mask_and_map, s
 from clipseg_cli.predictor import Segmenter, probabilities, upsample
 from clipseg_cli.run.inputs import WorkItem
 from clipseg_cli.run.outputs import write_outputs
+from clipseg_cli.run.slots import Slot, split
 from clipseg_cli.run.targets import Result, Targets, decode_min_side, recorded_settings
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class Engine:
         self.recorded = recorded_settings(self.plan, self.min_side, refiner.name if refiner is not None else None)
         # maps that each depend on one prompt are written by several workers at once
         single = self.targets.union or self.negatives or self.plan.overlay_combined  # combined: all masks at once
-        self.parts = _split(len(self.targets), 1 if single else self.workers)
+        self.parts = split(len(self.targets), 1 if single else self.workers)
         self._swept: set[os.PathLike[str]] = set()  # output folders cleared of stale temporary files
 
     def process(self, items: Iterable[WorkItem]) -> Iterator[Result]:
@@ -89,7 +89,7 @@ class Engine:
         Returns:
             An iterator of one Result per (item, target).
         """
-        self._slots: deque[_Slot] = deque()
+        self._slots: deque[Slot] = deque()
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="clipseg-io")
         try:
             self.segmenter.embed(self.prompts + self.negatives)
@@ -107,7 +107,7 @@ class Engine:
         Returns:
             Those results in input order (empty after a complete run, and on a second call).
         """
-        slots: deque[_Slot] = getattr(self, "_slots", deque())
+        slots: deque[Slot] = getattr(self, "_slots", deque())
         if slots:
             self._pool.shutdown(wait=True, cancel_futures=True)
         results = []
@@ -145,7 +145,7 @@ class Engine:
         depth = 2 * self.batch_size + self.workers
         pixel_budget = 2 * self.max_pixels
         ordered = self._slots  # one slot per item, in input order; open ones are still decoding
-        decoding: deque[tuple[WorkItem, list[Result], _Slot, Future]] = deque()
+        decoding: deque[tuple[WorkItem, list[Result], Slot, Future]] = deque()
         held: tuple[WorkItem, list[Result], int] | None = None  # an item waiting for pixels to be freed
         exhausted = False
         while True:
@@ -157,7 +157,7 @@ class Engine:
                         break
                     decided = self.targets.decide(item, self.segmenter.identity, self.recorded)
                     if all(result.status != "pending" for result in decided):  # skipped, or failed
-                        ordered.append(_Slot([decided], open=False))
+                        ordered.append(Slot([decided], open=False))
                         continue
                     held = (item, decided, min(header_pixels(item.source), self.max_pixels))
                 item, decided, pixels = held
@@ -167,7 +167,7 @@ class Engine:
                 if item.output_dir not in self._swept:  # once per folder, before our first write there
                     self._swept.add(item.output_dir)
                     remove_stale_temps(item.output_dir)
-                slot = _Slot([], pixels=pixels)
+                slot = Slot([], pixels=pixels)
                 ordered.append(slot)
                 decoding.append((item, decided, slot, pool.submit(open_image, item.source,
                                                                   max_pixels=self.max_pixels, min_side=self.min_side)))
@@ -184,10 +184,10 @@ class Engine:
             if exhausted and held is None and not decoding and not ordered:
                 return
 
-    def _run_batch(self, decoding: deque[tuple[WorkItem, list[Result], _Slot, Future]],
+    def _run_batch(self, decoding: deque[tuple[WorkItem, list[Result], Slot, Future]],
                    pool: ThreadPoolExecutor) -> None:
         """Take up to batch_size decoded images, run the model on them and submit their writes to the pool."""
-        batch: list[tuple[WorkItem, list[Result], _Slot, DecodedImage]] = []
+        batch: list[tuple[WorkItem, list[Result], Slot, DecodedImage]] = []
         while decoding and len(batch) < self.batch_size:
             item, decided, slot, future = decoding.popleft()
             try:
@@ -288,40 +288,3 @@ def map_chunks(indices: range, size: tuple[int, int]) -> Iterator[range]:
     take at most `CHUNK_VALUES` values together (at least one map per run)."""
     step = max(1, CHUNK_VALUES // max(1, size[0] * size[1]))
     return (range(start, min(start + step, indices.stop)) for start in range(indices.start, indices.stop, step))
-
-
-@dataclass
-class _Slot:
-    """One item's place in the output order: its results, or the futures that write them.
-
-    open: the image is still decoding, more parts will come.
-    pixels: reserved for its decoded image.
-    """
-
-    parts: list[list[Result] | Future]
-    open: bool = True
-    pixels: int = 0
-
-    @property
-    def writes(self) -> int:
-        return sum(isinstance(part, Future) for part in self.parts)
-
-    def close(self, parts: list[list[Result] | Future]) -> None:
-        self.parts.extend(parts)
-        self.open = False
-
-    def done(self) -> bool:
-        return not self.open and all(part.done() for part in self.parts if isinstance(part, Future))
-
-    def results(self) -> list[Result]:
-        """Returns: the results, in target order, once written (the slot's own list: take results from it)."""
-        self.parts = [[result for part in self.parts
-                       for result in (part.result() if isinstance(part, Future) else part)]]
-        return self.parts[0]
-
-
-def _split(count: int, pieces: int) -> list[range]:
-    """``range(count)`` cut into at most ``pieces`` contiguous, non-empty ranges."""
-    pieces = max(1, min(pieces, count))
-    bounds = [round(i * count / pieces) for i in range(pieces + 1)]
-    return [range(a, b) for a, b in pairwise(bounds)]

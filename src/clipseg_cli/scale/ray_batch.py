@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -21,6 +20,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from clipseg_cli import LOGGER
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.predictor import ModelSpec
 from clipseg_cli.run.inputs import WorkItem
@@ -28,6 +28,8 @@ from clipseg_cli.run.inputs import WorkItem
 if TYPE_CHECKING:
     from clipseg_cli.run.job import Job, PathLike
     from clipseg_cli.run.targets import Result
+
+LOG = logging.getLogger(LOGGER)
 
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 IN_FLIGHT = 2  # chunks queued per actor, so that none waits for the driver between chunks
@@ -268,11 +270,9 @@ class RayBatch:
         raise AssertionError("unreachable")
 
     def _tell(self, message: str) -> None:
-        """One line on stderr (not when quiet), above a progress bar."""
+        """One line of the ``clipseg`` log (not when quiet)."""
         if not self.quiet:
-            from tqdm import tqdm
-
-            tqdm.write(f"clipseg: {message}", file=sys.stderr)
+            LOG.warning(message)
 
     def unreported(self) -> list[Result]:
         """After an interrupted `process`: let the actors finish the chunks they were given (at most

@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from clipseg_cli import LOGGER
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.postprocess import PostProcess
@@ -21,11 +22,13 @@ from clipseg_cli.training.manifest import Manifest, Record, check_files, read_ma
 from clipseg_cli.training.metrics import Scores
 from clipseg_cli.training.trainer import STATE_FILE, Trainer, TrainOptions, prepare, split_by_image
 
+LOG = logging.getLogger(LOGGER)
+
 DEFAULT_CACHE_BYTES = 10 << 30
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
+    LOG.warning(message.removeprefix("clipseg: "))
 
 
 class Evaluation:
