@@ -538,7 +538,7 @@ def test_combined_overlay_draws_every_prompt_in_its_colour_with_a_legend() -> No
 
 
 def test_every_file_the_readme_names_under_examples_exists() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     named = {path for path in re.findall(r"examples/[\w.-]+\.\w+", (root / "README.md").read_text(encoding="utf-8"))
              if not path.endswith(OUTPUT_SUFFIXES)}  # what clipseg writes there is not shipped
     assert named and all((root / path).is_file() for path in named), named

@@ -12,7 +12,7 @@ from factory import build_checkpoint, probe_image
 from helpers import subprocess_env
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
-SRC = Path(__file__).resolve().parent.parent / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def segment(photo: Path, weights: Path, out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:

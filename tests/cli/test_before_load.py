@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 # Writes the names of the modules loaded when the process ends: whether torch, transformers or
 # onnxruntime (what a model needs) were imported at all.
 SITECUSTOMIZE = """

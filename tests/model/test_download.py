@@ -18,7 +18,7 @@ from clipseg_cli.errors import CheckpointError, ClipSegError
 from hub_server import FakeHub
 
 REPO = "CIDAS/clipseg-rd64-refined"
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def make_repo(folder: Path, *, reduce_dim: int, seed: int) -> Path:

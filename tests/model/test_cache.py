@@ -22,7 +22,7 @@ from factory import build_checkpoint, probe_image, shapes_task, write_manifest
 from helpers import clipseg
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
-SRC = Path(__file__).resolve().parent.parent / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.fixture

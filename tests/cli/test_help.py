@@ -79,7 +79,10 @@ def bash(tmp_path: Path) -> Callable[[str], str]:
                          PYTHONPATH=os.pathsep.join(sys.path))
 
     def run(script: str) -> str:
-        done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        # typer finds the shell to complete for among clipseg's parent processes (shellingham). `bash -c CMD` execs its
+        # last command, so bash would not be a parent and the answer came from whatever started pytest ("Shell
+        # not supported" where that was no shell): the trailing `:` keeps bash the parent, as at a prompt
+        done = subprocess.run(["bash", "-c", f"{script}\n:"], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         return done.stdout
 

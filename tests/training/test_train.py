@@ -19,7 +19,7 @@ from clipseg_cli.cli import main
 from factory import build_checkpoint, shapes_task, write_manifest
 from helpers import default_signals
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 TRAIN_STEPS = ["--epochs", "50", "--batch-size", "8", "--lr", "1e-2"]
 
 

@@ -26,7 +26,7 @@ from clipseg_cli.runtime import choose_runtime
 from factory import CONFIGS, Reference, build_checkpoint, probe_image, save_modern_layout
 from helpers import clipseg
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 TEXTS = ["red car", "tree", "a dog on the left"]
 EXAMPLE = probe_image(10, (40, 40))
 RELATIVE = 1e-5  # max |ours - reference| / max |reference| on the logits

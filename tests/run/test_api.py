@@ -23,7 +23,7 @@ from PIL import Image
 from clipseg_cli.cli import main
 from clipseg_cli.constants import DEFAULT_MODEL
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 INPUTS = ("photo.jpg", "street.jpg", "car.jpg", "car.mask.png", "photos/a.jpg", "photos/b.png")
 
 
