@@ -27,7 +27,8 @@ LAYERS = [
     ["clipseg_cli.run.engine"],
     ["clipseg_cli.run.job", "clipseg_cli.run", "clipseg_cli.training"],
     ["clipseg_cli.scale", "clipseg_cli.serve"],  # the same run spread out (shards, Ray, Ray Data), and served
-    ["clipseg_cli.video", "clipseg_cli.label"],  # the wings of new commands, on the run
+    ["clipseg_cli.label"],  # clipseg label: datasets from masks (imported by commands/label.py only)
+    ["clipseg_cli.video"],  # clipseg video (imported by commands/video.py only)
     ["clipseg_cli.commands"],
     ["clipseg_cli.cli", "clipseg_cli.__main__"],
 ]

@@ -25,10 +25,12 @@ from clipseg_cli.commands.batch import batch
 from clipseg_cli.commands.cache_admin import cache_app
 from clipseg_cli.commands.download_weights import download_weights
 from clipseg_cli.commands.eval import eval_command
+from clipseg_cli.commands.label import label_command
 from clipseg_cli.commands.segment import segment
 from clipseg_cli.commands.serve import serve
 from clipseg_cli.commands.shards import shards
 from clipseg_cli.commands.train import train_command
+from clipseg_cli.commands.video import video
 from clipseg_cli.errors import ClipSegError, ReaderGone, printable
 
 INTERRUPTED = 130  # the shell's code for a Ctrl-C
@@ -55,6 +57,12 @@ clipseg shards masks/ --count 100 || sbatch --array=3,7 masks.sh""",
     "serve": """clipseg serve
 clipseg serve --ray --replicas 2 --batch-size 8
 CLIPSEG_TOKEN=secret clipseg serve --host 0.0.0.0""",
+    "label": """clipseg label photos/ -r -p car -p "person=person,cyclist" -o data/ --format yolo --split 0.8,0.1,0.1
+clipseg label photos/ -p car -o dataset/ --shard 3/10
+clipseg label dataset/ --merge -o dataset/ --preview 16""",
+    "video": """clipseg video clip.mp4 -p dog -o out/
+clipseg video shots/ -r -p "red car" --cutout --cutout-format webm -o out/ --json
+clipseg video interview.mov -p person --smooth 0.5 --no-overlay --cutout -o out/""",
     "cache": """clipseg cache
 clipseg cache clear --older-than 30
 clipseg cache clear --what embeddings""",
@@ -102,6 +110,8 @@ app.command("train", cls=Command, no_args_is_help=True, epilog=EXAMPLES["train"]
 app.command("eval", cls=Command, no_args_is_help=True, epilog=EXAMPLES["eval"])(eval_command)
 app.command("shards", cls=Command, no_args_is_help=True, epilog=EXAMPLES["shards"])(shards)
 app.command("serve", cls=Command, epilog=EXAMPLES["serve"])(serve)
+app.command("label", cls=Command, no_args_is_help=True, epilog=EXAMPLES["label"])(label_command)
+app.command("video", cls=Command, no_args_is_help=True, epilog=EXAMPLES["video"])(video)
 app.add_typer(cache_app, name="cache", cls=Group, epilog=EXAMPLES["cache"])
 
 

@@ -1,7 +1,7 @@
 """The FastAPI app of ``clipseg serve``: ``POST /v1/segment``, ``GET /healthz``, ``GET /metrics``.
 
 Every error is a JSON body with one line, ``{"error": "..."}``; the server keeps serving after it.
-The OpenAPI page is at ``/docs``.
+The web page (``/``) and the OpenAPI page (``/docs``) are serve/pages.py's.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from clipseg_cli.imaging.decode import header_pixels
 from clipseg_cli.serve.batching import MicroBatcher, QueueFull
 from clipseg_cli.serve.guard import Guard
 from clipseg_cli.serve.library import Loaded, Options, run_job
+from clipseg_cli.serve.pages import add_pages
 
 FIELDS = frozenset({"image", "prompt", "negative", "template", "union", "threshold", "blur", "dilate", "erode",
                     "min_area", "invert", "soft", "overlay", "cutout", "refine"})
@@ -103,9 +104,9 @@ def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) ->
                 batcher.stop()
                 state.clear()
 
-    api = FastAPI(title="clipseg serve", version="1", lifespan=lifespan)
+    api = FastAPI(title="clipseg serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     _handlers(api)
-    page = Path(__file__).parent / "page"
+    add_pages(api)  # / and /docs, from files shipped in wheels (no CDN)
 
     @api.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -115,18 +116,6 @@ def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) ->
     @api.get("/metrics")
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @api.get("/", include_in_schema=False)
-    async def index() -> Response:
-        return Response((page / "index.html").read_bytes(), media_type="text/html; charset=utf-8")
-
-    @api.get("/page/{name}", include_in_schema=False)
-    async def page_file(name: str) -> Response:
-        files = {path.name: path for path in page.iterdir()}  # only the page's own files, never a path
-        if name not in files:
-            raise Failed(404, f"no page file {name!r}")
-        kind = {"js": "text/javascript", "css": "text/css"}.get(name.rpartition(".")[2], "application/octet-stream")
-        return Response(files[name].read_bytes(), media_type=kind)
 
     @api.post("/v1/segment", responses={200: {"content": {"image/png": {}, "application/json": {}}}})
     async def segment(

@@ -1,0 +1,113 @@
+"""The masks of every class for a stream of images, by the Engine's own maths, and the pipeline that labels
+them: decode ahead and write behind in threads, the model in between, in bounded queues.
+
+Each class has an `Engine` (its prompts, their union, the negatives and the mask steps of ``clipseg batch``);
+they share one Segmenter through `SharedLogits`, so the image tower runs once per image for all classes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from clipseg_cli.fingerprint import prompt_key
+from clipseg_cli.imaging.decode import DecodedImage, open_image
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from clipseg_cli.predictor import Segmenter
+    from clipseg_cli.run.engine import Engine
+
+Task = TypeVar("Task")
+Maps = list[tuple["np.ndarray", "np.ndarray"]]  # per class: (HxW bool mask, HxW float32 map)
+
+
+class SharedLogits:
+    """A Segmenter as each class's Engine sees it: the logits of a batch of images are computed once, for
+    every prompt and negative of every class, and each Engine takes the rows of its own prompts."""
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        self.segmenter = segmenter
+        self.prompts: list = []
+        self._keys: list[str] = []
+        self._images: list = []  # held: their ids cannot be reused while their logits are kept
+        self._logits: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.segmenter, name)
+
+    def use(self, engines: Sequence[Engine]) -> None:
+        """Compute the prompts and negatives of all these engines together, each prompt once."""
+        found = {}
+        for engine in engines:
+            for prompt in [*engine.prompts, *engine.negatives]:
+                found.setdefault(prompt_key(prompt), prompt)
+        self._keys, self.prompts = list(found), list(found.values())
+
+    def logits(self, images: Sequence, prompts: Sequence) -> Any:
+        """Returns: BxPxhxw logits of ``prompts`` (a torch tensor or a numpy array, as the Segmenter gives)."""
+        if len(images) != len(self._images) or any(a is not b for a, b in zip(images, self._images, strict=False)):
+            self._logits = self.segmenter.logits(list(images), self.prompts)
+            self._images = list(images)
+        return self._logits[:, [self._keys.index(prompt_key(prompt)) for prompt in prompts]]
+
+    def release(self) -> None:
+        self._images, self._logits = [], None
+
+
+def class_maps(engines: Sequence[Engine], shared: SharedLogits, images: Sequence[DecodedImage]) -> list[Maps]:
+    """Returns: per image, per class, the (mask, map) that ``clipseg batch`` computes with that class's Engine."""
+    per_class = [engine.maps(images) for engine in engines]
+    shared.release()
+    return [[found[index][0] for found in per_class] for index in range(len(images))]
+
+
+def pipeline(engines: Sequence[Engine], shared: SharedLogits, tasks: Iterable[Task], source: Callable[[Task], Any],
+             write: Callable[[Task, DecodedImage, Maps], Any], failed: Callable[[Task, Exception], Any]) -> Iterator:
+    """Label the tasks: decode ahead, run the classes' Engines on batches, write behind.
+
+    Arguments:
+        source: a task's image file.
+        write: writes one image's files (in a worker thread); its return value is yielded.
+        failed: the value yielded for a task whose image did not decode.
+
+    Returns:
+        An iterator of the values of `write` and `failed`, in task order.
+    """
+    first = engines[0]
+    pool = ThreadPoolExecutor(first.workers, thread_name_prefix="clipseg-label")
+    depth, in_flight = 2 * first.batch_size + first.workers, first.batch_size + first.workers
+    todo = iter(tasks)
+    decoding: deque[tuple[Task, Future]] = deque()
+    writing: deque[Future] = deque()
+    try:
+        while True:
+            while len(decoding) < depth and (task := next(todo, None)) is not None:
+                decoding.append((task, pool.submit(open_image, source(task), max_pixels=first.max_pixels,
+                                                   min_side=first.min_side)))
+            if not decoding and not writing:
+                return
+            batch = []
+            while decoding and len(batch) < first.batch_size:
+                task, future = decoding.popleft()
+                try:
+                    batch.append((task, future.result()))
+                except Exception as exc:  # one bad image never stops the run
+                    writing.append(_resolved(failed(task, exc)))
+            if batch:
+                maps = class_maps(engines, shared, [decoded for _, decoded in batch])
+                writing.extend(pool.submit(write, task, decoded, found)
+                               for (task, decoded), found in zip(batch, maps, strict=True))
+            while writing and (writing[0].done() or len(writing) > in_flight or not decoding):
+                yield writing.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _resolved(value: Any) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
