@@ -1,6 +1,6 @@
-"""The README's Python section: each Python example writes byte for byte the files of the command above it.
+"""The docs' Python page: each Python example writes byte for byte the files of the command above it.
 
-The examples are read from README.md itself, so the README and this test cannot drift apart.
+The examples are read from docs/python.md itself, so the page and this test cannot drift apart.
 """
 
 from __future__ import annotations
@@ -23,15 +23,12 @@ from PIL import Image
 from clipseg_cli.cli import main
 from clipseg_cli.constants import DEFAULT_MODEL
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "python.md"
 INPUTS = ("photo.jpg", "street.jpg", "car.jpg", "car.mask.png", "photos/a.jpg", "photos/b.png")
 
 
 def python_section() -> str:
-    text = README.read_text(encoding="utf-8")
-    start = text.index("\n## Python\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else len(text)]
+    return PAGE.read_text(encoding="utf-8")
 
 
 def example_pairs() -> list[tuple[str, str]]:
@@ -65,7 +62,7 @@ def outputs(folder: Path) -> dict[str, bytes]:
             if path.is_file() and path.relative_to(folder).as_posix() not in INPUTS}
 
 
-def test_the_readme_shows_the_three_kinds_of_run() -> None:
+def test_the_page_shows_the_three_kinds_of_run() -> None:
     commands = [command for command, _ in example_pairs()]
     assert len(commands) == 3, commands
     assert "--template" in commands[0]

@@ -43,7 +43,7 @@ def test_a_rerun_skips_finished_videos_and_redoes_what_changed(tmp_path: Path, w
 
     smoothed = clipseg("video", clip, "-p", "square", "-o", out, "--json", "--threshold", "0.6", "--smooth", "0.5",
                        *weights)
-    assert smoothed.records()[0]["reason"] == "settings changed (smooth)"
+    assert smoothed.records()[0]["reason"] == "settings changed (pull, scene_cut, smooth)"
 
     (out / "clip.square.overlay.mp4").write_bytes(b"another tool's file")
     replaced = clipseg("video", clip, "-p", "square", "-o", out, "--json", "--threshold", "0.6", "--smooth", "0.5",

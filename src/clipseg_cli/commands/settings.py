@@ -101,34 +101,18 @@ def check_output_dir(value: str | None) -> Path | None:
 
 
 def job_from_options(texts: list[str], run_options: RunOptions) -> Job:
-    """The library Job that the options ask for.
+    """The library Job that the options ask for (`Job.from_options`: each option passed on by its name).
 
     Arguments:
         texts: the text prompts.
-        run_options: the command's options; each is passed on by the name of its field.
+        run_options: the command's options (``--json`` asks for the statistics).
 
     Returns:
         The Job; the model and the inputs are not part of it.
     """
-    from clipseg_cli.postprocess import PostProcess
-    from clipseg_cli.run.engine import Pipeline
     from clipseg_cli.run.job import Job
-    from clipseg_cli.run.outputs import OutputPlan
 
-    post = PostProcess(**same_named(PostProcess, run_options))
-    plan = OutputPlan(**same_named(OutputPlan, run_options), post=post)
-    pipeline = Pipeline(**same_named(Pipeline, run_options), stats=run_options.json_lines)
-    return Job(texts, plan=plan, pipeline=pipeline, **same_named(Job, run_options))
-
-
-def same_named(kind: type, run_options: RunOptions) -> dict[str, object]:
-    """The options named as the fields of the dataclass ``kind`` and given a value (None: the field's default).
-
-    Returns:
-        Those options by name.
-    """
-    return {f.name: value for f in fields(kind) if f.name not in ("texts", "plan", "stats", "pipeline")
-            and (value := getattr(run_options, f.name, None)) is not None}
+    return Job.from_options(texts, {**vars(run_options), "stats": run_options.json_lines})
 
 
 def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *, protected: list[Path] | None = None,

@@ -24,7 +24,7 @@ from clipseg_cli.imaging.writing import remove_stale_temps
 from clipseg_cli.postprocess import any_at_or_above, clean_mask, mask_and_map, stats, zero_where
 from clipseg_cli.predictor import Segmenter, probabilities, upsample
 from clipseg_cli.run.inputs import WorkItem
-from clipseg_cli.run.outputs import write_outputs
+from clipseg_cli.run.outputs import encode_outputs, write_outputs
 from clipseg_cli.run.slots import Slot, split
 from clipseg_cli.run.targets import Result, Targets, decode_min_side, recorded_settings
 
@@ -134,6 +134,40 @@ class Engine:
         every = range(len(self.targets))
         return [[(mask, soft) for mask, soft, _ in self._masks(image_logits, decoded.image, decoded.size, every)]
                 for decoded, image_logits in zip(images, logits, strict=True)]
+
+    def encode(self, images: Sequence[DecodedImage], digests: Sequence[str]) -> list[list[tuple[Result, dict]]]:
+        """The files that `process` would write for these images, as PNG bytes in memory (fingerprints
+        included): no file is read or written. The combined overlay is not made here.
+
+        Arguments:
+            images: decoded images (`open_image`), run as one model batch.
+            digests: each image's sha256 (what its files' fingerprints record as the input).
+
+        Returns:
+            Per image, per target: its 'ok' Result (statistics as `process` gives them) and its files
+            (kind -> PNG bytes).
+        """
+        if not images:
+            return []
+        logits = self.segmenter.logits([decoded.image for decoded in images], self.prompts + self.negatives)
+        every, answers = range(len(self.targets)), []
+        for decoded, digest, image_logits in zip(images, digests, logits, strict=True):
+            masks = self._masks(image_logits, decoded.image, decoded.size, every)
+            answers.append([])
+            for index, target, (mask, soft, foreground) in zip(every, self.targets.targets, masks, strict=True):
+                records = self.targets.records(target, digest, self.segmenter.identity, self.recorded)
+                result = self._written(Result(decoded.path or "", target.prompt, "pending", records=records),
+                                       mask, soft)
+                answers[-1].append((result, dict(encode_outputs(decoded.image, mask, soft, self.plan, records,
+                                                                foreground=foreground, index=index))))
+        return answers
+
+    def _written(self, result: Result, mask: np.ndarray, soft: np.ndarray | None) -> Result:
+        """Returns: ``result``, 'ok', with its statistics and refinement (its files are written)."""
+        result.stats = stats(mask, soft) if self.stats else {}
+        result.refine = self.refiner.name if self.refiner is not None else None
+        result.status = "ok"
+        return result
 
     def _pipeline(self, items: Iterator[WorkItem], pool: ThreadPoolExecutor) -> Iterator[Result]:
         """Decode ahead, run batches, write behind; yield each item's results once all are final, in input order.
@@ -270,9 +304,7 @@ class Engine:
                     paths = self.targets.paths(item, target)
                     write_outputs(decoded.image, mask, soft, paths, self.plan, result.records, foreground=foreground,
                                   index=index)
-                    result.stats = stats(mask, soft) if self.stats else {}
-                    result.refine = self.refiner.name if self.refiner is not None else None
-                    result.status = "ok"
+                    self._written(result, mask, soft)
             if self.plan.overlay_combined:  # one part: every mask of the image is known
                 self.targets.write_combined(decoded.image, image_masks, results)
             return results

@@ -12,12 +12,13 @@ written (names, pixels, fingerprints, skip rules) are the same::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
 
 from clipseg_cli.errors import ClipSegError
+from clipseg_cli.postprocess import PostProcess
 from clipseg_cli.predictor import ModelSpec, Segmenter
 from clipseg_cli.prompts import Prompt, build_prompts, check_texts
 from clipseg_cli.refine import Refiner, check_available, load_refiner
@@ -58,6 +59,28 @@ class Job:
     refine: str = "none"
     sam_weights: str | None = None
     pipeline: Pipeline = field(default_factory=Pipeline)
+
+    @classmethod
+    def from_options(cls, texts: Sequence[str], options: Mapping[str, object]) -> Job:
+        """The Job that named options ask for (the CLI's and the server's, one way): each option is passed on
+        by the name of its field in the Job (its `Pipeline` included), its `OutputPlan` or its `PostProcess`.
+
+        Arguments:
+            texts: the text prompts.
+            options: values by field name; a None keeps the field's default, other names are ignored.
+
+        Returns:
+            The Job; the model and the inputs are not part of it.
+
+        Raises:
+            ClipSegError: a value out of its range (`PostProcess` says which).
+        """
+        def named(kind: type) -> dict[str, object]:
+            return {f.name: options[f.name] for f in fields(kind)
+                    if f.name not in ("texts", "plan", "post", "pipeline") and options.get(f.name) is not None}
+
+        plan = OutputPlan(**named(OutputPlan), post=PostProcess(**named(PostProcess)))
+        return cls(texts, plan=plan, pipeline=Pipeline(**named(Pipeline)), **named(cls))
 
     def check(self, items: Sequence[WorkItem] = ()) -> None:
         """Refuse, before any model loads, texts that are not UTF-8, templates without one ``{}``, and

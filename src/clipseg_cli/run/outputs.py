@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,12 +15,13 @@ from PIL import Image
 from clipseg_cli.constants import OUTPUT_KINDS
 from clipseg_cli.fingerprint import PNG_KEY, text_sha256
 from clipseg_cli.imaging.writing import (
+    atomic_write,
     cutout,
+    mask_png,
     overlay,
     palette_color,
+    png_bytes,
     probability_to_image,
-    save_mask_png,
-    save_png,
 )
 from clipseg_cli.postprocess import PostProcess
 
@@ -175,7 +177,20 @@ def _fit(text: str, limit: int) -> str:
 def write_outputs(image: Image.Image | None, mask: np.ndarray, soft: np.ndarray | None, paths: dict[str, Path],
                   plan: OutputPlan, records: dict[str, str] | None = None, *,
                   foreground: np.ndarray | None = None, index: int = 0) -> None:
-    """Write the files of one mask atomically.
+    """Write the files of one mask atomically (the bytes of `encode_outputs`, one file at a time).
+
+    Arguments:
+        paths: where each kind of `encode_outputs` goes (the kinds of the plan).
+    """
+    paths["mask"].parent.mkdir(parents=True, exist_ok=True)
+    for kind, png in encode_outputs(image, mask, soft, plan, records, foreground=foreground, index=index):
+        atomic_write(paths[kind], lambda handle, png=png: handle.write(png))
+
+
+def encode_outputs(image: Image.Image | None, mask: np.ndarray, soft: np.ndarray | None, plan: OutputPlan,
+                   records: dict[str, str] | None = None, *, foreground: np.ndarray | None = None,
+                   index: int = 0) -> Iterator[tuple[str, bytes]]:
+    """The PNG files of one mask, in memory, one at a time: what `write_outputs` writes and the server sends.
 
     Arguments:
         image: the RGB image at full size (needed only for overlays and cut-outs).
@@ -185,20 +200,23 @@ def write_outputs(image: Image.Image | None, mask: np.ndarray, soft: np.ndarray 
         records: per kind, the fingerprint record to store in the file (see `fingerprint`).
         foreground: HxWx3 uint8 colours for the cut-out (matting's estimated foreground); default the image's.
         index: the prompt's place among the image's prompts: picks its overlay colour from `PALETTE`.
+
+    Returns:
+        (kind, PNG bytes) for each kind of the plan, in `OUTPUT_KINDS` order.
     """
     records = records or {}
 
     def text(kind: str) -> dict[str, str] | None:
         return {PNG_KEY: records[kind]} if kind in records else None
 
-    paths["mask"].parent.mkdir(parents=True, exist_ok=True)
-    if plan.soft:
-        save_png(probability_to_image(soft), paths["mask"], text=text("mask"))
-    else:
-        save_mask_png(mask, paths["mask"], text("mask"))
-    if "overlay" in paths:
-        color = plan.overlay_color or palette_color(index)
-        save_png(overlay(image, mask, color, plan.overlay_alpha), paths["overlay"], text=text("overlay"))
-    if "cutout" in paths:
-        colours = image if foreground is None else Image.fromarray(foreground)
-        save_png(cutout(colours, soft if plan.soft else mask, plan.bg_color), paths["cutout"], text=text("cutout"))
+    for kind in plan.kinds:
+        if kind == "mask" and plan.soft:
+            yield kind, png_bytes(probability_to_image(soft), text=text(kind))
+        elif kind == "mask":
+            yield kind, mask_png(mask, text(kind))
+        elif kind == "overlay":
+            color = plan.overlay_color or palette_color(index)
+            yield kind, png_bytes(overlay(image, mask, color, plan.overlay_alpha), text=text(kind))
+        else:
+            colours = image if foreground is None else Image.fromarray(foreground)
+            yield kind, png_bytes(cutout(colours, soft if plan.soft else mask, plan.bg_color), text=text(kind))

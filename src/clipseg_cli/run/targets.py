@@ -151,10 +151,7 @@ class Targets:
             refused = self.refuse_overwriting_inputs(item, paths.values())
             if refused:
                 return refused
-            records = {kind: make_record(self.plan.output_kind(kind), input_sha256=digest, prompt=target.key,
-                                         prompt_text=target.text, model=model,
-                                         settings={**settings, **self.plan.looks(kind)})  # looks: their files only
-                       for kind in paths}
+            records = self.records(target, digest, model, settings)
             result = Result(str(item.source), target.prompt, "pending", records=records,
                             **{kind: str(path) for kind, path in paths.items()})
             if not self.force:
@@ -208,6 +205,22 @@ class Targets:
         """
         drawn = combined_overlay(image, masks, [target.prompt for target in self.targets], self.plan.overlay_alpha)
         save_png(drawn, Path(results[0].combined_overlay), text={PNG_KEY: results[0].records[COMBINED_KIND]})
+
+    def records(self, target: Target, digest: str, model: dict[str, str], settings: dict[str, object]
+                ) -> dict[str, str]:
+        """The fingerprint record each file of one (image, target) stores.
+
+        Arguments:
+            digest: the input file's sha256.
+            model, settings: as `decide` takes them.
+
+        Returns:
+            Per output kind of the plan, its record.
+        """
+        return {kind: make_record(self.plan.output_kind(kind), input_sha256=digest, prompt=target.key,
+                                  prompt_text=target.text, model=model,
+                                  settings={**settings, **self.plan.looks(kind)})  # looks: their files only
+                for kind in self.plan.kinds}
 
     def refuse_overwriting_inputs(self, item: WorkItem, paths: Iterable[Path]) -> list[Result]:
         """Returns: a 'failed' result per target when one of ``paths`` (an item's outputs) is a protected file,

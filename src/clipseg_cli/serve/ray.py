@@ -25,7 +25,7 @@ from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.predictor import ModelSpec
 from clipseg_cli.serve.app import ServeConfig, create_app
-from clipseg_cli.serve.guard import ASGIApp, Receive, Scope, Send
+from clipseg_cli.serve.guard import ASGIApp, Receive, Scope, Send, check_token
 from clipseg_cli.serve.library import load
 
 LOG = logging.getLogger(LOGGER)
@@ -165,7 +165,8 @@ def app(arguments: dict[str, str]) -> Application:
         where = ".".join(str(part) for part in first["loc"]) or "arguments"
         raise ClipSegError(f"clipseg_cli.serve.ray:app {where}: {first['msg']}; the arguments are "
                            f"{', '.join(Arguments.model_fields)}") from None
-    token = args.token or os.environ.get("CLIPSEG_TOKEN") or None
+    token = args.token if args.token is not None else os.environ.get("CLIPSEG_TOKEN") or None
+    check_token(token, "token=")
     if not token and not args.no_auth:
         raise ClipSegError("serve run clipseg_cli.serve.ray:app: give token=TOKEN (or CLIPSEG_TOKEN): Ray's proxy "
                            "is reached from other machines; or no_auth=true to serve without one")

@@ -1,12 +1,15 @@
-"""``--smooth S``: an exponential moving average of each prompt's probability map over time, reset at scene cuts.
+"""``--smooth S``: each prompt's probability map averaged over time, the past's pull limited, restarted at scene cuts.
 
-    s_0 = p_0,   s_t = (1 - S) * p_t + S * s_{t-1}
+    s_0 = p_0,   s_t = p_t + clip(S * (s_{t-1} - p_t), -PULL, PULL)
 
-S is the weight of the past (0 turns smoothing off). Per-frame noise shrinks (its variance by
-(1 - S) / (1 + S)), while a moving object's map trails by S / (1 - S) frames: at S = 0.5, one frame's
-worth of motion. A scene cut (the frame's mean grey level moves by more than `SCENE_CUT` of the
-scale from the last frame's, on a coarse grid) restarts the average, so one shot never bleeds into
-the next. The masks are then made from s exactly as from p (`clipseg_cli.postprocess.mask_and_map`).
+Without the clip this is the exponential moving average (1 - S) * p_t + S * s_{t-1}: S is the
+weight of the past (0 turns smoothing off). Sensor noise moves a map by much less than `PULL`, so it
+is averaged as by that average (its variance shrinks by (1 - S) / (1 + S) and what is left changes
+slowly); a moving object changes its pixels' probabilities by much more, so its map follows at once,
+at most `PULL` away from the frame's own: an average alone would trail by S / (1 - S) frames. A
+scene cut (the frame's coarse grey picture moves by more than `SCENE_CUT` of the scale from the last
+frame's) restarts the average, so one shot never bleeds into the next. The masks are then made from
+s exactly as from p (`clipseg_cli.postprocess.mask_and_map`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 
 from clipseg_cli.errors import ClipSegError
 
+PULL = 0.25  # the most the past may move a map from the frame's own probability
 SCENE_CUT = 0.12  # mean absolute difference of the coarse grey pictures, as a fraction of 255
 _GRID = 16  # the coarse picture: at most 16x16 cells
 
@@ -57,8 +61,8 @@ class Smoother:
         if self.maps is None or cut:
             self.maps = [np.array(m, dtype=np.float32) for m in maps]
         else:
-            past, now = np.float32(self.strength), np.float32(1.0 - self.strength)
-            self.maps = [now * m + past * s for m, s in zip(maps, self.maps, strict=True)]
+            past, pull = np.float32(self.strength), np.float32(PULL)
+            self.maps = [m + np.clip(past * (s - m), -pull, pull) for m, s in zip(maps, self.maps, strict=True)]
         return self.maps
 
     def state(self) -> dict[str, np.ndarray]:

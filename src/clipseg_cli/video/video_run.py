@@ -27,7 +27,7 @@ from clipseg_cli.video.files import output_path, work_folder
 from clipseg_cli.video.frames import FrameMaps, frame_maps, frames_engine
 from clipseg_cli.video.reading import BrokenVideo, VideoError, VideoInfo, probe
 from clipseg_cli.video.records import Output, Recorder, stale_reason
-from clipseg_cli.video.smoothing import Smoother
+from clipseg_cli.video.smoothing import PULL, SCENE_CUT, Smoother
 
 if TYPE_CHECKING:
     from clipseg_cli.run.engine import Engine
@@ -52,7 +52,8 @@ class VideoOptions:
     chunk_frames: int = CHUNK_FRAMES
 
     def recorded(self) -> dict[str, object]:
-        return {"smooth": self.smooth, "audio": self.audio}
+        smoothing = {"smooth": self.smooth, "pull": PULL, "scene_cut": SCENE_CUT} if self.smooth else {"smooth": 0}
+        return {**smoothing, "audio": self.audio}
 
 
 @dataclass

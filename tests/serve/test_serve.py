@@ -29,7 +29,7 @@ from helpers_serve import AUTH, TOKEN, assert_masks_are_segment_files, free_port
 httpx = pytest.importorskip("httpx", reason="the dev extra's httpx drives the server")
 pytest.importorskip("fastapi", reason="clipseg serve needs the serve extra")
 
-pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
+pytestmark = [pytest.mark.usefixtures("offline"), pytest.mark.slow]  # no network, no user cache; servers, Ray
 ALLOWED = "http://allowed.example"
 DEADLINE = 180.0  # seconds a server may take to start or a condition to come true on a busy machine
 

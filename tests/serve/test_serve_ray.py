@@ -24,7 +24,7 @@ from helpers_serve import AUTH, TOKEN, assert_masks_are_segment_files, free_port
 httpx = pytest.importorskip("httpx", reason="the dev extra's httpx drives the server")
 pytest.importorskip("ray.serve", reason="clipseg serve --ray needs the serve-ray extra")
 
-pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
+pytestmark = [pytest.mark.usefixtures("offline"), pytest.mark.slow]  # no network, no user cache; servers, Ray
 DEADLINE = 300.0  # seconds Ray, its proxy and the replicas may take to start or stop on a busy machine
 READY = "Ctrl-C stops"  # the line clipseg serve --ray prints once the application is deployed
 REPLICA = "x-clipseg-replica"
