@@ -26,6 +26,7 @@ from clipseg_cli.commands.cache_admin import cache_app
 from clipseg_cli.commands.download_weights import download_weights
 from clipseg_cli.commands.eval import eval_command
 from clipseg_cli.commands.label import label_command
+from clipseg_cli.commands.report import ClosedStdout
 from clipseg_cli.commands.segment import segment
 from clipseg_cli.commands.serve import serve
 from clipseg_cli.commands.shards import shards
@@ -91,6 +92,12 @@ class Command(TyperCommand):
 
 
 class Group(TyperGroup):
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:  # click would make a reader gone exit code 1: it is 141 (SIGPIPE)
+            raise ReaderGone from exc
+
     def get_params(self, ctx: typer.Context) -> list:
         return readable(super().get_params(ctx))
 
@@ -152,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get(name) == "":
             del os.environ[name]
     show_the_log()
+    if sys.stdout is None:  # closed by the shell (>&-): a write to it is one line, not an AttributeError
+        sys.stdout = ClosedStdout()
     code = invoke(argv)
     if argv is None:
         sys.exit(code)
@@ -240,9 +249,11 @@ def _dispatch(argv: list[str] | None) -> int:
     except ClipSegError as exc:
         _error(str(exc))
         return 2
-    except (ReaderGone, BrokenPipeError):  # e.g. `clipseg batch ... --json | head`: the reader is done, so are we
+    except (ReaderGone, BrokenPipeError) as exc:  # `clipseg batch ... --json | head`: the reader is done, so are we
         with suppress(OSError, ValueError):  # stdout is not a file in in-process tests
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        if str(exc):  # stdout closed before we started: say so
+            _error(str(exc))
         return READER_GONE
     except Exception as exc:
         if os.environ.get("CLIPSEG_DEBUG"):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from collections import Counter
 from typing import TextIO
-
-from tqdm import tqdm
 
 from clipseg_cli.errors import ReaderGone, printable
 from clipseg_cli.textlines import json_text
@@ -25,6 +24,8 @@ class Reporter:
         self.stderr = stderr or sys.stderr
         self.counts: Counter[str] = Counter()
         self.failed_images: set[str] = set()
+        from tqdm import tqdm  # here: the CLI imports this module before any command runs
+
         self.bar = tqdm(total=total, unit="img", file=self.stderr, dynamic_ncols=True, leave=False,
                         disable=quiet or not _is_terminal(self.stderr))
         self._last_image: str | None = None
@@ -86,3 +87,29 @@ def _is_terminal(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+class ClosedStdout(io.TextIOBase):
+    """``sys.stdout`` when the shell closed it (``>&-``; Python makes it None): whatever writes to it ends the
+    command with one line and exit code 141, as a reader that went away does; a command that writes nothing
+    there runs as usual."""
+
+    MESSAGE = "stdout is closed (>&-): redirect it to a file or to /dev/null instead"
+
+    def write(self, text: object) -> int:
+        raise ReaderGone(self.MESSAGE)
+
+    @property
+    def buffer(self) -> ClosedStdout:  # bytes (a PNG) meet the same end
+        return self
+
+    def isatty(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        """Nothing was ever written."""
+
+
+def stdout_is_closed() -> bool:
+    """Returns: whether the shell closed stdout (``>&-``), so that a command refuses --json or --stdout at once."""
+    return sys.stdout is None or isinstance(sys.stdout, ClosedStdout)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, get_type_hints
 
 from clipseg_cli.commands import options
+from clipseg_cli.commands.report import stdout_is_closed
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.run.inputs import WorkItem, folder_problem
@@ -76,6 +77,9 @@ def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(command)
     def command_with_options(**kwargs) -> None:
         run_options = RunOptions(**{name: kwargs.pop(name) for name in names})
+        if run_options.json_lines and stdout_is_closed():
+            raise ClipSegError("--json prints its lines to stdout, which is closed (>&-): "
+                               "redirect it (> results.jsonl) or leave out --json")
         command(run_options=run_options, **kwargs)
 
     parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
