@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from typing import TextIO
 
 from clipseg_cli.errors import ReaderGone, printable
@@ -15,8 +17,11 @@ class Reporter:
     """Prints results as they come; stdout carries only JSON so that ``--json | jq`` works."""
 
     def __init__(self, total: int, *, json_lines: bool, quiet: bool, stdout: TextIO | None = None,
-                 stderr: TextIO | None = None, collected_lines: list[str] | None = None) -> None:
-        """collected_lines: a list that receives every result's JSON line, printed or not (a shard's manifest)."""
+                 stderr: TextIO | None = None, collected_lines: list[str] | None = None,
+                 kept_stats: Mapping[tuple[str, str, str], dict] | None = None) -> None:
+        """collected_lines: a list that receives every result's JSON line, printed or not (a shard's manifest).
+        kept_stats: statistics measured before, by (image, prompt, mask file): a skipped result reports them."""
+        self.kept_stats = kept_stats or {}
         self.json_lines = json_lines
         self.collected_lines = collected_lines
         self.quiet = quiet
@@ -37,6 +42,9 @@ class Reporter:
         A closed stdout (``--json | head -1``) raises ReaderGone once; later results are only counted.
         """
         self.counts[result.status] += 1
+        kept = self.kept_stats.get((result.image, result.prompt, result.mask)) if result.status == "skipped" else None
+        if kept is not None:  # the file is the one measured then
+            result = dataclasses.replace(result, stats=dict(kept))
         if result.reason and result.status != "skipped":
             self.redone.append(f"{result.mask}: {result.reason}")
         line = json_line(result) if self.json_lines or self.collected_lines is not None else ""

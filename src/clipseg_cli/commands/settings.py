@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -104,24 +104,25 @@ def check_output_dir(value: str | None) -> Path | None:
     return Path(value)
 
 
-def job_from_options(texts: list[str], run_options: RunOptions) -> Job:
+def job_from_options(texts: list[str], run_options: RunOptions, stats: bool | None = None) -> Job:
     """The library Job that the options ask for (`Job.from_options`: each option passed on by its name).
 
     Arguments:
         texts: the text prompts.
         run_options: the command's options (``--json`` asks for the statistics).
+        stats: measure every mask (a shard's manifest keeps them) whatever ``--json`` says.
 
     Returns:
         The Job; the model and the inputs are not part of it.
     """
     from clipseg_cli.run.job import Job
 
-    return Job.from_options(texts, {**vars(run_options), "stats": run_options.json_lines})
+    return Job.from_options(texts, {**vars(run_options), "stats": run_options.json_lines or bool(stats)})
 
 
 def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *, protected: list[Path] | None = None,
             ray: RayPlace | None = None, collected_lines: list[str] | None = None,
-            segmenter: Segmenter | None = None) -> int:
+            kept_stats: Mapping[tuple[str, str, str], dict] | None = None, segmenter: Segmenter | None = None) -> int:
     """Run `Job.run` on the items with the options' model, reporting each result as it comes.
 
     Arguments:
@@ -130,7 +131,8 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
         run_options: the command's options.
         protected: more files never written to (a shard gives every input of the whole run).
         ray: run on a Ray cluster instead of here.
-        collected_lines: receives every result's JSON line.
+        collected_lines: receives every result's JSON line, each with the mask's statistics (a shard's manifest).
+        kept_stats: the statistics measured before, by (image, prompt, mask file), that a skipped result reports.
         segmenter: a model loaded before, used as it is (default: the options' model, loaded only when needed).
 
     Returns:
@@ -146,11 +148,12 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
             reporter.info(description)
 
     model = segmenter or model_spec(run_options)
-    results = job_from_options(texts, run_options).run(  # the checks and the prompts run here, before the report starts
+    job = job_from_options(texts, run_options, stats=collected_lines is not None)
+    results = job.run(  # the checks and the prompts run here, before the report starts
         model, items, protected=protected or (), place=ray, progress=not run_options.quiet, started=begin,
         late=lambda result: reporter.add(result))  # the results written but not yet reported when cut short
     reporter = Reporter(len(items), json_lines=run_options.json_lines, quiet=run_options.quiet,
-                        collected_lines=collected_lines)
+                        collected_lines=collected_lines, kept_stats=kept_stats)
     try:
         with closing(results):
             for result in results:
