@@ -1,10 +1,10 @@
-"""Draw docs/refine.png: one composite of `refine_composites` (a hairy horse cut from one bundled photo,
+"""Draw docs/images/refine.png: one composite of `refine_composites` (a hairy horse cut from one bundled photo,
 pasted on another), before and after --refine.
 
 Panels: the map as CLIPSeg makes it (outline of the mask at the default threshold, and the true
 edge), the same after --refine guided, and the --refine matting cut-out on a chequerboard.
 
-    python benchmarks/refine_picture.py [--output docs/refine.png]
+    python benchmarks/refine_picture.py [--output docs/images/refine.png]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def label(panel: np.ndarray, text: str) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "refine.png")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "images" / "refine.png")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     composite = make_composite(args.seed, 400, 300, hairy=True, outline="horse")

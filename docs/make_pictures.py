@@ -1,9 +1,9 @@
-"""Make the README's pictures: ``python docs/make_pictures.py`` (needs the plot extra for the eval plot).
+"""Make the docs' pictures: ``python docs/make_pictures.py`` (needs the plot extra for the eval plot).
 
-- docs/overlay.png: `combined_overlay` (every prompt in its colour, outlined, with a legend) on
+- docs/images/overlay.png: `combined_overlay` (every prompt in its colour, outlined, with a legend) on
   examples/coffee.jpg. Its masks are drawn by hand here (two ellipses and a box), not predicted, so
   that the picture shows the drawing alone and needs no weights.
-- docs/eval.png: `plot_curves`, what ``clipseg eval --plot`` writes, on made-up counts: each
+- docs/images/eval.png: `plot_curves`, what ``clipseg eval --plot`` writes, on made-up counts: each
   prompt's probability maps are its truth plus Gaussian noise, so the curves have the shapes real
   ones have. Run ``clipseg eval records.jsonl --plot curves.png`` for your own.
 """
@@ -36,7 +36,7 @@ def overlay_picture() -> None:
     spoon = np.zeros((size[1], size[0]), bool)
     spoon[250:290, 330:560] = True
     save_png(combined_overlay(image, [saucer & ~cup, cup, spoon], ["saucer", "coffee cup", "spoon"]),
-             ROOT / "docs" / "overlay.png", compress_level=9)
+             ROOT / "docs" / "images" / "overlay.png", compress_level=9)
 
 
 def eval_picture() -> None:
@@ -47,7 +47,7 @@ def eval_picture() -> None:
             truth = ellipse((64, 48), tuple(rng.uniform(16, 40, 2)), tuple(rng.uniform(6, 16, 2)))
             prob = np.clip(truth * 0.7 + 0.15 + rng.normal(0, noise, truth.shape), 0, 1).astype(np.float32)
             scores.add(prompt, prob, prob >= 0.4, truth)
-    plot_curves(scores, ROOT / "docs" / "eval.png")
+    plot_curves(scores, ROOT / "docs" / "images" / "eval.png")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Small random CLIPSeg checkpoints in the Hugging Face layout, built with transformers.
+"""Small random CLIPSeg checkpoints in the Hugging Face layout, built with transformers; and a tiny SAM.
 
 Nothing is downloaded: the configs are tiny and the CLIP BPE tokenizer is written here.
 """
@@ -290,3 +290,27 @@ def write_manifest(path: Path, records: list[dict]) -> Path:
     """Write records as JSON Lines (the format ``clipseg batch --json`` prints). Returns: ``path``."""
     path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
     return path
+
+
+def build_sam_checkpoint(directory: Path, size: int = 64) -> Path:
+    """A tiny random SamModel (64 x 64 input) with its SamProcessor, weights spread so that prompts matter."""
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+    vision = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_dim": 64, "output_channels": 32,
+              "image_size": size, "patch_size": 8, "window_size": 2, "global_attn_indexes": [1], "num_pos_feats": 16}
+    prompt = {"hidden_size": 32, "image_size": size, "patch_size": 8, "mask_input_channels": 4}
+    decoder = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "mlp_dim": 64,
+               "iou_head_hidden_dim": 32}
+    torch.manual_seed(0)
+    model = SamModel(SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim > 1:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) / parameter.shape[-1] ** 0.5)
+    model.save_pretrained(directory)
+    quarter = {"height": size // 4, "width": size // 4}
+    SamProcessor(image_processor=SamImageProcessor(
+        size={"longest_edge": size}, pad_size={"height": size, "width": size}, mask_size={"longest_edge": size // 4},
+        mask_pad_size=quarter)).save_pretrained(directory)
+    return directory

@@ -24,7 +24,7 @@ from helpers import noise, save, subprocess_env
 from helpers_serve import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "serve.png"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "serve.png"
 PROMPTS = ("cat", "dog")
 # Watches what the page sends (Chromium hides multipart bodies from Playwright): the form's text fields per request.
 WATCH_FORMS = """window.sentForms = [];
@@ -183,6 +183,7 @@ def test_each_prompt_is_a_layer_in_the_cli_palette_with_its_toggle(page, photo, 
     page.get_by_label("Masks").check()  # the masks view: each layer opaque in its colour
     page.wait_for_selector("#view[data-view=mask]")
     assert np.abs(shown(page)[y, x] - palette()[0]).max() <= 3
+    assert len(sent(page)) == 1  # thresholds, toggles and views: all in the browser, no new request
 
 
 def test_union_only_when_asked_and_the_page_says_so(page, photo):
@@ -223,6 +224,25 @@ def test_a_spinner_with_the_time_while_the_request_runs(page, photo):
     page.wait_for_selector("#view[data-state=ready]")
     assert page.locator("#spinner").is_hidden()
     assert "2 layers in" in page.locator("#status-text").text_content()
+
+
+def test_cancel_and_escape_stop_the_request_and_keep_the_result(page, photo):
+    segment(page, photo, prompts="cat")
+    held = []
+    page.route("**/v1/segment", lambda route: held.append(route))  # never answered: only a cancel ends it
+    for stop in ("button", "Escape"):
+        page.get_by_label("What to cut out").fill("cat, dog")
+        page.get_by_role("button", name="Segment").click()
+        page.wait_for_selector("#spinner:visible")
+        if stop == "button":
+            page.get_by_role("button", name="Cancel").click()
+        else:
+            page.keyboard.press("Escape")
+        page.wait_for_selector("#spinner", state="hidden")
+        assert page.locator("#status-text").text_content() == "Cancelled."
+        assert page.get_by_role("button", name="Segment").is_enabled()
+        assert page.locator("#cancel").is_hidden()
+        assert page.locator("#layers li").count() == 1 and page.locator("#error").is_hidden()  # the last result
 
 
 def test_an_error_replaces_the_result(page, photo, tmp_path):
@@ -276,7 +296,7 @@ def test_screen_reader_names_and_both_colour_schemes(page, photo, tmp_path):
     for scheme, light in (("light", True), ("dark", False)):
         corner = np.asarray(Image.open(tmp_path / f"{scheme}.png").convert("L"))[5, 5]
         assert (corner > 200) if light else (corner < 50), (scheme, corner)
-    if os.environ.get("CLIPSEG_SAVE_SCREENSHOT"):  # the README's picture: CLIPSEG_SAVE_SCREENSHOT=1 pytest ...
+    if os.environ.get("CLIPSEG_SAVE_SCREENSHOT"):  # the docs' picture: CLIPSEG_SAVE_SCREENSHOT=1 pytest ...
         SCREENSHOT.write_bytes((tmp_path / "light.png").read_bytes())
 
 

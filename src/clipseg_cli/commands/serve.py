@@ -46,6 +46,17 @@ def serve(
     batch_wait_ms: Annotated[float, typer.Option("--batch-wait-ms", min=0.0, rich_help_panel=SERVER,
                                                  help="How long the first request waits for others to batch.")]
     = 5.0,
+    header_timeout: Annotated[float, typer.Option("--header-timeout", min=0.001, rich_help_panel=SERVER,
+                                                  help="Seconds a request's head may take to arrive (408 after).")]
+    = 10.0,
+    body_timeout: Annotated[float, typer.Option("--body-timeout", min=0.001, rich_help_panel=SERVER,
+                                                help="Seconds a request's body may take to arrive (408 after).")]
+    = 120.0,
+    max_connections: Annotated[int, typer.Option("--max-connections", min=1, rich_help_panel=SERVER,
+                                                 help="Open connections; requests beyond get 503.")] = 256,
+    drain_timeout: Annotated[float, typer.Option("--drain-timeout", min=0.0, rich_help_panel=SERVER,
+                                                 help="After SIGTERM, seconds to answer the requests held.")]
+    = 60.0,
     ray: Annotated[bool, typer.Option("--ray", rich_help_panel=RAY,
                                       help="Serve as Ray Serve replicas behind Ray's HTTP proxy (a local Ray).")]
     = False,
@@ -64,8 +75,7 @@ def serve(
     With --ray, Ray Serve replicas of the same app behind Ray's HTTP proxy on --host/--port."""
     check_exposure(host, token, no_auth)
     try:
-        import uvicorn
-
+        from clipseg_cli.serve import server
         from clipseg_cli.serve.app import ServeConfig, create_app
     except ImportError as exc:
         raise ClipSegError(f'clipseg serve needs the serve extra ({exc.name} is missing): '
@@ -77,17 +87,16 @@ def serve(
     check_available(refine)
     model = ModelSpec(weights, device, precision)
     config = ServeConfig(token=token, cors=tuple(cors or ()), max_upload_mb=max_upload_mb, max_queue=max_queue,
-                         batch_size=batch_size, batch_wait_ms=batch_wait_ms, max_pixels=max_pixels, refine=refine)
+                         batch_size=batch_size, batch_wait_ms=batch_wait_ms, max_pixels=max_pixels, refine=refine,
+                         header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                         max_connections=max_connections, drain_s=drain_timeout)
     if ray or replicas != 1 or autoscale or ray_address or replica_cpus != 1.0:
         _serve_on_ray(model, config, host=host, port=port, replicas=replicas, autoscale=autoscale,
                       address=ray_address, cpus=replica_cpus)
         return
     loaded = load(model, refine)
-    server = _server(uvicorn.Config(create_app(lambda: loaded, config), host=host, port=port, log_level="warning",
-                                    timeout_graceful_shutdown=60, lifespan="on"))
     print(f"clipseg serve: http://{host}:{port}/ (API docs at /docs); Ctrl-C stops", file=sys.stderr)
-    server.run()
-    if not server.started:
+    if not server.run(create_app(lambda: loaded, config), config, host=host, port=port):
         raise ClipSegError(f"could not listen on {host}:{port} (in use, or not an address of this machine)")
 
 
@@ -105,7 +114,11 @@ def _serve_on_ray(model: ModelSpec, config: ServeConfig, *, host: str, port: int
 
 
 def check_exposure(host: str, token: str | None, no_auth: bool) -> None:
-    """Refuse to listen beyond this machine without a token, unless --no-auth says so (then warn)."""
+    """Refuse a token no client could send, and listening beyond this machine without a token unless --no-auth
+    says so (then warn)."""
+    from clipseg_cli.serve.guard import check_token  # no web framework imported
+
+    check_token(token, "--token (or CLIPSEG_TOKEN)")
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -117,32 +130,3 @@ def check_exposure(host: str, token: str | None, no_auth: bool) -> None:
                            "or --no-auth to serve without one")
     print(f"clipseg serve: warning: {host} is served without a token (--no-auth): anyone who can reach it "
           "can use it", file=sys.stderr)
-
-
-def _server_class():
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, whose SIGTERM/SIGINT drain the requests in flight and then return (exit 0)."""
-
-        def capture_signals(self):  # uvicorn re-raises the signal afterwards; the drain is our whole answer
-            import contextlib
-            import signal
-
-            @contextlib.contextmanager
-            def captured():
-                previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-                try:
-                    yield
-                finally:
-                    for sig, handler in previous.items():
-                        signal.signal(sig, handler)
-
-            return captured()
-
-    return Server
-
-
-def _server(config):
-    """A draining uvicorn server; the class is made on first use: importing this module never imports uvicorn."""
-    return _server_class()(config)

@@ -1,7 +1,8 @@
-"""Decode an image file, a PIL image or a numpy array into an upright RGB image."""
+"""Decode an image file, its bytes, a PIL image or a numpy array into an upright RGB image."""
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import struct
@@ -37,15 +38,17 @@ class DecodedImage:
 
 
 def open_image(
-    source: str | os.PathLike[str] | Image.Image | np.ndarray,
+    source: str | os.PathLike[str] | bytes | Image.Image | np.ndarray,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int | None = None,
+    label: str = IMAGE_LABEL,
 ) -> DecodedImage:
-    """Decode a file path, PIL image or numpy array into an upright RGB image.
+    """Decode a file path, a file's bytes, a PIL image or a numpy array into an upright RGB image.
 
     Files over `max_pixels` are refused from their header, before any pixel is decoded. With
     `min_side`, a JPEG is decoded at a reduced DCT scale whose shorter side stays >= `min_side`.
+    Bytes are decoded exactly as the file holding them would be; ``label`` names them in errors.
     Arrays may be HxW, HxWx3 or HxWx4, uint8 or float in [0, 1].
 
     Returns:
@@ -59,18 +62,25 @@ def open_image(
         return _from_pil(source, max_pixels)
     if isinstance(source, np.ndarray):
         return _from_array(source, max_pixels)
-    return _from_file(os.fspath(source), max_pixels, min_side)
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageError(label, "empty file")
+        return _from_encoded(io.BytesIO(source), label, max_pixels, min_side)
+    path = os.fspath(source)
+    _check_file(path)
+    return _from_encoded(path, path, max_pixels, min_side)
 
 
-def header_pixels(path: str | os.PathLike[str]) -> int:
-    """Width x height of an image file from its header, without decoding a pixel.
+def header_pixels(source: str | os.PathLike[str] | bytes) -> int:
+    """Width x height of an image file (or a file's bytes) from its header, without decoding a pixel.
 
     Returns:
         The pixel count; 0 when the file cannot be read as an image (decoding it will say why).
     """
     try:
-        _check_file(os.fspath(path))  # never opens a FIFO, which would wait for a writer
-        with Image.open(path) as img:
+        if not isinstance(source, bytes):
+            _check_file(os.fspath(source))  # never opens a FIFO, which would wait for a writer
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             width, height = img.size
     except Exception:  # any failure is reported by the decode itself
         return 0
@@ -102,15 +112,14 @@ def to_rgb(image: Image.Image, label: str = IMAGE_LABEL) -> Image.Image:
         raise ImageError(label, f"unsupported image mode {mode} ({_describe(exc)})") from exc
 
 
-def _from_file(path: str, max_pixels: int, min_side: int | None) -> DecodedImage:
-    """Open, check, optionally draft, fully decode and orient an image file.
+def _from_encoded(source: str | io.BytesIO, label: str, max_pixels: int, min_side: int | None) -> DecodedImage:
+    """Open, check, optionally draft, fully decode and orient an image file (a path, or its bytes in memory).
 
     Returns:
-        The decoded image with the full upright size.
+        The decoded image with the full upright size (its path: the file's, None for bytes).
     """
-    _check_file(path)
-    with _pillow_errors(path), Image.open(path) as img:
-        _check_pixels(img.size, max_pixels, path)
+    with _pillow_errors(label), Image.open(source) as img:
+        _check_pixels(img.size, max_pixels, label)
         orientation = _orientation(img)
         width, height = img.size
         size = (height, width) if orientation in _ROTATING_ORIENTATIONS else (width, height)
@@ -119,7 +128,7 @@ def _from_file(path: str, max_pixels: int, min_side: int | None) -> DecodedImage
             img.draft("RGB", (min_side, min_side))
         img.load()
         upright = _apply_orientation(img, orientation)
-    return DecodedImage(to_rgb(upright, path), size, path)
+    return DecodedImage(to_rgb(upright, label), size, source if isinstance(source, str) else None)
 
 
 def _from_pil(image: Image.Image, max_pixels: int) -> DecodedImage:

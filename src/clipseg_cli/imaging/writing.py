@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import secrets
@@ -116,16 +117,26 @@ def _remove(temp: Path | None) -> None:
 
 
 def save_png(image: Image.Image, path: Path, compress_level: int = 1, text: dict[str, str] | None = None) -> None:
-    """Save an image as PNG atomically, with fast compression by default.
+    """Save an image as PNG atomically (the bytes of `png_bytes`)."""
+    png = png_bytes(image, compress_level, text)
+    atomic_write(Path(path), lambda handle: handle.write(png))
+
+
+def png_bytes(image: Image.Image, compress_level: int = 1, text: dict[str, str] | None = None) -> bytes:
+    """An image as the bytes of a PNG file, with fast compression by default.
 
     Arguments:
         text: key/value pairs stored as (UTF-8, uncompressed) iTXt chunks before the image data.
+
+    Returns:
+        The PNG file's bytes.
     """
     info = PngInfo()
     for key, value in (text or {}).items():
         info.add_itxt(key, value)
-    atomic_write(Path(path), lambda handle: image.save(handle, format="PNG", compress_level=compress_level,
-                                                       pnginfo=info))
+    stream = io.BytesIO()
+    image.save(stream, format="PNG", compress_level=compress_level, pnginfo=info)
+    return stream.getvalue()
 
 
 def save_mask_png(mask: np.ndarray, path: Path, text: dict[str, str] | None = None) -> None:

@@ -18,8 +18,8 @@ from clipseg_cli.imaging.decode import DecodedImage, open_image
 if TYPE_CHECKING:
     import numpy as np
 
-    from clipseg_cli.engine import Engine
     from clipseg_cli.predictor import Segmenter
+    from clipseg_cli.run.engine import Engine
 
 Task = TypeVar("Task")
 Maps = list[tuple["np.ndarray", "np.ndarray"]]  # per class: (HxW bool mask, HxW float32 map)
@@ -27,10 +27,16 @@ Maps = list[tuple["np.ndarray", "np.ndarray"]]  # per class: (HxW bool mask, HxW
 
 class SharedLogits:
     """A Segmenter as each class's Engine sees it: the logits of a batch of images are computed once, for
-    every prompt and negative of every class, and each Engine takes the rows of its own prompts."""
+    every prompt and negative of every class, and each Engine takes the rows of its own prompts.
+
+    Every model call holds ``batch_size`` images (a short batch is padded with its last image): the model's
+    float sums depend on the shape of the call, never on the other images in it, so an image's labels are
+    the same bytes whichever images share its batch, and a resumed run writes what an uninterrupted one does.
+    """
 
     def __init__(self, segmenter: Segmenter) -> None:
         self.segmenter = segmenter
+        self.batch_size = 1  # `use` sets the Engines' own
         self.prompts: list = []
         self._keys: list[str] = []
         self._images: list = []  # held: their ids cannot be reused while their logits are kept
@@ -40,18 +46,22 @@ class SharedLogits:
         return getattr(self.segmenter, name)
 
     def use(self, engines: Sequence[Engine]) -> None:
-        """Compute the prompts and negatives of all these engines together, each prompt once."""
+        """Compute the prompts and negatives of all these engines together, each prompt once, in calls of
+        the Engines' batch size."""
         found = {}
         for engine in engines:
             for prompt in [*engine.prompts, *engine.negatives]:
                 found.setdefault(prompt_key(prompt), prompt)
         self._keys, self.prompts = list(found), list(found.values())
+        self.batch_size = max(engine.batch_size for engine in engines)
 
     def logits(self, images: Sequence, prompts: Sequence) -> Any:
         """Returns: BxPxhxw logits of ``prompts`` (a torch tensor or a numpy array, as the Segmenter gives)."""
         if len(images) != len(self._images) or any(a is not b for a, b in zip(images, self._images, strict=False)):
-            self._logits = self.segmenter.logits(list(images), self.prompts)
-            self._images = list(images)
+            batch = list(images)
+            padded = batch + batch[-1:] * (self.batch_size - len(batch))
+            self._logits = self.segmenter.logits(padded, self.prompts)[: len(batch)]
+            self._images = batch
         return self._logits[:, [self._keys.index(prompt_key(prompt)) for prompt in prompts]]
 
     def release(self) -> None:

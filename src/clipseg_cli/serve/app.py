@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -26,13 +23,13 @@ from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_THRESHOLD
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.decode import header_pixels
 from clipseg_cli.serve.batching import MicroBatcher, QueueFull
-from clipseg_cli.serve.guard import Guard
-from clipseg_cli.serve.library import Loaded, Options, run_job
+from clipseg_cli.serve.forms import Utf8Route, accepted
+from clipseg_cli.serve.guard import ASGIApp, Guard, Receive, Scope, Send
+from clipseg_cli.serve.library import Answer, Loaded, Options, Upload, run_job
 from clipseg_cli.serve.pages import add_pages
 
 FIELDS = frozenset({"image", "prompt", "negative", "template", "union", "threshold", "blur", "dilate", "erode",
                     "min_area", "invert", "soft", "overlay", "cutout", "refine"})
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -47,6 +44,10 @@ class ServeConfig:
     batch_wait_ms: float = 5.0
     max_pixels: int = DEFAULT_MAX_PIXELS
     refine: str = "none"
+    header_timeout_s: float = 10.0  # a request's head (line and headers) arrives within this, else 408
+    body_timeout_s: float = 120.0  # its body, from the end of its head, within this, else 408
+    max_connections: int = 256  # open connections; requests beyond are answered 503
+    drain_s: float = 60.0  # after SIGTERM, the requests held are answered within this
 
 
 class Failed(HTTPException):
@@ -61,8 +62,9 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("clipseg_requests", "Segment requests by status", ["status"], registry=self.registry)
-        self.latency = Histogram("clipseg_request_seconds", "Segment request latency", registry=self.registry)
+        self.requests = Counter("clipseg_requests", "Answers to /v1/ requests by status, whoever gave them",
+                                ["status"], registry=self.registry)
+        self.latency = Histogram("clipseg_request_seconds", "Latency of /v1/ requests", registry=self.registry)
         self.depth = Gauge("clipseg_queue_depth", "Requests waiting for the model", registry=self.registry)
         self.running = Gauge("clipseg_running", "Requests in the model now", registry=self.registry)
         self.batch = Histogram("clipseg_batch_size", "Requests per model call", buckets=(1, 2, 4, 8, 16, 32, 64),
@@ -73,9 +75,29 @@ class Metrics:
         self.batch.observe(size)
         self.model.observe(seconds)
 
+    def answered(self, path: str, status: int, seconds: float) -> None:
+        """Count one answer (the guard calls this for every request, whichever layer answered it)."""
+        if path.startswith("/v1/"):
+            self.requests.labels(str(status)).inc()
+            self.latency.observe(seconds)
 
-def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) -> Guard:
-    """The ASGI app: the token and upload guard in front of the FastAPI app.
+
+class ServeApp:
+    """The ASGI app of ``clipseg serve``: CORS, then the token and limits (`Guard`), then the FastAPI app."""
+
+    def __init__(self, app: ASGIApp, api: FastAPI) -> None:
+        self.app, self.api = app, api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+    def drain(self) -> None:
+        """From now on /healthz says 503 (a load balancer stops sending); requests are still answered."""
+        self.api.state.draining = True
+
+
+def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) -> ServeApp:
+    """The ASGI app: CORS (answering the preflights of its origins), the token and upload guard, the FastAPI app.
 
     Arguments:
         load: returns the model; called once, in a thread, before the first request is accepted.
@@ -95,22 +117,25 @@ def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) ->
                                observe=metrics.observe)
         metrics.depth.set_function(lambda: batcher.depth)
         metrics.running.set_function(lambda: batcher.running)
-        with tempfile.TemporaryDirectory(prefix="clipseg-serve-") as uploads:
-            state.update(batcher=batcher, uploads=Path(uploads))
-            batcher.start()
-            try:
-                yield
-            finally:
-                batcher.stop()
-                state.clear()
+        state.update(batcher=batcher)
+        batcher.start()
+        try:
+            yield
+        finally:
+            batcher.stop()
+            state.clear()
 
     api = FastAPI(title="clipseg serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    api.router.route_class = Utf8Route  # a form field that is not UTF-8 is a 422, never read as Latin-1
+    api.state.draining = False
     _handlers(api)
     add_pages(api)  # / and /docs, from files shipped in wheels (no CDN)
 
     @api.get("/healthz")
     async def healthz() -> JSONResponse:
-        """200 once the model is loaded."""
+        """200 once the model is loaded; 503 while it loads, and from SIGTERM on (draining)."""
+        if api.state.draining:
+            return JSONResponse({"status": "draining"}, 503)
         return JSONResponse({"status": "ready"} if state else {"status": "loading"}, 200 if state else 503)
 
     @api.get("/metrics")
@@ -136,74 +161,62 @@ def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) ->
         cutout: Annotated[bool, Form()] = False,
         refine: Annotated[str, Form(description="none, or the server's --refine.")] = "none",
     ) -> Response:
-        """Segment one image: the mask PNG itself (one mask, no overlay or cut-out, Accept not asking for JSON),
+        """Segment one image: the mask PNG itself (one mask, no overlay or cut-out, Accept not preferring JSON),
         else JSON with, per mask, the PNGs in base64 and the statistics ``clipseg segment --json`` prints."""
-        with metrics.latency.time():
-            try:
-                options = Options(tuple(prompt), tuple(negative), tuple(template), union, threshold, blur, dilate,
-                                  erode, min_area, invert, soft, overlay, cutout, refine)
-                response = await _segment(request, image, options)
-            except HTTPException as exc:
-                metrics.requests.labels(str(exc.status_code)).inc()
-                raise
-            metrics.requests.labels("200").inc()
-            return response
-
-    async def _segment(request: Request, image: UploadFile, options: Options) -> Response:
         unknown = sorted(set((await request.form()).keys()) - FIELDS)
         if unknown:
             raise Failed(422, f"unknown field {unknown[0]!r}; the fields are {', '.join(sorted(FIELDS))}")
-        if any(not text.strip() for text in (*options.prompts, *options.negatives)):
+        if any(not text.strip() for text in (*prompt, *negative)):
             raise Failed(422, "a prompt is empty; give some text")
-        if options.refine not in ("none", config.refine):
-            raise Failed(422, f"refine {options.refine!r} is not loaded here; use none or {config.refine} "
+        if refine not in ("none", config.refine):
+            raise Failed(422, f"refine {refine!r} is not loaded here; use none or {config.refine} "
                               "(clipseg serve --refine)")
-        accept = request.headers.get("accept", "")
-        png = "application/json" not in accept and not (options.overlay or options.cutout)
-        png = png and (len(options.prompts) == 1 or options.union)
-        if "image/png" in accept and not png:
-            raise Failed(422, "Accept: image/png returns one mask: give one prompt (or union) and no overlay or "
-                              "cutout, or ask for application/json")
-        folder = Path(tempfile.mkdtemp(dir=state["uploads"]))
+        try:  # every value is checked where the CLI checks it: one line, 422
+            job = Options(tuple(prompt), tuple(negative), tuple(template), union, threshold, blur, dilate, erode,
+                          min_area, invert, soft, overlay, cutout, refine).job(config.max_pixels, config.batch_size)
+        except ClipSegError as exc:
+            raise Failed(422, str(exc)) from None
+        png = _wants_png(request.headers.get("accept"), not (overlay or cutout) and (len(prompt) == 1 or union))
+        label = image.filename or "image"
+        upload = Upload(await image.read(), label)
+        pixels = await asyncio.to_thread(header_pixels, upload.data)
+        if pixels == 0:
+            raise Failed(422, f"{label}: not an image clipseg can read")
+        if pixels > config.max_pixels:
+            raise Failed(413, f"{label}: {pixels} pixels, more than this server takes ({config.max_pixels}, "
+                              "--max-pixels)")
         try:
-            upload = folder / "upload"
-            await _save(image, upload)
-            label = image.filename or "image"
-            pixels = await asyncio.to_thread(header_pixels, upload)
-            if pixels == 0:
-                raise Failed(422, f"{label}: not an image clipseg can read")
-            if pixels > config.max_pixels:
-                raise Failed(413, f"{label}: {pixels} pixels, more than this server takes ({config.max_pixels}, "
-                                  "--max-pixels)")
-            job = options.job(max_pixels=config.max_pixels, batch_size=config.batch_size)
-            try:
-                job.check()
-                future = state["batcher"].submit(job, upload)
-            except ClipSegError as exc:
-                raise Failed(422, str(exc)) from None
-            except QueueFull:
-                raise Failed(503, "the server is busy: its queue is full; retry later", {"Retry-After": "1"}) from None
-            results = await _answer_or_leave(request, asyncio.wrap_future(future))
-            return _response(results, png, str(upload), label)
-        finally:
-            await asyncio.to_thread(shutil.rmtree, folder, True)
+            future = state["batcher"].submit(job, upload)
+        except QueueFull:
+            raise Failed(503, "the server is busy: its queue is full; retry later", {"Retry-After": "1"}) from None
+        return _response(await _answer_or_leave(request, asyncio.wrap_future(future)), png)
 
     api.state.metrics = metrics
-    guard = Guard(api, token=config.token, max_bytes=int(config.max_upload_mb * 1024 * 1024))
-    if config.cors:
+    app: ASGIApp = Guard(api, token=config.token, max_bytes=int(config.max_upload_mb * 1024 * 1024),
+                         body_timeout_s=config.body_timeout_s, answered=metrics.answered)
+    if config.cors:  # outside the guard: preflights need no token, and refusals carry the CORS headers too
         from starlette.middleware.cors import CORSMiddleware
 
-        api.add_middleware(CORSMiddleware, allow_origins=list(config.cors), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Accept"])
-    guard.api = api
-    return guard
+        app = CORSMiddleware(app, allow_origins=list(config.cors), allow_methods=["GET", "POST"],
+                             allow_headers=["Authorization", "Accept"])
+    return ServeApp(app, api)
 
 
-async def _save(image: UploadFile, path: Path) -> None:
-    """Copy the upload (spooled by the form parser) to ``path``."""
-    with path.open("wb") as out:
-        while chunk := await image.read(CHUNK):
-            out.write(chunk)
+def _wants_png(accept: str | None, one_mask: bool) -> bool:
+    """Whether to answer with the mask PNG itself: one mask, and Accept (q-values honoured) prefers image/png to
+    application/json; at equal q, the PNG unless application/json is named (not by a wildcard) or Accept takes neither.
+
+    Raises:
+        Failed: 422 when Accept takes only the PNG but the answer has several files.
+    """
+    png, _ = accepted(accept, "image/png")
+    json, json_named = accepted(accept, "application/json")
+    if not one_mask:
+        if png > 0 and json == 0:
+            raise Failed(422, "Accept: image/png returns one mask: give one prompt (or union) and no overlay or "
+                              "cutout, or ask for application/json")
+        return False
+    return png > json or (png == json and (png == 0 or not json_named))
 
 
 async def _answer_or_leave(request: Request, answer: asyncio.Future) -> list:
@@ -224,22 +237,18 @@ async def _answer_or_leave(request: Request, answer: asyncio.Future) -> list:
     return answer.result()
 
 
-def _response(results: list, png: bool, upload: str, label: str) -> Response:
-    """The mask PNG itself, or JSON with every file in base64; a failed result is a 422 naming the upload."""
-    failed = next((r for r in results if r.status != "ok"), None)
-    if failed is not None:
-        raise Failed(422, (failed.error or "failed").replace(upload, label))
+def _response(answers: list[Answer] | ClipSegError, png: bool) -> Response:
+    """The mask PNG itself, or JSON with every file in base64; an upload that could not be decoded is a 422."""
+    if isinstance(answers, ClipSegError):
+        raise Failed(422, str(answers))
     if png:
-        return Response(Path(results[0].mask).read_bytes(), media_type="image/png")
+        return Response(answers[0].files["mask"], media_type="image/png")
     masks = []
-    for result in results:
-        record = {"prompt": result.prompt, **result.stats}
-        if result.refine:
-            record["refine"] = result.refine
-        for kind in ("mask", "overlay", "cutout"):
-            path = getattr(result, kind)
-            if path:
-                record[kind] = base64.b64encode(Path(path).read_bytes()).decode()
+    for answer in answers:
+        record = {"prompt": answer.result.prompt, **answer.result.stats}
+        if answer.result.refine:
+            record["refine"] = answer.result.refine
+        record.update({kind: base64.b64encode(data).decode() for kind, data in answer.files.items()})
         masks.append(record)
     return JSONResponse({"masks": masks})
 
@@ -249,7 +258,6 @@ def _handlers(api: FastAPI) -> None:
 
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        request.app.state.metrics.requests.labels("422").inc()
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
         return JSONResponse({"error": " ".join(f"{where}: {first.get('msg', 'invalid')}".split())}, 422)

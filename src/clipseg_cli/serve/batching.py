@@ -14,10 +14,9 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-Run = Callable[[Any, Sequence[Path]], list[Any]]  # (job, uploads) -> one answer per upload
+Run = Callable[[Any, Sequence[Any]], list[Any]]  # (job, uploads) -> one answer per upload
 
 
 class QueueFull(Exception):
@@ -27,7 +26,7 @@ class QueueFull(Exception):
 @dataclass
 class _Request:
     job: Hashable
-    upload: Path
+    upload: Any
     future: Future = field(default_factory=Future)
 
 
@@ -64,7 +63,7 @@ class MicroBatcher:
         self._waiting.put(None)
         self._thread.join()
 
-    def submit(self, job: Hashable, upload: Path) -> Future:
+    def submit(self, job: Hashable, upload: Any) -> Future:
         """Queue one upload; the future gets its answer (or the exception that ``run`` raised).
 
         Raises:

@@ -1,26 +1,25 @@
-"""The server's one call into the library that ``clipseg segment`` uses: the same Job, Engine and writers.
+"""The server's one call into the library that ``clipseg segment`` uses: the same Job, Engine and PNG encoders.
 
-Each upload is written to its own private folder, segmented there exactly as ``clipseg segment``
-would segment it (same mask steps, same PNG writer, same fingerprint in the file), and read back:
-the bytes a client receives are the bytes the CLI writes. Nothing here knows about HTTP.
+Each upload is decoded from its bytes, segmented by `Engine.encode` (the mask steps of ``clipseg
+segment``, the same PNG encoders, the same fingerprint in each file, the upload's sha256 as its input),
+and answered from memory: the bytes a client receives are the bytes the CLI writes, and nothing is
+written to disk. Nothing here knows about HTTP.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_THRESHOLD
-from clipseg_cli.engine import Result
-from clipseg_cli.inputs import WorkItem
-from clipseg_cli.job import Job
-from clipseg_cli.outputs import OutputPlan
-from clipseg_cli.postprocess import PostProcess
+from clipseg_cli.errors import ClipSegError
+from clipseg_cli.imaging.decode import DecodedImage, open_image
 from clipseg_cli.predictor import ModelSpec, Segmenter
 from clipseg_cli.refine import Refiner, check_available, load_refiner
+from clipseg_cli.run.engine import Result
+from clipseg_cli.run.job import Job
 
-UPLOAD_STEM = "upload"  # every output is named upload.<label>.<kind>.png in the upload's own folder
 EMBEDDING_LIMIT = 4096  # prompts whose embeddings are kept (oldest forgotten first)
 
 
@@ -67,32 +66,62 @@ class Options:
     refine: str = "none"
 
     def job(self, max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int | None = None) -> Job:
-        """Returns: the library Job these options ask for (as `clipseg_cli.commands.settings.job_from_options`)."""
-        post = PostProcess(threshold=self.threshold, blur=self.blur, dilate=self.dilate, erode=self.erode,
-                           min_area=self.min_area, invert=self.invert)
-        plan = OutputPlan(overlay=self.overlay, soft=self.soft, cutout=self.cutout, post=post)
-        return Job(self.prompts, templates=self.templates, negatives=self.negatives, union=self.union, plan=plan,
-                   force=True, max_pixels=max_pixels, batch_size=batch_size, stats=True, refine=self.refine)
+        """The library Job these options ask for, made as the CLI makes its own (`Job.from_options`).
+
+        Raises:
+            ClipSegError: a value out of its range, a text that is not UTF-8, a template without ``{}``.
+        """
+        named = {**asdict(self), "max_pixels": max_pixels, "batch_size": batch_size, "force": True, "stats": True}
+        job = Job.from_options(self.prompts, named)
+        job.check()
+        return job
 
 
-def run_job(loaded: Loaded, job: Job, uploads: Sequence[Path]) -> list[list[Result]]:
-    """Segment uploaded image files with one Engine (their images batched in its model calls).
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded image: its bytes, and the name that stands for it in errors (the client's file name)."""
+
+    data: bytes
+    label: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One mask of an upload: its result (prompt, statistics, refinement) and its files (kind -> PNG bytes)."""
+
+    result: Result
+    files: dict[str, bytes]
+
+
+def run_job(loaded: Loaded, job: Job, uploads: Sequence[Upload]) -> list[list[Answer] | ClipSegError]:
+    """Segment uploads in memory with one Engine (their images batched in one model call).
 
     Arguments:
-        uploads: image files, each alone in a folder of its own where its outputs are written.
+        uploads: the images, each decoded as ``clipseg segment`` decodes the file that holds it.
 
     Returns:
-        Per upload, one Result per mask (prompt, or the union), with the paths of the files written.
+        Per upload, one Answer per mask (prompt, or the union), or the one-line error of an upload that
+        could not be decoded (named by its label).
     """
-    items = [WorkItem(path, path.parent, UPLOAD_STEM) for path in uploads]
-    job.check()
     refiner = loaded.refiner if job.refine != "none" else None
-    engine = job.engine(loaded.segmenter, items, refiner=refiner)
-    per_item: dict[str, list[Result]] = {str(path): [] for path in uploads}
-    for result in engine.process(items):
-        per_item[result.image].append(result)
+    engine = job.engine(loaded.segmenter, refiner=refiner)
+    decoded: list[DecodedImage] = []
+    answers: list[list[Answer] | ClipSegError] = []
+    for upload in uploads:
+        try:
+            decoded.append(open_image(upload.data, max_pixels=engine.max_pixels, min_side=engine.min_side,
+                                      label=upload.label))
+            answers.append([])
+        except ClipSegError as exc:  # one bad upload never stops the others
+            answers.append(ClipSegError(" ".join(str(exc).split())))
+    digests = [hashlib.sha256(upload.data).hexdigest() for upload, answer in zip(uploads, answers, strict=True)
+               if not isinstance(answer, ClipSegError)]
+    encoded = iter(engine.encode(decoded, digests))
+    for answer in answers:
+        if not isinstance(answer, ClipSegError):
+            answer.extend(Answer(result, files) for result, files in next(encoded))
     _forget_old_prompts(loaded.segmenter)
-    return list(per_item.values())
+    return answers
 
 
 def _forget_old_prompts(segmenter: Segmenter) -> None:

@@ -53,7 +53,10 @@ function choosePhoto(file) {
     transfer.items.add(file);
     $("image").files = transfer.files;
   }
-  $("photo-name").textContent = `Photo: ${file.name || "pasted image"} (${Math.ceil(file.size / 1024)} KB)`;
+  $("photo-name").textContent = `${file.name || "pasted image"}, ${Math.ceil(file.size / 1024)} KB`;
+  URL.revokeObjectURL($("preview").src);
+  $("preview").src = URL.createObjectURL(file);
+  $("chosen").hidden = false;
   clearError();
 }
 
@@ -158,7 +161,7 @@ async function show(file, masks, union) {
     const grey = new Uint8Array(state.width * state.height);
     for (let i = 0; i < grey.length; i++) grey[i] = soft[4 * i];
     return { prompt: record.prompt, color: SETTINGS.palette[index % SETTINGS.palette.length], soft: grey,
-             threshold: SETTINGS.threshold, visible: true, mask: null };
+             threshold: SETTINGS.threshold, visible: true, mask: null, rings: null };
   }));
   $("merged").hidden = !union;
   $("layers").replaceChildren(...state.layers.map(layerRow));
@@ -182,7 +185,7 @@ function layerRow(layer, index) {
   slider.value = String(layer.threshold);
   slider.addEventListener("input", () => {
     layer.threshold = Number(slider.value);
-    layer.mask = null;
+    layer.mask = layer.rings = null;
     updateRow(row, layer);
     schedule();
   });
@@ -216,10 +219,11 @@ function maskOf(layer) {
 
 // ---- drawing: the overlay (tint and outline, as the CLI's), the masks in their colours, the cut-out ----
 
-// Per pixel: 0 outside the mask, 1 its outermost pixel (a 4-neighbour outside; the image's border is not an
-// edge), 2 the next one inward, 3 deeper inside.
-function ringsOf(mask) {
-  const { width, height } = state;
+// Per pixel: 0 outside the layer's mask, 1 its outermost pixel (a 4-neighbour outside; the image's border is
+// not an edge), 2 the next one inward, 3 deeper inside: the CLI's 2-pixel outline.
+function ringsOf(layer) {
+  if (layer.rings) return layer.rings;
+  const { width, height } = state, mask = maskOf(layer);
   const rings = new Uint8Array(mask.length);
   const touches = (i, x, y, level) => (x > 0 && level(i - 1)) || (x < width - 1 && level(i + 1))
     || (y > 0 && level(i - width)) || (y < height - 1 && level(i + width));
@@ -233,6 +237,7 @@ function ringsOf(mask) {
       if (rings[i] === 3 && touches(i, x, y, (j) => rings[j] === 1)) rings[i] = 2;
     }
   }
+  layer.rings = rings;
   return rings;
 }
 
@@ -255,7 +260,7 @@ function render(view, layers) {
   }
   for (const layer of layers) {
     const color = layer.color, edge = contrastOf(color);
-    const rings = view === "mask" ? maskOf(layer) : ringsOf(maskOf(layer));
+    const rings = view === "mask" ? maskOf(layer) : ringsOf(layer);
     for (let i = 0; i < rings.length; i++) {
       if (!rings[i]) continue;
       const p = 4 * i;
@@ -315,6 +320,8 @@ function download(layer, kind) {
 $("ask").addEventListener("submit", segment);
 $("cancel").addEventListener("click", () => state.request?.abort());
 $("image").addEventListener("change", () => choosePhoto($("image").files[0]));
+$("preview").addEventListener("load", () => { $("preview").hidden = false; });
+$("preview").addEventListener("error", () => { $("preview").hidden = true; });  // not an image the browser shows
 document.querySelectorAll("input[name=view]").forEach((radio) => radio.addEventListener("change", schedule));
 document.addEventListener("keydown", (event) => {
   if (event.key === "Escape") state.request?.abort();
