@@ -7,6 +7,7 @@ Importing this module does not import torch, so ``--help`` and ``--version`` are
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -19,10 +20,10 @@ from importlib.metadata import PackageNotFoundError, version
 import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
 
-from clipseg_cli import __version__
+from clipseg_cli import LOGGER, __version__
 from clipseg_cli.commands.batch import batch
-from clipseg_cli.commands.cache import cache_app
-from clipseg_cli.commands.download import download_weights
+from clipseg_cli.commands.cache_admin import cache_app
+from clipseg_cli.commands.download_weights import download_weights
 from clipseg_cli.commands.eval import eval_command
 from clipseg_cli.commands.label import label_command
 from clipseg_cli.commands.segment import segment
@@ -147,10 +148,38 @@ def main(argv: list[str] | None = None) -> int:
     # sleep instead. Read once, when torch loads (a command imports it); a value the user set wins.
     # Only the command line sets it: a library import leaves the host process's environment alone.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    for name in ("HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME"):  # empty means unset (huggingface_hub: ./ instead)
+        if os.environ.get(name) == "":
+            del os.environ[name]
+    show_the_log()
     code = invoke(argv)
     if argv is None:
         sys.exit(code)
     return code
+
+
+class _LogLines(logging.Handler):
+    """The library's log as the command line shows it: ``clipseg: MESSAGE`` on the stderr of the moment (a test's
+    captured one included), above any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(f"clipseg: {record.getMessage()}", file=sys.stderr)
+            sys.stderr.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def show_the_log() -> None:
+    """Show the ``clipseg`` logger's lines from INFO up (once per process; the library decides what it says when
+    the command is quiet: it is given ``progress=False``)."""
+    logger = logging.getLogger(LOGGER)
+    if not any(isinstance(handler, _LogLines) for handler in logger.handlers):
+        logger.addHandler(_LogLines())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def invoke(argv: list[str] | None) -> int:

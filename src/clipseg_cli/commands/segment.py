@@ -14,7 +14,7 @@ from clipseg_cli.commands import options
 from clipseg_cli.commands.settings import RunOptions, check_output_dir, execute, with_run_options
 from clipseg_cli.constants import OUTPUT_SUFFIXES, TEMP_SUFFIX
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.inputs import collect, is_own_output, no_images
+from clipseg_cli.run.inputs import collect, is_own_output, no_images
 
 PIPE_KINDS = ("mask", "soft", "overlay", "cutout")  # what --stdout writes: soft is the map as 8-bit grey
 

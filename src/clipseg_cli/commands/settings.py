@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING, get_type_hints
 from clipseg_cli.commands import options
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.inputs import WorkItem, folder_problem
+from clipseg_cli.run.inputs import WorkItem, folder_problem
 
 if TYPE_CHECKING:
-    from clipseg_cli.job import Job
     from clipseg_cli.predictor import ModelSpec, Segmenter
+    from clipseg_cli.run.job import Job
+    from clipseg_cli.scale.ray_batch import RayPlace
 
 
 @dataclass
@@ -109,13 +110,13 @@ def job_from_options(texts: list[str], run_options: RunOptions) -> Job:
     Returns:
         The Job; the model and the inputs are not part of it.
     """
-    from clipseg_cli.job import Job
+    from clipseg_cli.run.job import Job
 
     return Job.from_options(texts, {**vars(run_options), "stats": run_options.json_lines})
 
 
 def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *, protected: list[Path] | None = None,
-            ray: RayOptions | None = None, collected_lines: list[str] | None = None,
+            ray: RayPlace | None = None, collected_lines: list[str] | None = None,
             segmenter: Segmenter | None = None) -> int:
     """Run `Job.run` on the items with the options' model, reporting each result as it comes.
 
@@ -142,7 +143,7 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
 
     model = segmenter or model_spec(run_options)
     results = job_from_options(texts, run_options).run(  # the checks and the prompts run here, before the report starts
-        model, items, protected=protected or (), ray=ray, progress=not run_options.quiet, started=begin,
+        model, items, protected=protected or (), place=ray, progress=not run_options.quiet, started=begin,
         late=lambda result: reporter.add(result))  # the results written but not yet reported when cut short
     reporter = Reporter(len(items), json_lines=run_options.json_lines, quiet=run_options.quiet,
                         collected_lines=collected_lines)
@@ -162,12 +163,3 @@ def model_spec(run_options: RunOptions) -> ModelSpec:
 
     return ModelSpec(run_options.weights, run_options.device, run_options.precision, run_options.offline or None,
                      run_options.revision)
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """Where ``--ray`` runs: address None starts a local Ray, ``auto`` joins this machine's cluster."""
-
-    address: str | None = None
-    actors: int | None = None
-    quiet: bool = False

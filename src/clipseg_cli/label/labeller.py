@@ -19,8 +19,8 @@ from clipseg_cli.imaging.decode import DecodedImage, open_image
 if TYPE_CHECKING:
     import numpy as np
 
-    from clipseg_cli.engine import Engine
     from clipseg_cli.predictor import Segmenter
+    from clipseg_cli.run.engine import Engine
 
 Task = TypeVar("Task")
 Maps = list[tuple["np.ndarray", "np.ndarray"]]  # per class: (HxW bool mask, HxW float32 map)

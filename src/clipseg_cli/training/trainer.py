@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.writing import atomic_write, temp_folder
 from clipseg_cli.postprocess import PostProcess
-from clipseg_cli.training.cache import ArrayCache
+from clipseg_cli.training.activation_cache import ArrayCache
+from clipseg_cli.training.checkpoint_io import copy_processing_files, load_decoder, save_weights
 from clipseg_cli.training.evaluate import group_by_image, score_image
-from clipseg_cli.training.export import copy_processing_files, load_decoder, save_weights
 from clipseg_cli.training.features import Activations, ImageEntry, Targets, embed_prompts, image_entries
 from clipseg_cli.training.manifest import Record
 from clipseg_cli.training.metrics import Scores
