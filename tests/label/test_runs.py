@@ -143,3 +143,15 @@ def test_a_folder_holding_another_dataset_is_refused(tmp_path: Path, photos: Pat
     for args in (["-p", "car", "--format", "yolo"], ["-p", "tree"], ["-p", "car", "--semantic"]):
         other = run_label(photos, tmp_path / "ours", *args)
         assert other.code == 2 and "holds another dataset (coco of classes ['car']" in other.stderr
+
+
+def test_two_folders_with_one_file_name_give_two_images(tmp_path: Path, photos: Path, run_label) -> None:
+    save(noise((50, 40), seed=20), tmp_path / "new" / "a.png")
+    done = run_label([photos, tmp_path / "new"], tmp_path / "ds", "-p", "tree")
+    assert done.code == 0 and "7 image(s) labelled" in summary(done.stderr)
+    names = sorted(p.name for p in (tmp_path / "ds" / "images" / "train").iterdir())
+    assert names == ["a_png-2.png", "a_png.png", "b.jpg", "c.png", "same_jpg.jpg", "same_png.png", "sub__d.png"]
+    again = run_label([photos, tmp_path / "new"], tmp_path / "ds", "-p", "tree")
+    assert "0 image(s) labelled, 7 up to date" in summary(again.stderr)
+    found = json.loads((tmp_path / "ds" / "annotations" / "instances_train.json").read_text())
+    assert len(found["images"]) == 7

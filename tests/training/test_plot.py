@@ -1,4 +1,4 @@
-"""``clipseg eval --plot``, and the README's claim that --blur/--invert/--refine change AP and the best threshold."""
+"""``clipseg eval --plot``, and the docs' claim that --blur/--invert/--refine move AP and the best threshold."""
 
 from __future__ import annotations
 

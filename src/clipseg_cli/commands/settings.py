@@ -122,7 +122,8 @@ def job_from_options(texts: list[str], run_options: RunOptions, stats: bool | No
 
 def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *, protected: list[Path] | None = None,
             ray: RayPlace | None = None, collected_lines: list[str] | None = None,
-            kept_stats: Mapping[tuple[str, str, str], dict] | None = None, segmenter: Segmenter | None = None) -> int:
+            kept_stats: Mapping[tuple[str, str, str], dict] | None = None, segmenter: Segmenter | None = None,
+            shown_as: dict[str, str] | None = None) -> int:
     """Run `Job.run` on the items with the options' model, reporting each result as it comes.
 
     Arguments:
@@ -134,6 +135,7 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
         collected_lines: receives every result's JSON line, each with the mask's statistics (a shard's manifest).
         kept_stats: the statistics measured before, by (image, prompt, mask file), that a skipped result reports.
         segmenter: a model loaded before, used as it is (default: the options' model, loaded only when needed).
+        shown_as: the name to print for a path the user did not give (``segment -``: its copy of stdin is ``-``).
 
     Returns:
         The exit code: 0 all done, 1 some image failed.
@@ -153,7 +155,7 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
         model, items, protected=protected or (), place=ray, progress=not run_options.quiet, started=begin,
         late=lambda result: reporter.add(result))  # the results written but not yet reported when cut short
     reporter = Reporter(len(items), json_lines=run_options.json_lines, quiet=run_options.quiet,
-                        collected_lines=collected_lines, kept_stats=kept_stats)
+                        collected_lines=collected_lines, kept_stats=kept_stats, shown_as=shown_as)
     try:
         with closing(results):
             for result in results:

@@ -39,9 +39,9 @@ def finish(root: Path, classes: Sequence[LabelClass], fmt: ModuleType, splits: S
         by_split.setdefault(entry.split, []).append(entry)
 
     def record(entry: Entry) -> dict:
-        found = read_record(root, entry.key)
+        found = read_record(root, entry.name)
         if found is None:
-            raise ClipSegError(f"{record_path(root, entry.key)}: the record of {entry.key} is missing or damaged; "
+            raise ClipSegError(f"{record_path(root, entry.name)}: the record of {entry.key} is missing or damaged; "
                                "rerun the labelling")
         return found
 
@@ -116,19 +116,19 @@ def _copy_in(root: Path, parts: Sequence[Path], marker: dict, manifests: dict) -
     """Copy each shard's records, files and manifest into ``root`` (nothing to do for a part that is ``root``)."""
     if not (root / STORE).is_dir():
         write_file(root, f"{STORE}/dataset.json", (json_text(marker) + "\n").encode())
-    for name, (part, found) in manifests.items():
+    for manifest, (part, found) in manifests.items():
         if part.resolve() == root.resolve():
             continue
-        for key, *_ in found["entries"]:
-            record = read_record(part, key)
+        for key, name, _ in found["entries"]:
+            record = read_record(part, name)
             if record is None:
                 raise ClipSegError(f"{part}: the record of {key} is missing; rerun its shard")
             for relative in record["files"]:
                 source = part / relative
                 _copy(source, root, relative)
-            source = record_path(part, key)
+            source = record_path(part, name)
             write_file(root, source.relative_to(part).as_posix(), source.read_bytes())
-        write_file(root, f"{STORE}/{SHARDS}/{name}", (part / STORE / SHARDS / name).read_bytes())
+        write_file(root, f"{STORE}/{SHARDS}/{manifest}", (part / STORE / SHARDS / manifest).read_bytes())
 
 
 def _copy(source: Path, root: Path, relative: str) -> None:

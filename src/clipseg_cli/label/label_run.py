@@ -203,7 +203,7 @@ class Labelling:
         fingerprint = make_record("label", input_sha256=digest, prompt=settings["prompt"],
                                   prompt_text=settings["classes"], model=settings["identity"],
                                   settings={**settings["settings"], "name": name, "in": entry.split})
-        found = None if self.run_job.force else read_record(self.root, key)
+        found = None if self.run_job.force else read_record(self.root, name)
         if found is not None and found.get("fingerprint", {}).get("digest") == json.loads(fingerprint)["digest"] \
                 and all(os.path.lexists(self.root / relative) for relative in found.get("files", [])):
             return Outcome(str(item.source), "skipped", entry, instances=len(found.get("instances", [])))
@@ -238,7 +238,7 @@ class Labelling:
                       "width": decoded.size[0], "height": decoded.size[1], "files": [image, *files],
                       "instances": [region.to_record() for region in found], **extra,
                       "fingerprint": json.loads(task.fingerprint)}
-            write_record(self.root, task.entry.key, record)
+            write_record(self.root, task.entry.name, record)
             return Outcome(str(task.item.source), "ok", task.entry, instances=len(found))
         except OSError as exc:
             return _failed(task, ClipSegError(f"cannot write {exc.filename or self.root}: {exc.strerror or exc}"))
