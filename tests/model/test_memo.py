@@ -65,7 +65,7 @@ def test_a_memo_without_a_check_that_fits_is_never_trusted(memo_root: Path, tmp_
 
 
 def test_a_memo_copied_under_another_files_name_is_not_used(memo_root: Path, tmp_path: Path) -> None:
-    first, real_first = weights_file(tmp_path / "a", b"first")
+    first, _ = weights_file(tmp_path / "a", b"first")
     second, real_second = weights_file(tmp_path / "b", b"second")
     fingerprint.content_sha256(first)
     [first_memo] = memo_root.iterdir()
