@@ -384,3 +384,86 @@ def test_clients_that_leave_leave_no_file_and_their_memory_goes(checkpoint, tmp_
         assert post(server, big.getvalue(), "car").status_code == 200  # and it serves on
     finally:
         stop(server)
+
+
+# ---- SIGTERM: what reached the server is answered (item 7) -----------------------------------------------------
+
+
+def answer_of(sock: socket.socket) -> bytes:
+    """Everything the server sends on ``sock`` until it closes the connection."""
+    sock.settimeout(DEADLINE)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def refused(server: Server) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_sigterm_answers_what_reached_the_server_healthz_says_503_and_then_no_more_is_accepted(checkpoint, images,
+                                                                                                tmp_path):
+    server = start(checkpoint, "--batch-size", 1, "--batch-wait-ms", 0, "--header-timeout", 600, gate=tmp_path / "gate")
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(post, server, images[0], "car")  # in the model, held at the gate
+            server.until(lambda: server.metric("clipseg_queue_depth") == 1, "a request held")
+            late = socket.create_connection(("127.0.0.1", port))  # its first bytes arrive before SIGTERM
+            whole = raw_request(images[1].read_bytes(), "car")
+            late.sendall(whole[:30])
+            probe = socket.create_connection(("127.0.0.1", port))
+            probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            server.process.send_signal(signal.SIGTERM)
+            server.until(lambda: refused(server), "the server to stop accepting")
+            probe.sendall(b"\r\n")
+            health = answer_of(probe)
+            assert health.startswith(b"HTTP/1.1 503") and b'"draining"' in health, health
+            late.sendall(whole[30:])
+            server.release(2)
+            assert held.result().status_code == 200
+            answer = answer_of(late)
+            assert answer.startswith(b"HTTP/1.1 200") and b"\x89PNG" in answer, answer[:300]
+        assert server.process.wait(timeout=DEADLINE) == 0
+        assert "Traceback" not in server.process.stderr.read()
+    finally:
+        stop(server)
+
+
+# ---- slow clients and open connections (item 4) ---------------------------------------------------------------
+
+
+def test_a_slow_head_or_body_gets_408_and_the_server_serves_on(checkpoint, images):
+    server = start(checkpoint, "--header-timeout", 1, "--body-timeout", 1)
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        idle = socket.create_connection(("127.0.0.1", port))  # sends nothing
+        slow_head = socket.create_connection(("127.0.0.1", port))
+        slow_head.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\n")
+        slow_body = socket.create_connection(("127.0.0.1", port))
+        slow_body.sendall(raw_request(images[0].read_bytes(), "car")[:-100])
+        for sock, option in ((idle, b"--header-timeout"), (slow_head, b"--header-timeout"),
+                             (slow_body, b"--body-timeout")):
+            answer = answer_of(sock)
+            assert answer.startswith(b"HTTP/1.1 408") and option in answer, answer[:300]
+        assert post(server, images[0], "car").status_code == 200
+    finally:
+        stop(server)
+
+
+def test_connections_past_max_connections_are_answered_503(checkpoint, images):
+    server = start(checkpoint, "--max-connections", 3, "--header-timeout", 600)
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        server.until(lambda: post(server, images[0], "car").status_code == 503, "the connections counted")
+        for sock in idle:
+            sock.close()
+        server.until(lambda: post(server, images[0], "car").status_code == 200, "the connections closed counted")
+    finally:
+        stop(server)
