@@ -14,6 +14,8 @@ import textwrap
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from clipseg_cli.errors import printable
+
 NAMES_COLUMN = 30  # names up to this wide keep their help beside them; longer ones put it on the next line
 HELP_INDENT = 6  # the help's indent when it goes below its names, or when the terminal is too narrow for a column
 NARROWEST_HELP = 30  # narrower than this beside the names, the help goes below them
@@ -173,7 +175,7 @@ def show_usage_error(error: typer.TyperException, prefix: str = "error: ") -> No
     message = message.replace("Value error, ", "")
     if ctx is not None:
         print(f"{ctx.get_usage()}\nTry '{ctx.command_path} -h' for help.\n", file=sys.stderr)
-    print(f"{prefix}{message}", file=sys.stderr)
+    print(printable(f"{prefix}{message}"), file=sys.stderr)
 
 
 class Command(TyperCommand):

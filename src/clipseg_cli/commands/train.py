@@ -76,10 +76,11 @@ def train_command(
     train_options = TrainOptions(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, variants=variants,
                                  threshold=threshold)
     try:
-        record = train(manifest, weights=weights, out_dir=output_dir, options=train_options, val=val, val_fraction=val_fraction,
-              resume=resume, skip_bad=skip_bad, device=device, precision=precision, revision=revision,
-              offline=offline or None, cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30), threads=threads,
-              max_pixels=max_pixels, log=log, progress=not quiet and sys.stderr.isatty())
+        record = train(manifest, weights=weights, out_dir=output_dir, options=train_options, val=val,
+                       val_fraction=val_fraction, resume=resume, skip_bad=skip_bad, device=device, precision=precision,
+                       revision=revision, offline=offline or None, cache_dir=cache_dir,
+                       cache_bytes=int(cache_size * 2**30), threads=threads, max_pixels=max_pixels, log=log,
+                       progress=not quiet and sys.stderr.isatty())
     except KeyboardInterrupt:
         if (output_dir / "resume.pt").is_file():
             print(printable(f"clipseg: {output_dir} holds the checkpoint of the last complete epoch; "
