@@ -16,8 +16,11 @@ class Reporter:
     """Prints results as they come; stdout carries only JSON so that ``--json | jq`` works."""
 
     def __init__(self, total: int, *, json_lines: bool, quiet: bool, stdout: TextIO | None = None,
-                 stderr: TextIO | None = None, collected_lines: list[str] | None = None) -> None:
-        """collected_lines: a list that receives every result's JSON line, printed or not (a shard's manifest)."""
+                 stderr: TextIO | None = None, collected_lines: list[str] | None = None,
+                 shown_as: dict[str, str] | None = None) -> None:
+        """collected_lines: a list that receives every result's JSON line, printed or not (a shard's manifest).
+        shown_as: the name the user gave for a path the run read instead (``-`` for a private copy of stdin)."""
+        self.shown_as = shown_as or {}
         self.json_lines = json_lines
         self.collected_lines = collected_lines
         self.quiet = quiet
@@ -50,7 +53,10 @@ class Reporter:
                 raise ReaderGone from exc
         if result.status == "failed" and result.image not in self.failed_images:
             self.failed_images.add(result.image)
-            self.bar.write(printable(f"error: {result.error}"), file=self.stderr)
+            error = str(result.error)
+            for path, name in self.shown_as.items():
+                error = error.replace(path, name)
+            self.bar.write(printable(f"error: {error}"), file=self.stderr)
         if result.image != self._last_image:
             self._last_image = result.image
             self.bar.update(1)

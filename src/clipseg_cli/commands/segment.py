@@ -22,8 +22,9 @@ PIPE_KINDS = ("mask", "soft", "overlay", "cutout")  # what --stdout writes: soft
 @with_run_options
 def segment(
     image: Annotated[str, typer.Argument(help="The image to segment.", metavar="IMAGE", show_default=False)],
-    prompts: Annotated[list[str] | None, typer.Argument(help='What to cut out, e.g. "red car".', show_default=False)]
-    = None,
+    prompts: Annotated[list[str] | None, typer.Argument(
+        help='What to cut out, e.g. "red car" (or --prompt-image REF: an example image).', metavar="PROMPT",
+        show_default=False)] = None,
     output_dir: options.OutputDir = None,
     stdout: Annotated[str | None, typer.Option(
         "--stdout", rich_help_panel=options.OUTPUT, show_default=False, metavar="|".join(PIPE_KINDS),
@@ -32,7 +33,11 @@ def segment(
     *,
     run_options: RunOptions,
 ) -> None:
-    """Segment one image: writes IMAGE_STEM.PROMPT.mask.png (and .overlay.png) beside it or in -o."""
+    """Segment one image: writes IMAGE_STEM.PROMPT.mask.png (and .overlay.png) beside it or in -o; with --stdout,
+    one PNG to stdout instead (IMAGE may be -: the image's bytes on stdin)."""
+    if not prompts and not run_options.prompt_images:
+        raise ClipSegError(f"give at least one prompt after the image: clipseg segment {image or 'IMAGE'} PROMPT... "
+                           '(e.g. "red car"), or --prompt-image REF')
     if stdout is not None:
         raise typer.Exit(to_stdout(image, list(prompts or []), stdout, output_dir, run_options))
     check_image_argument(image)
@@ -77,7 +82,7 @@ def to_stdout(image: str, texts: list[str], kind: str, output_dir: str | None, r
         soft = kind == "soft" or (run_options.soft and kind == "cutout")  # soft: the map as the mask file
         wanted = dataclasses.replace(run_options, overlay=kind == "overlay", soft=soft, cutout=kind == "cutout",
                                      force=True)
-        code = execute(items, texts, wanted)
+        code = execute(items, texts, wanted, shown_as={str(source): "- (stdin)"} if image == "-" else None)
         written = sorted((folder / "out").rglob(f"*.{'mask' if kind == 'soft' else kind}.png"))
         if code == 0 and len(written) == 1:
             sys.stdout.buffer.write(written[0].read_bytes())

@@ -117,7 +117,7 @@ def job_from_options(texts: list[str], run_options: RunOptions) -> Job:
 
 def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *, protected: list[Path] | None = None,
             ray: RayPlace | None = None, collected_lines: list[str] | None = None,
-            segmenter: Segmenter | None = None) -> int:
+            segmenter: Segmenter | None = None, shown_as: dict[str, str] | None = None) -> int:
     """Run `Job.run` on the items with the options' model, reporting each result as it comes.
 
     Arguments:
@@ -128,6 +128,7 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
         ray: run on a Ray cluster instead of here.
         collected_lines: receives every result's JSON line.
         segmenter: a model loaded before, used as it is (default: the options' model, loaded only when needed).
+        shown_as: the name to print for a path the user did not give (``segment -``: its copy of stdin is ``-``).
 
     Returns:
         The exit code: 0 all done, 1 some image failed.
@@ -146,7 +147,7 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
         model, items, protected=protected or (), place=ray, progress=not run_options.quiet, started=begin,
         late=lambda result: reporter.add(result))  # the results written but not yet reported when cut short
     reporter = Reporter(len(items), json_lines=run_options.json_lines, quiet=run_options.quiet,
-                        collected_lines=collected_lines)
+                        collected_lines=collected_lines, shown_as=shown_as)
     try:
         with closing(results):
             for result in results:
