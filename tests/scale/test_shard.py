@@ -268,3 +268,35 @@ def test_a_shard_of_a_hub_name_sees_the_snapshot_move(tmp_path: Path, checkpoint
     assert again.code == 0, again.stderr
     assert "is done already" not in again.stderr
     assert {(r["status"], r["reason"]) for r in again.records()} == {("ok", "weights changed")}
+
+
+def test_shard_reruns_keep_the_statistics_of_kept_outputs_and_store_them(tmp_path: Path, checkpoint: Path) -> None:
+    folder = make_folder(tmp_path)
+    (folder / "sub" / "broken.jpg").unlink()
+    out = tmp_path / "out"
+    manifest = out / ".clipseg-shards" / "shard-1-of-2.jsonl"
+    quiet = clipseg("batch", folder, "-r", "-p", "car", "-p", "tree", "-o", out, "--weights", checkpoint,
+                    "--precision", "fp32", "--shard", "1/2", "-q")  # the first run prints no JSON
+    assert quiet.code == 0, quiet.stderr
+    measured = {(r["image"], r["prompt"]): r for r in run_batch(folder, tmp_path / "plain", checkpoint).records()}
+    assert measured and all(r["coverage"] is not None for r in measured.values())
+
+    def same_statistics(records: list[dict]) -> None:
+        assert records
+        for record in records:
+            want = measured[(record["image"], record["prompt"])]
+            assert {key: record[key] for key in ("coverage", "bbox", "mean_probability")} == \
+                {key: want[key] for key in ("coverage", "bbox", "mean_probability")}, record
+
+    for _ in range(2):  # a done shard's rerun, then the rerun of that rerun (its stored lines)
+        again = run_batch(folder, out, checkpoint, "--shard", "1/2")
+        assert again.code == 0, again.stderr
+        assert {r["status"] for r in again.records()} == {"skipped"}
+        same_statistics(again.records())
+        same_statistics([json.loads(line) for line in manifest.read_text().splitlines()])
+    lost = sorted(out.rglob("*.car.mask.png"))[0]  # one output redone, the rest kept: both keep their numbers
+    lost.unlink()
+    redone = run_batch(folder, out, checkpoint, "--shard", "1/2")
+    assert sorted(r["status"] for r in redone.records()).count("ok") == 1
+    same_statistics(redone.records())
+    same_statistics([json.loads(line) for line in manifest.read_text().splitlines()])
