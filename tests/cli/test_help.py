@@ -130,6 +130,7 @@ def bash(tmp_path: Path) -> Callable[[str], str]:
     return run
 
 
+@pytest.mark.slow
 def test_install_completion_makes_bash_complete_commands_options_and_choices(bash, tmp_path: Path) -> None:
     assert "complete -o default -F _clipseg_completion clipseg" in bash("clipseg --show-completion")
     bash("clipseg --install-completion")

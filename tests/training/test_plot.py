@@ -36,6 +36,7 @@ def _eval(manifest: Path, checkpoint: Path, *args: object) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow
 def test_plot_writes_the_curves_as_a_png(tmp_path: Path, checkpoint: Path) -> None:
     pytest.importorskip("matplotlib")
     summary = _eval(_manifest(tmp_path), checkpoint, "--plot", tmp_path / "curves.png")
@@ -56,6 +57,7 @@ def test_plot_without_matplotlib_is_a_one_line_error_before_any_work(tmp_path: P
     assert not (tmp_path / "c.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", [("--blur", "3"), ("--invert",), ("--refine", "guided")])
 def test_map_steps_change_ap_and_the_curve(tmp_path: Path, checkpoint: Path, change: tuple[str, ...]) -> None:
     manifest = _manifest(tmp_path)

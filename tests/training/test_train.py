@@ -52,6 +52,7 @@ def trained(task: dict[str, Path]) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_training_lifts_val_miou_from_the_base_to_over_0_8(trained: Path, task: dict[str, Path]) -> None:
     log = json.loads((trained / "training.json").read_text())
     base, best = log["epochs"][0]["val"]["miou"], log["best_val_miou"]
@@ -68,6 +69,7 @@ def test_training_lifts_val_miou_from_the_base_to_over_0_8(trained: Path, task: 
     assert load_file(trained / "model.safetensors") and (trained / "resume.pt").is_file()
 
 
+@pytest.mark.slow
 def test_eval_of_the_saved_model_reports_the_training_number(trained: Path, task: dict[str, Path], capsys) -> None:
     code = main(["eval", str(task["val"]), "--weights", str(trained), "--precision", "fp32", "--device", "cpu",
                  "--json", "-q"])
@@ -97,6 +99,7 @@ def test_the_saved_model_loads_in_transformers_with_our_logits(trained: Path, ta
     assert (expected - base).abs().mean() > 0.5, "the exported decoder must be the trained one"
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(task: dict[str, Path], capsys) -> None:
     def weights(out: Path) -> dict[str, torch.Tensor]:
         return load_file(out / "model.safetensors")
@@ -144,6 +147,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_same_weights(task: dict[str, Path]) -> None:
     runs = task["root"] / "resume"
     options = ["--epochs", "30", "--batch-size", "4", "--val-fraction", "0.25", "--seed", "3"]
