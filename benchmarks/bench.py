@@ -138,9 +138,9 @@ def load_ours(ckpt: Path, prompts: list[str], precision: str, device: str, overl
     """clipseg's Segmenter and Engine, as `clipseg batch` runs them (the text tower freed once the prompts are
     embedded)."""
     from clipseg_cli import Segmenter
-    from clipseg_cli.engine import Engine, Pipeline, WorkItem
-    from clipseg_cli.outputs import OutputPlan
-    from clipseg_cli.targets import Targets
+    from clipseg_cli.run.engine import Engine, Pipeline, WorkItem
+    from clipseg_cli.run.outputs import OutputPlan
+    from clipseg_cli.run.targets import Targets
 
     seg = Segmenter.from_pretrained(ckpt, device=device, precision=precision)
 
@@ -158,7 +158,7 @@ def mask_names(paths: list[Path], prompts: list[str], side: str) -> list[str]:
     """File names of the masks that a side writes, in the same (image, prompt) order for both sides."""
     if side == "reference":
         return [f"{p.stem}.{i}.png" for p in paths for i in range(len(prompts))]
-    from clipseg_cli.outputs import label_for
+    from clipseg_cli.run.outputs import label_for
 
     return [f"{p.stem}.{label_for(prompt)}.mask.png" for p in paths for prompt in prompts]
 
@@ -502,7 +502,7 @@ def tower_goal(args) -> list[tuple]:
     """Goal 5: the exact class's image tower (ONNX Runtime's segment graph, 4 images x 1 prompt) in GFLOP/s against
     this CPU's fp32 GEMM peak (torch's matmul). The decoder's work is not counted: the figure is a lower bound."""
     sys.path.insert(0, str(SRC))
-    from clipseg_cli.backends.cache import entry_dir, graph_path
+    from clipseg_cli.backends.graph_cache import entry_dir, graph_path
     from clipseg_cli.backends.ort import _session, prepare_graphs
 
     prepare_graphs(args.cache, progress=False)

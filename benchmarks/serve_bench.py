@@ -82,12 +82,13 @@ def run_level(url: str, images: list[Path], clients: int, requests: int) -> dict
 def run_batch(checkpoint: Path, folder: Path, precision: str, batch_size: int) -> float:
     """Returns: images per second of the engine ``clipseg batch`` runs (in this process, the model load not timed)."""
     sys.path.insert(0, str(SRC))
-    from clipseg_cli.job import Job
-    from clipseg_cli.outputs import OutputPlan
     from clipseg_cli.predictor import Segmenter
+    from clipseg_cli.run.engine import Pipeline
+    from clipseg_cli.run.job import Job
+    from clipseg_cli.run.outputs import OutputPlan
 
     segmenter = Segmenter.from_pretrained(str(checkpoint), precision=precision, progress=False)
-    job = Job([PROMPT], plan=OutputPlan(overlay=False), force=True, batch_size=batch_size)
+    job = Job([PROMPT], plan=OutputPlan(overlay=False), force=True, pipeline=Pipeline(batch_size=batch_size))
     images = sorted(folder.iterdir())
     with tempfile.TemporaryDirectory() as out:
         list(job.segment(segmenter, images[:1], output_dir=out))  # warm, as the server's first request

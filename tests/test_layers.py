@@ -10,22 +10,23 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "clipseg_cli"
 
-# Lowest first. A module may import its own layer and the layers before it, never a later one.
-# Within a layer, imports may go either way, but never in a cycle. Imports under TYPE_CHECKING only
-# name types and never run, so they do not count (the package's own __init__ names everything so).
+# Lowest first. A module may import its own layer and the layers before it, never a later one. Imports under
+# TYPE_CHECKING count too (a type named from above is an arrow back up), and no two modules may import each
+# other, directly or round a cycle, even inside one layer or one package.
 LAYERS = [
-    ["clipseg_cli", "clipseg_cli.constants", "clipseg_cli.errors"],  # the package: __version__, lazy names
-    ["clipseg_cli.modeling", "clipseg_cli.imaging", "clipseg_cli.runtime", "clipseg_cli.inputs",
-     "clipseg_cli.watch"],
+    ["clipseg_cli", "clipseg_cli.constants", "clipseg_cli.errors", "clipseg_cli.textlines",
+     "clipseg_cli.cachedir"],  # the package (__version__, lazy names) and the ground helpers
+    ["clipseg_cli.modeling", "clipseg_cli.imaging", "clipseg_cli.runtime", "clipseg_cli.run.inputs",
+     "clipseg_cli.scale.watch"],
     ["clipseg_cli.postprocess", "clipseg_cli.fingerprint"],
     ["clipseg_cli.checkpoints"],  # the loader builds the model: modeling never imports it
     ["clipseg_cli.backends"],  # the runtimes a Segmenter runs the model on (torch, ONNX Runtime)
-    ["clipseg_cli.outputs", "clipseg_cli.prompts", "clipseg_cli.refine"],
-    ["clipseg_cli.targets", "clipseg_cli.combined"],  # what a run writes per image: names, skip or redo, failures
+    ["clipseg_cli.run.outputs", "clipseg_cli.prompts", "clipseg_cli.refine"],
+    ["clipseg_cli.run.targets", "clipseg_cli.run.slots"],  # per image: names, skip or redo, combined overlay, order
     ["clipseg_cli.predictor"],
-    ["clipseg_cli.engine"],
-    ["clipseg_cli.job", "clipseg_cli.shard", "clipseg_cli.ray_batch", "clipseg_cli.ray_data",
-     "clipseg_cli.training", "clipseg_cli.serve"],
+    ["clipseg_cli.run.engine"],
+    ["clipseg_cli.run.job", "clipseg_cli.run", "clipseg_cli.training"],
+    ["clipseg_cli.scale", "clipseg_cli.serve"],  # the same run spread out (shards, Ray, Ray Data), and served
     ["clipseg_cli.label"],  # clipseg label: datasets from masks (imported by commands/label.py only)
     ["clipseg_cli.video"],  # clipseg video (imported by commands/video.py only)
     ["clipseg_cli.commands"],
@@ -53,7 +54,7 @@ def imports_of(path: Path, module: str) -> set[str]:
     """The clipseg_cli modules that a module imports, anywhere in its code."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found = set()
-    for node in runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -64,19 +65,6 @@ def imports_of(path: Path, module: str) -> set[str]:
             found.add(base)
             found |= {f"{base}.{alias.name}" for alias in node.names}  # `from pkg import module`
     return {name for name in found if name == "clipseg_cli" or name.startswith("clipseg_cli.")}
-
-
-def runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node of ``tree`` except those inside ``if TYPE_CHECKING:`` blocks."""
-    nodes, stack = [], [tree]
-    while stack:
-        node = stack.pop()
-        nodes.append(node)
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            stack.extend(node.orelse)
-            continue
-        stack.extend(ast.iter_child_nodes(node))
-    return nodes
 
 
 def graph() -> dict[str, set[str]]:
@@ -119,6 +107,17 @@ def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
     path.write_text("def f():\n    from clipseg_cli.checkpoints.loading import load_model\n", encoding="utf-8")
     assert "clipseg_cli.checkpoints.loading" in imports_of(path, "clipseg_cli.modeling.clipseg")
     assert layer_of("clipseg_cli.checkpoints.loading") > layer_of("clipseg_cli.modeling.clipseg")
-    path.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from clipseg_cli.job import Job\n",
+    path.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from clipseg_cli.run.job import Job\n",
                     encoding="utf-8")
-    assert imports_of(path, "clipseg_cli.modeling.clipseg") == set()  # names a type, runs nothing
+    assert "clipseg_cli.run.job" in imports_of(path, "clipseg_cli.modeling.clipseg")  # a type from above counts
+
+
+def test_the_root_holds_at_most_twelve_modules_and_every_module_name_is_unique() -> None:
+    root = sorted(path.name for path in PACKAGE.glob("*.py"))
+    assert len(root) <= 12, f"{len(root)} modules at the package root (group them into wings): {root}"
+    names: dict[str, list[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.name not in ("__init__.py", "__main__.py"):
+            names.setdefault(path.stem, []).append(module_name(path))
+    shared = {name: modules for name, modules in names.items() if len(modules) > 1}
+    assert not shared, f"modules that share a name (say what each holds): {shared}"

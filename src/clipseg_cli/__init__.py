@@ -27,31 +27,33 @@ The names, by what they are for (each written once, in `_EXPORTS`):
   mask, prepared as the paper does: ``--prompt-mask``), or a `clipseg_cli.prompts.Average` of several.
 - Masks: `PostProcess` (threshold, blur, dilate, erode, min-area, invert), `make_mask` (one map to
   one mask), `refine_map` (a map that follows the object's edges: ``--refine guided|matting|sam``).
-- Files: `Job` (one CLI run: `Job.segment`, `Job.run`), `OutputPlan` (which files, and the mask steps).
+- Files: `Job` (one CLI run: `Job.segment`, `Job.run`), `OutputPlan` (which files, and the mask steps),
+  `Pipeline` (batch size, pixel bound, statistics, threads: ``Job(..., pipeline=Pipeline(batch_size=8))``).
 - Your own masks: `evaluate` (the paper's metrics on a manifest, ``clipseg eval``), `train` (fine-tune
   the decoder, ``clipseg train``) with `TrainOptions`.
 - Errors: `ClipSegError`, a set-up error with a one-line message.
 
-The rest is imported from its module: `clipseg_cli.engine` (`Engine`), `clipseg_cli.targets`
-(`Targets`, `Result`), `clipseg_cli.inputs` (`collect`, `WorkItem`), `clipseg_cli.prompts`
+The rest is imported from its module: `clipseg_cli.run.engine` (`Engine`), `clipseg_cli.run.targets`
+(`Targets`, `Result`), `clipseg_cli.run.inputs` (`collect`, `WorkItem`), `clipseg_cli.prompts`
 (`build_prompts`, `Average`), `clipseg_cli.postprocess` (`combine`), `clipseg_cli.refine`
 (`load_refiner`), `clipseg_cli.checkpoints` (`available_models`, `download`), `clipseg_cli.modeling`
 (`ClipSeg`, `ClipSegConfig`).
 
-Names are imported lazily so that ``clipseg --help`` starts without importing torch.
+Names are imported lazily so that ``clipseg --help`` starts without importing torch. The library logs to the
+``clipseg`` logger (`logging`) and never prints.
 """
 
 from __future__ import annotations
 
-import os
 from importlib import import_module
 
 __version__ = "0.1.0"  # the one place: pyproject.toml reads it ([tool.setuptools.dynamic])
 
-# An empty cache variable means unset (huggingface_hub would put its cache under ./ instead).
-for _name in ("HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME"):
-    if os.environ.get(_name) == "":
-        del os.environ[_name]
+# The library speaks through the "clipseg" logger (fallbacks, one-time preparations, Ray's lost actors) and never
+# prints: the command line shows its lines as "clipseg: ..." on stderr; elsewhere warnings reach stderr through
+# Python's last-resort handler until the host configures logging. Importing the package changes nothing of the
+# host process (no environment variable, no handler).
+LOGGER = "clipseg"
 
 _EXPORTS = {  # module: the names it gives the package
     "clipseg_cli.predictor": ("Segmenter", "ModelSpec"),
@@ -59,8 +61,9 @@ _EXPORTS = {  # module: the names it gives the package
     "clipseg_cli.imaging.visual_prompt": ("visual_prompt",),
     "clipseg_cli.postprocess": ("PostProcess", "make_mask"),
     "clipseg_cli.refine": ("refine_map",),
-    "clipseg_cli.job": ("Job",),
-    "clipseg_cli.outputs": ("OutputPlan",),
+    "clipseg_cli.run.job": ("Job",),
+    "clipseg_cli.run.engine": ("Pipeline",),
+    "clipseg_cli.run.outputs": ("OutputPlan",),
     "clipseg_cli.training.api": ("evaluate", "train"),
     "clipseg_cli.training.trainer": ("TrainOptions",),
     "clipseg_cli.errors": ("ClipSegError",),

@@ -2,10 +2,10 @@
 
 Everything clipseg caches lives under one root, `cache_root()`:
 
-- ``onnx/<key>/``: a checkpoint's ONNX Runtime graphs (`backends.cache`); ``onnx/<key>.lock`` is the entry's
+- ``onnx/<key>/``: a checkpoint's ONNX Runtime graphs (`backends.graph_cache`); ``onnx/<key>.lock`` is the entry's
   lock, and its modification time the entry's last use;
 - ``embeddings/<key>/``: text prompts' embeddings made by those graphs (same key, same lock);
-- ``activations/``: the image tower's activations that ``clipseg train`` reuses (`training.cache`).
+- ``activations/``: the image tower's activations that ``clipseg train`` reuses (`training.activation_cache`).
 
 A process that uses an entry holds a shared lock on it (``fcntl.flock``) until it lets it go or ends (the
 kernel drops the lock of a killed process); an entry is removed only under an exclusive lock taken without

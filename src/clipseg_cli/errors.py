@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 
 class ClipSegError(Exception):
@@ -18,18 +16,6 @@ class CheckpointError(ClipSegError):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
-
-
-def read_checkpoint_json(path: Path) -> Any:
-    """A checkpoint's JSON file (config, preprocessing, tokenizer settings), parsed.
-
-    Raises:
-        CheckpointError: naming the file when it cannot be read or is not JSON.
-    """
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(path, f"not valid JSON ({' '.join(str(exc).split())})") from None
 
 
 class ImageError(ClipSegError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from clipseg_cli import LOGGER
 from clipseg_cli.checkpoints.loading import checkpoint_dir
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 from clipseg_cli.errors import ClipSegError
@@ -24,6 +25,8 @@ from clipseg_cli.runtime import Runtime, choose_runtime
 
 if TYPE_CHECKING:
     from clipseg_cli.backends import Runner
+
+LOG = logging.getLogger(LOGGER)
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -105,7 +108,7 @@ class Segmenter:
         runtime = choose_runtime(device, precision, backend)
         directory = checkpoint_dir(name, offline=offline, revision=revision, progress=progress)
         if runtime.backend == "onnxruntime":
-            from clipseg_cli.backends.cache import CacheUnwritable
+            from clipseg_cli.backends.graph_cache import CacheUnwritable
             from clipseg_cli.backends.ort import OrtRunner
 
             try:
@@ -113,16 +116,16 @@ class Segmenter:
             except CacheUnwritable as exc:
                 if runtime.precision != "fp32" or backend == "onnxruntime":
                     raise
-                print(f"clipseg: {exc}; running fp32 with torch instead", file=sys.stderr)
+                LOG.warning("%s; running fp32 with torch instead", exc)
                 runtime = Runtime("torch", runtime.device, "fp32")
         if runtime.precision == "bf16" and runtime.device == "cpu" and backend == "auto":
-            from clipseg_cli.backends.cache import CacheUnwritable
+            from clipseg_cli.backends.graph_cache import CacheUnwritable
             from clipseg_cli.backends.traced import TracedRunner
 
             try:
                 return cls(*TracedRunner.load(directory, progress))
             except CacheUnwritable as exc:
-                print(f"clipseg: {exc}; running bf16 with transformers' modules instead", file=sys.stderr)
+                LOG.warning("%s; running bf16 with transformers' modules instead", exc)
         from clipseg_cli.backends.pytorch import TorchRunner
 
         return cls(*TorchRunner.load(directory, runtime.device, runtime.precision))

@@ -4,7 +4,7 @@ paper's mask preparation), and the checks a prompt, a negative or a template mus
 A prompt is a text, an example image (a PIL image), an example image with its object's mask (a
 `VisualPrompt`), or an `Average` of several of these. `build_prompts` turns the values of
 ``--template``, ``--prompt-image`` and ``--prompt-mask`` into the prompts and names that
-`clipseg_cli.engine.Engine` takes.
+`clipseg_cli.run.engine.Engine` takes.
 """
 
 from __future__ import annotations

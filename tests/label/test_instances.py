@@ -60,3 +60,21 @@ def test_rle_from_a_components_box_is_pycocotools_encoding_of_the_whole_mask() -
         assert found and sum(instance.area for instance in found) == mask.sum()
         for instance in found:
             assert instance.rle == encode_rle(instance.mask((mask.shape[1], mask.shape[0])))
+
+
+def test_every_model_call_holds_a_full_batch(checkpoint) -> None:
+    from clipseg_cli.label.labeller import SharedLogits
+    from clipseg_cli.predictor import Segmenter
+    from helpers import noise
+
+    segmenter = Segmenter.from_pretrained(checkpoint, precision="fp32")
+    images = [noise((40, 32), seed=index) for index in range(4)]
+    full = np.asarray(segmenter.logits(images, ["tree"]))
+    alone = np.asarray(segmenter.logits(images[:1], ["tree"]))
+    assert not np.array_equal(alone[0], full[0])  # the call's shape changes the float sums: padding matters
+    shared = SharedLogits(segmenter)
+    shared.prompts, shared._keys, shared.batch_size = ["tree"], ["text:tree"], 4
+    shared.compute(images[:1])
+    assert np.array_equal(np.asarray(shared.logits(images[:1], ["tree"]))[0], full[0])
+    shared.compute(images[2:])
+    assert all(np.array_equal(np.asarray(shared.logits([images[i]], ["tree"]))[0], full[i]) for i in (2, 3))

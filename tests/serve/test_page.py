@@ -183,6 +183,7 @@ def test_each_prompt_is_a_layer_in_the_cli_palette_with_its_toggle(page, photo, 
     page.get_by_label("Masks").check()  # the masks view: each layer opaque in its colour
     page.wait_for_selector("#view[data-view=mask]")
     assert np.abs(shown(page)[y, x] - palette()[0]).max() <= 3
+    assert len(sent(page)) == 1  # thresholds, toggles and views: all in the browser, no new request
 
 
 def test_union_only_when_asked_and_the_page_says_so(page, photo):

@@ -170,7 +170,7 @@ def test_a_killed_run_resumes_from_its_last_finished_chunk_with_the_same_masks(
     assert not [p for p in work.iterdir() if p.name.startswith(".")]  # the third chunk's files were removed
 
     monkeypatch.setattr(chunks_module.ChunkStore, "finish", finish)
-    from clipseg_cli.engine import Engine
+    from clipseg_cli.run.engine import Engine
 
     maps = Engine.maps
     monkeypatch.setattr(Engine, "maps", lambda self, images: (segmented.extend(images), maps(self, images))[1])

@@ -11,13 +11,14 @@ every CPU kind that shares the cache.
 
 from __future__ import annotations
 
-import sys
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from clipseg_cli.backends.cache import (
+from clipseg_cli import LOGGER
+from clipseg_cli.backends.graph_cache import (
     entry_dir,
     graph_path,
     load_embedding,
@@ -33,6 +34,8 @@ from clipseg_cli.checkpoints.loading import check_processing
 from clipseg_cli.fingerprint import checkpoint_digest
 from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.modeling.config import ClipSegConfig
+
+LOG = logging.getLogger(LOGGER)
 
 PRECISIONS = ("fp32", "int8")  # int8: dynamic quantization of the segment graph; the prompt towers stay fp32
 
@@ -149,7 +152,7 @@ class OrtRunner:
 
     def _note(self, message: str) -> None:
         if self.progress:
-            print(f"clipseg: {' '.join(message.split())}", file=sys.stderr, flush=True)
+            LOG.info(" ".join(message.split()))
 
     def _export_missing(self, graphs: list[str]) -> bool:
         """Export those of ``graphs`` the cache lacks, in one load of the weights.
@@ -165,7 +168,7 @@ class OrtRunner:
     def _export(self, graphs: list[str], reason: str = "") -> None:
         """Export ``graphs`` from the checkpoint's fp32 weights into the cache (imports torch), saying so (or
         ``reason``) in one line."""
-        from clipseg_cli.backends.export import export_graph, export_seconds, quantize_int8
+        from clipseg_cli.backends.onnx_export import export_graph, export_seconds, quantize_int8
         from clipseg_cli.checkpoints.loading import load_directory
 
         prepare(self.entry, self.directory)

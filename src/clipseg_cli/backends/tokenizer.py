@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from clipseg_cli.constants import MERGES_FILE, TOKENIZER_FILE, VOCAB_FILE
-from clipseg_cli.errors import CheckpointError, read_checkpoint_json
+from clipseg_cli.errors import CheckpointError
+from clipseg_cli.modeling.config import read_checkpoint_json
 
 # transformers' CLIPTokenizer: the split of text into words before byte-level BPE
 _CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""

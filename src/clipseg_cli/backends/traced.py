@@ -12,14 +12,15 @@ calls as the eager modules make, so the masks equal the eager bf16 path's bit fo
 from __future__ import annotations
 
 import io
-import sys
+import logging
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from clipseg_cli.backends.cache import (
+from clipseg_cli import LOGGER
+from clipseg_cli.backends.graph_cache import (
     CacheDamaged,
     entry_dir,
     prepare,
@@ -35,6 +36,8 @@ from clipseg_cli.fingerprint import checkpoint_digest
 from clipseg_cli.imaging.preprocess import Preprocessing
 from clipseg_cli.imaging.writing import atomic_write
 from clipseg_cli.modeling.config import ClipSegConfig
+
+LOG = logging.getLogger(LOGGER)
 
 PROGRAMS = ("segment", "text", "visual")
 PRECISION = "bf16"
@@ -133,13 +136,13 @@ class TracedRunner:
     def _trace(self, programs: list[str], reason: str = "") -> None:
         """Trace ``programs`` from the checkpoint's weights into the cache (imports transformers), saying so (or
         ``reason``) in one line."""
-        from clipseg_cli.backends.export import export_seconds
+        from clipseg_cli.backends.onnx_export import export_seconds
 
         prepare(self.entry, self.directory)
         if self.progress:
             seconds = export_seconds(self.directory, programs)
             line = reason or f"preparing the bf16 model for this CPU, once (about {seconds} s)"
-            print(f"clipseg: {' '.join(line.split())}", file=sys.stderr, flush=True)
+            LOG.info(" ".join(line.split()))
         for name, data in trace_programs(self.directory, self.preprocessing.size, programs).items():
             path = program_path(self.entry, name)
             try:
@@ -158,7 +161,7 @@ def trace_programs(directory: Path, size: tuple[int, int], programs: list[str]) 
     Returns:
         {name: the serialised TorchScript program}, in the order of ``programs``.
     """
-    from clipseg_cli.backends.export import SegmentGraph, TextGraph, VisualGraph
+    from clipseg_cli.backends.onnx_export import SegmentGraph, TextGraph, VisualGraph
     from clipseg_cli.checkpoints.loading import load_directory
     from clipseg_cli.modeling import ClipSeg
     from clipseg_cli.modeling.fastpath import speed_up

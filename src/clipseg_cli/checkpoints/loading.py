@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipseg_cli.constants import CONFIG_FILE, MERGES_FILE, PICKLE_FILE, SAFETENSORS_FILE, TOKENIZER_FILE, VOCAB_FILE
-from clipseg_cli.errors import CheckpointError, read_checkpoint_json
+from clipseg_cli.errors import CheckpointError
 from clipseg_cli.imaging.preprocess import Preprocessing
-from clipseg_cli.modeling.config import ClipSegConfig
+from clipseg_cli.modeling.config import ClipSegConfig, read_checkpoint_json
 
 if TYPE_CHECKING:
     import torch

@@ -12,16 +12,16 @@ import typer
 
 from clipseg_cli.commands import options
 from clipseg_cli.commands.settings import (
-    RayOptions,
     RunOptions,
     check_output_dir,
     execute,
     model_spec,
     with_run_options,
 )
+from clipseg_cli.commands.shards import run_shard
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.inputs import collect, no_images
-from clipseg_cli.shard import parse_shard, run_shard
+from clipseg_cli.run.inputs import collect, no_images
+from clipseg_cli.scale.sharding import parse_shard
 
 SCALE = "Scale out"
 
@@ -58,7 +58,7 @@ def run_watching(inputs: list[str], folder: Path, recursive: bool, texts: list[s
         Never, but by a signal (it ends the command as it ends a run); 1 where an image failed is what
         the caller would return.
     """
-    from clipseg_cli.watch import ready_files
+    from clipseg_cli.scale.watch import ready_files
 
     for flag, value in refused.items():
         if value:
@@ -129,7 +129,11 @@ def batch(
         raise typer.Exit(run_watching(inputs, folder, recursive, texts_of(prompt, prompts_file), run_options,
                                       refused={"--shard": shard, "--ray": ray or ray_address}))
     part = parse_shard(shard) if shard is not None else None
-    on_ray = RayOptions(ray_address, ray_actors, quiet=run_options.quiet) if ray or ray_address else None
+    on_ray = None
+    if ray or ray_address:
+        from clipseg_cli.scale.ray_batch import RayPlace
+
+        on_ray = RayPlace(ray_address, ray_actors, quiet=run_options.quiet)
     texts = texts_of(prompt, prompts_file)
     lines = read_stdin_lines() if "-" in inputs else []
     items = collect(inputs, output_dir=folder, recursive=recursive, stdin=lines)
@@ -141,4 +145,4 @@ def batch(
         raise ClipSegError(no_images(inputs, recursive))
     if part is None:
         raise typer.Exit(execute(items, texts, run_options, ray=on_ray))
-    raise typer.Exit(run_shard(items, texts, run_options, part, folder, execute, on_ray))
+    raise typer.Exit(run_shard(items, texts, run_options, part, folder, on_ray))

@@ -95,9 +95,9 @@ def _label(inputs: list[str], folder: Path, run, run_options: RunOptions, recurs
     """
     from tqdm import tqdm
 
-    from clipseg_cli.inputs import collect, no_images
     from clipseg_cli.label import Labelling
-    from clipseg_cli.shard import parse_shard
+    from clipseg_cli.run.inputs import collect, no_images
+    from clipseg_cli.scale.sharding import parse_shard
 
     part = parse_shard(shard) if shard is not None else None
     items = collect(inputs, output_dir=folder, recursive=recursive)

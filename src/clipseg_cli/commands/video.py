@@ -44,7 +44,7 @@ def video(
     run_options: RunOptions,
 ) -> None:
     """Segment every frame of videos; masks (lossless), overlays and cut-outs keep the timing and the sound."""
-    from clipseg_cli.shard import parse_shard, select
+    from clipseg_cli.scale.sharding import parse_shard, select
     from clipseg_cli.video import VideoOptions, collect_videos, run_videos
 
     folder = check_output_dir(output_dir)

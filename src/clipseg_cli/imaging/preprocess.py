@@ -19,7 +19,8 @@ from clipseg_cli.constants import (
     PREPROCESSOR_FILE,
     PROCESSOR_FILE,
 )
-from clipseg_cli.errors import CheckpointError, read_checkpoint_json
+from clipseg_cli.errors import CheckpointError
+from clipseg_cli.modeling.config import read_checkpoint_json
 
 if TYPE_CHECKING:
     import torch

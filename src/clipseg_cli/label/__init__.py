@@ -1,7 +1,7 @@
 """``clipseg label``: a folder of images into a training dataset (COCO, YOLO, VOC, Label Studio), on the engine,
 fingerprints and shards of ``clipseg batch``.
 
-    from clipseg_cli.job import Job
+    from clipseg_cli.run.job import Job
     from clipseg_cli.label import LabelJob, label, parse_classes
 
     run = LabelJob(tuple(parse_classes(["car=red car,automobile", "tree"])), Job(), format="yolo")
@@ -14,8 +14,8 @@ labelstudio), shards (index files, shard manifests and the merge), preview, run 
 
 from clipseg_cli.label.classes import LabelClass, Splits, parse_classes, parse_splits
 from clipseg_cli.label.formats import FORMATS
-from clipseg_cli.label.run import LabelJob, Labelling, Outcome, label
-from clipseg_cli.label.shards import merge
+from clipseg_cli.label.index_files import merge
+from clipseg_cli.label.label_run import LabelJob, Labelling, Outcome, label
 
 __all__ = ["FORMATS", "LabelClass", "LabelJob", "Labelling", "Outcome", "Splits", "label", "merge", "parse_classes",
            "parse_splits"]

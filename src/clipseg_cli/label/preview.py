@@ -55,8 +55,9 @@ def _tile(path: Path, found: dict) -> Image.Image:
         image = image.resize(size)
     for instance in found["instances"]:
         image = overlay(image, decode_rle(instance["rle"], size), palette_color(instance["category"]), 0.5)
-    image.thumbnail((TILE - 4, TILE - 4))
-    return image
+    scale = min((TILE - 4) / image.width, (TILE - 4) / image.height)
+    fitted = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(fitted, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
 
 
 def _font(size: int):

@@ -34,8 +34,8 @@ MARKER_VERSION = 1
 class Entry:
     """One image of the dataset, as the final files list it.
 
-    key: its path relative to its input root (the record's name comes from it).
-    name: its file name in the dataset (unique).
+    key: its path relative to its input root (its shard comes from it).
+    name: its file name in the dataset (unique; its record is found by it).
     split: train, val or test.
     """
 
@@ -80,24 +80,24 @@ def write_file(root: Path, relative: str, data: bytes | Callable[[BinaryIO], Non
     return relative
 
 
-def record_path(root: Path, key: str) -> Path:
-    """Returns: where the record of the image with this key is kept."""
-    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+def record_path(root: Path, name: str) -> Path:
+    """Returns: where the record of the image with this file name in the dataset is kept (names are unique)."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return root / STORE / RECORDS / digest[:2] / f"{digest}.json"
 
 
-def read_record(root: Path, key: str) -> dict | None:
+def read_record(root: Path, name: str) -> dict | None:
     """Returns: the image's record, or None where there is none (or it cannot be read)."""
     try:
-        found = json.loads(record_path(root, key).read_text(encoding="utf-8"))
+        found = json.loads(record_path(root, name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return found if isinstance(found, dict) else None
 
 
-def write_record(root: Path, key: str, record: dict) -> None:
+def write_record(root: Path, name: str, record: dict) -> None:
     """Write an image's record, after its files: a record names complete files only."""
-    path = record_path(root, key)
+    path = record_path(root, name)
     write_file(root, path.relative_to(root).as_posix(), (json_text(record) + "\n").encode())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,18 @@ TEXT_DEFAULTS: dict[str, Any] = {
 }
 TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")  # may be 0
 ACTIVATIONS = ("quick_gelu", "gelu", "relu", "gelu_new", "gelu_pytorch_tanh")
+
+
+def read_checkpoint_json(path: Path) -> Any:
+    """A checkpoint's JSON file (config, preprocessing, tokenizer settings), parsed.
+
+    Raises:
+        CheckpointError: naming the file when it cannot be read or is not JSON.
+    """
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(path, f"not valid JSON ({' '.join(str(exc).split())})") from None
 
 
 @dataclass(frozen=True)

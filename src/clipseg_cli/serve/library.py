@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_THRESHOLD
-from clipseg_cli.engine import Result
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.decode import DecodedImage, open_image
-from clipseg_cli.job import Job
 from clipseg_cli.predictor import ModelSpec, Segmenter
 from clipseg_cli.refine import Refiner, check_available, load_refiner
+from clipseg_cli.run.engine import Result
+from clipseg_cli.run.job import Job
 
 EMBEDDING_LIMIT = 4096  # prompts whose embeddings are kept (oldest forgotten first)
 

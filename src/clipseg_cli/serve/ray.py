@@ -9,10 +9,10 @@ Needs the ``serve-ray`` extra: ``pip install "clipseg-cli[serve-ray]"``.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
-import sys
 import threading
 from dataclasses import dataclass
 
@@ -20,12 +20,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
 from ray.serve import Application
 
+from clipseg_cli import LOGGER
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.predictor import ModelSpec
 from clipseg_cli.serve.app import ServeConfig, create_app
 from clipseg_cli.serve.guard import ASGIApp, Receive, Scope, Send, check_token
 from clipseg_cli.serve.library import load
+
+LOG = logging.getLogger(LOGGER)
 
 APP_NAME = "clipseg"
 REPLICA_HEADER = b"x-clipseg-replica"  # which replica answered: each has its own queue and /metrics
@@ -168,8 +171,7 @@ def app(arguments: dict[str, str]) -> Application:
         raise ClipSegError("serve run clipseg_cli.serve.ray:app: give token=TOKEN (or CLIPSEG_TOKEN): Ray's proxy "
                            "is reached from other machines; or no_auth=true to serve without one")
     if not token:
-        print("clipseg serve: warning: served without a token (no_auth=true): anyone who can reach Ray's proxy "
-              "can use it", file=sys.stderr)
+        LOG.warning("serve: served without a token (no_auth=true): anyone who can reach Ray's proxy can use it")
     config = ServeConfig(token=token, cors=tuple(o for o in args.cors.split(",") if o), max_queue=args.max_queue,
                          max_upload_mb=args.max_upload_mb, batch_size=args.batch_size,
                          batch_wait_ms=args.batch_wait_ms, max_pixels=args.max_pixels, refine=args.refine)
@@ -203,8 +205,7 @@ def run(application: Application, *, host: str, port: int, address: str | None) 
             raise ClipSegError(_replica_error(str(exc))) from None
         for sig in previous:  # only now: Ray's start-up sets its own handlers
             signal.signal(sig, lambda *_: stop.set())
-        print(f"clipseg serve --ray: http://{host}:{port}/ (Ray Serve proxy; API docs at /docs); Ctrl-C stops",
-              file=sys.stderr)
+        LOG.warning("serve --ray: http://%s:%s/ (Ray Serve proxy; API docs at /docs); Ctrl-C stops", host, port)
         stop.wait()
         serve.delete(APP_NAME)  # a local Ray goes with ray.shutdown, its Serve controller and proxy with it
     finally:

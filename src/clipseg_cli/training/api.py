@@ -7,25 +7,28 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from clipseg_cli import LOGGER
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.inputs import folder_problem
 from clipseg_cli.postprocess import PostProcess
 from clipseg_cli.prompts import text_prompt
+from clipseg_cli.run.inputs import folder_problem
 from clipseg_cli.training.evaluate import Outcome, evaluate_segmenter
 from clipseg_cli.training.manifest import Manifest, Record, check_files, read_manifest
 from clipseg_cli.training.metrics import Scores
 from clipseg_cli.training.trainer import STATE_FILE, Trainer, TrainOptions, prepare, split_by_image
 
+LOG = logging.getLogger(LOGGER)
+
 DEFAULT_CACHE_BYTES = 10 << 30
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
+    LOG.warning(message.removeprefix("clipseg: "))
 
 
 class Evaluation:
@@ -129,7 +132,7 @@ def train(manifest: str | Path, *, weights: str | Path = DEFAULT_MODEL, out_dir:
 
     from clipseg_cli.checkpoints.loading import checkpoint_dir
     from clipseg_cli.predictor import Segmenter
-    from clipseg_cli.training.cache import ArrayCache, default_cache_dir
+    from clipseg_cli.training.activation_cache import ArrayCache, default_cache_dir
 
     options = options or TrainOptions()
     out = Path(out_dir)

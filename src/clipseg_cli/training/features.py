@@ -23,8 +23,8 @@ from PIL import Image
 from clipseg_cli.fingerprint import file_sha256
 from clipseg_cli.imaging.decode import open_image
 from clipseg_cli.imaging.writing import remove_stale_temps, temp_folder
+from clipseg_cli.training.activation_cache import ArrayCache, cache_key
 from clipseg_cli.training.augment import Variant, can_flip, make_variants, object_box
-from clipseg_cli.training.cache import ArrayCache, cache_key
 from clipseg_cli.training.manifest import Record, read_mask
 
 RECENT = 32  # activations kept in memory besides the cache (when the cache is full)

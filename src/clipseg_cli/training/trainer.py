@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.writing import atomic_write, temp_folder
 from clipseg_cli.postprocess import PostProcess
-from clipseg_cli.training.cache import ArrayCache
+from clipseg_cli.training.activation_cache import ArrayCache
+from clipseg_cli.training.checkpoint_io import copy_processing_files, load_decoder, save_weights
 from clipseg_cli.training.evaluate import group_by_image, score_image
-from clipseg_cli.training.export import copy_processing_files, load_decoder, save_weights
 from clipseg_cli.training.features import Activations, ImageEntry, Targets, embed_prompts, image_entries
 from clipseg_cli.training.manifest import Record
 from clipseg_cli.training.metrics import Scores
@@ -276,8 +276,9 @@ class Trainer:
                  f"val mIoU {shown}{note}")
 
     def _log_record(self) -> dict:
+        improved = self.best_epoch > 0 if self.data.val else None  # None: nothing to tell without validation
         return {**self.data.description, "options": asdict(self.options), "epochs": self.history,
-                "best_epoch": self.best_epoch, "best_val_miou": self.best}
+                "best_epoch": self.best_epoch, "best_val_miou": self.best, "improved": improved}
 
     def _save_state(self) -> None:
         state = {"decoder": self.decoder.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,

@@ -12,7 +12,7 @@ from __future__ import annotations
 from clipseg_cli.video.files import collect_videos
 from clipseg_cli.video.frames import FrameMaps, video_frames
 from clipseg_cli.video.reading import BrokenVideo, VideoError, VideoInfo, probe
-from clipseg_cli.video.run import VideoOptions, VideoResult, run_videos
+from clipseg_cli.video.video_run import VideoOptions, VideoResult, run_videos
 
 __all__ = ["BrokenVideo", "FrameMaps", "VideoError", "VideoInfo", "VideoOptions", "VideoResult", "collect_videos",
            "probe", "run_videos", "video_frames"]

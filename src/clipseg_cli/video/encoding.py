@@ -24,7 +24,7 @@ from PIL import Image
 
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.writing import cutout, overlay, palette_color, probability_to_image
-from clipseg_cli.outputs import OutputPlan
+from clipseg_cli.run.outputs import OutputPlan
 from clipseg_cli.video.reading import stored
 
 CUTOUT_FORMATS = ("mov", "webm")
@@ -73,7 +73,7 @@ def codec_of(kind: str, cutout_format: str = "mov") -> Codec:
 
 def paint(kind: str, rgb: np.ndarray, mask: np.ndarray, soft: np.ndarray | None, plan: OutputPlan, index: int,
           rotation: int) -> np.ndarray:
-    """One output frame, as `clipseg_cli.outputs.write_outputs` draws the image file of that kind.
+    """One output frame, as `clipseg_cli.run.outputs.write_outputs` draws the image file of that kind.
 
     Arguments:
         rgb: HxWx3 uint8, the upright frame.

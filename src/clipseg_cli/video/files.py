@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.inputs import WorkItem, file_id, output_stems
+from clipseg_cli.run.inputs import WorkItem, file_id, output_stems
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".mts",
                               ".m2ts", ".wmv", ".flv", ".3gp", ".ogv", ".mxf"})

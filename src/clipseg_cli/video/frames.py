@@ -29,9 +29,9 @@ from clipseg_cli.video.reading import SourceFrame, VideoError, VideoInfo, probe,
 from clipseg_cli.video.smoothing import Smoother
 
 if TYPE_CHECKING:
-    from clipseg_cli.engine import Engine
-    from clipseg_cli.job import Job
     from clipseg_cli.predictor import Segmenter
+    from clipseg_cli.run.engine import Engine
+    from clipseg_cli.run.job import Job
 
 T = TypeVar("T")
 _END = object()
@@ -71,7 +71,7 @@ def video_frames(segmenter: Segmenter, source: str | Path, job: Job, *, smooth: 
     Returns:
         An iterator; it raises `VideoError` (one line) for a file it cannot read to the end.
     """
-    info = probe(Path(source), job.max_pixels)
+    info = probe(Path(source), job.pipeline.max_pixels)
     engine, post = frames_engine(segmenter, job, smooth, maps=True)
     return frame_maps(engine, info, smoother=Smoother(smooth) if smooth else None, post=post)
 
@@ -95,7 +95,7 @@ def frames_engine(segmenter: Segmenter, job: Job, smooth: float, *, maps: bool, 
         plan = replace(job.plan, soft=True, post=PostProcess(threshold=post.threshold))  # m = the probability
         job = replace(job, plan=plan)
     if maps:
-        job = replace(job, stats=True)
+        job = replace(job, pipeline=replace(job.pipeline, stats=True))
     engine = job.engine(segmenter, items, refiner=refiner)
     segmenter.embed(engine.prompts + engine.negatives)
     return engine, post

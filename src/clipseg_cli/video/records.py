@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipseg_cli.fingerprint import make_record
-from clipseg_cli.outputs import OutputPlan
-from clipseg_cli.targets import Target
+from clipseg_cli.run.outputs import OutputPlan
+from clipseg_cli.run.targets import Target
 from clipseg_cli.video.assembling import read_video_record
 from clipseg_cli.video.encoding import Codec
 
@@ -38,7 +38,7 @@ class Recorder:
     """What every record of a run holds besides the output itself.
 
     plan: the files and mask steps. model: the Segmenter's identity. settings: the run's settings
-    (`clipseg_cli.targets.recorded_settings`). video: the video options recorded (``smooth``, ``audio``).
+    (`clipseg_cli.run.targets.recorded_settings`). video: the video options recorded (``smooth``, ``audio``).
     """
 
     plan: OutputPlan
