@@ -371,6 +371,7 @@ def smallest_removing_min_area(mask: np.ndarray) -> int:
     raise AssertionError("the fixture's mask has no small and large regions")
 
 
+@pytest.mark.slow
 def test_soft_output_and_soft_cutout_follow_the_mask_steps(cli) -> None:
     prob, run = cli
     t = float(np.round(np.median(prob), 3))
@@ -433,6 +434,7 @@ def _peak_growth(action) -> int:
     return (kilobytes("VmHWM:") - before) * 1024
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not __import__("os").access("/proc/self/clear_refs", __import__("os").W_OK),
                     reason="needs Linux's resettable peak memory (/proc/self/clear_refs)")
 def test_memory_per_image_does_not_grow_with_the_number_of_prompts(tmp_path, checkpoint) -> None:

@@ -98,6 +98,7 @@ def test_a_prompt_with_an_undecodable_byte_is_a_set_up_error(tmp_path: Path, arg
     assert names(tmp_path) == {"photo.png"}
 
 
+@pytest.mark.slow
 def test_a_non_utf8_argument_byte_is_refused_by_the_real_program(tmp_path: Path) -> None:
     photo = save(noise((40, 30)), tmp_path / "photo.png")
     source = Path(clipseg_cli.__file__).parents[1]

@@ -26,7 +26,7 @@ from clipseg_cli.predictor import Segmenter, probabilities, upsample
 from clipseg_cli.run.inputs import WorkItem
 from clipseg_cli.run.outputs import encode_outputs, write_outputs
 from clipseg_cli.run.slots import Slot, split
-from clipseg_cli.run.targets import Result, Targets, decode_min_side, recorded_settings
+from clipseg_cli.run.targets import Result, Targets, decode_min_side, no_stats, recorded_settings
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -164,7 +164,7 @@ class Engine:
 
     def _written(self, result: Result, mask: np.ndarray, soft: np.ndarray | None) -> Result:
         """Returns: ``result``, 'ok', with its statistics and refinement (its files are written)."""
-        result.stats = stats(mask, soft) if self.stats else {}
+        result.stats = stats(mask, soft) if self.stats else no_stats()
         result.refine = self.refiner.name if self.refiner is not None else None
         result.status = "ok"
         return result
