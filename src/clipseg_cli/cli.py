@@ -25,6 +25,7 @@ from clipseg_cli.commands.download_weights import download_weights
 from clipseg_cli.commands.eval import eval_command
 from clipseg_cli.commands.help_format import Command, Group, show_usage_error
 from clipseg_cli.commands.label import label_command
+from clipseg_cli.commands.report import ClosedStdout
 from clipseg_cli.commands.segment import segment
 from clipseg_cli.commands.serve import serve
 from clipseg_cli.commands.shards import shards
@@ -71,9 +72,19 @@ clipseg cache clear --what embeddings""",
 }
 
 
+class RootGroup(Group):
+    """``clipseg`` itself: a reader that goes away (BrokenPipeError) ends any command with 141, not click's 1."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            raise ReaderGone from exc
+
+
 app = typer.Typer(
     name="clipseg",
-    cls=Group,
+    cls=RootGroup,
     help="Cut objects out of images by a text prompt or an example image, with CLIPSeg.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -128,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get(name) == "":
             del os.environ[name]
     show_the_log()
+    if sys.stdout is None:  # closed by the shell (>&-): a write to it is one line, not an AttributeError
+        sys.stdout = ClosedStdout()
     code = invoke(argv)
     if argv is None:
         sys.exit(code)
@@ -237,9 +250,11 @@ def _dispatch(argv: list[str] | None) -> int:
     except ClipSegError as exc:
         _error(str(exc))
         return 2
-    except (ReaderGone, BrokenPipeError):  # e.g. `clipseg batch ... --json | head`: the reader is done, so are we
+    except (ReaderGone, BrokenPipeError) as exc:  # `clipseg batch ... --json | head`: the reader is done, so are we
         with suppress(OSError, ValueError):  # stdout is not a file in in-process tests
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        if str(exc):  # stdout closed before we started: say so
+            _error(str(exc))
         return READER_GONE
     except Exception as exc:
         if os.environ.get("CLIPSEG_DEBUG"):

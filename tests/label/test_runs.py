@@ -28,6 +28,7 @@ def summary(stderr: str) -> str:
     return next(line for line in stderr.splitlines() if line.startswith("clipseg:"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["coco", "yolo", "voc", "labelstudio"])
 def test_a_resumed_run_writes_the_bytes_of_an_uninterrupted_one(tmp_path: Path, photos: Path, run_label,
                                                                 fmt: str) -> None:
@@ -54,6 +55,7 @@ def test_a_resumed_run_writes_the_bytes_of_an_uninterrupted_one(tmp_path: Path, 
     assert dataset_files(tmp_path / "killed") == dataset_files(tmp_path / "whole")
 
 
+@pytest.mark.slow
 def test_a_rerun_with_images_added_labels_only_those_and_moves_none(tmp_path: Path, photos: Path, run_label) -> None:
     first = run_label(photos, tmp_path / "ds", *CLASSES, "--split", "0.5,0.5")
     assert first.code == 0
@@ -88,6 +90,7 @@ def test_the_split_follows_the_content_not_the_name(tmp_path: Path, run_label) -
             name for name, where in placed.items() if where == split)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["coco", "yolo"])
 def test_shards_merge_into_the_bytes_of_one_machine(tmp_path: Path, photos: Path, run_label, fmt: str) -> None:
     common = [*CLASSES, "--format", fmt, "--split", "0.5,0.5", "--preview", "2"]

@@ -156,7 +156,8 @@ def test_union_and_soft_answer_one_png(server, images, checkpoint, tmp_path):
     ({"threshold": 2}, 422, "threshold"),
     ({"dilate": -1}, 422, "dilate"),
     ({"colour": "red"}, 422, "unknown field 'colour'"),
-    ({"refine": "sam"}, 422, "refine 'sam' is not loaded"),
+    ({"refine": "sam"}, 422, "refine 'sam' is not loaded here; this server refines nothing; start it with clipseg "
+                             "serve --refine sam"),  # not "use none or none"
     ({"template": "no placeholder"}, 422, "{}"),
     ({"overlay": True}, 422, "Accept: image/png"),  # asked for a PNG, but that is two files
 ])

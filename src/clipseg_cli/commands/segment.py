@@ -11,9 +11,10 @@ from typing import Annotated
 import typer
 
 from clipseg_cli.commands import options
+from clipseg_cli.commands.report import stdout_is_closed
 from clipseg_cli.commands.settings import RunOptions, check_output_dir, execute, with_run_options
 from clipseg_cli.constants import OUTPUT_SUFFIXES, TEMP_SUFFIX
-from clipseg_cli.errors import ClipSegError
+from clipseg_cli.errors import ClipSegError, ReaderGone
 from clipseg_cli.run.inputs import collect, is_own_output, no_images
 
 PIPE_KINDS = ("mask", "soft", "overlay", "cutout")  # what --stdout writes: soft is the map as 8-bit grey
@@ -61,8 +62,14 @@ def to_stdout(image: str, texts: list[str], kind: str, output_dir: str | None, r
         raise ClipSegError("--stdout writes no files: leave out -o/--output-dir")
     if run_options.json_lines:
         raise ClipSegError("--stdout carries the PNG: leave out --json")
+    if run_options.overlay_combined:
+        raise ClipSegError("--stdout writes one PNG of one prompt: leave out --overlay-combined "
+                           "(or write files with -o DIR)")
     if len(texts) != 1 and not (texts and run_options.union):
         raise ClipSegError(f"--stdout writes one PNG: give one prompt (or --union), not {len(texts)}")
+    if stdout_is_closed():
+        raise ClipSegError("--stdout writes the PNG to stdout, which is closed (>&-): redirect it (> out.png) "
+                           "or pipe it")
     if sys.stdout.isatty():
         raise ClipSegError("refusing to write a PNG to a terminal: redirect stdout (> out.png) or pipe it")
     with tempfile.TemporaryDirectory(prefix="clipseg-stdout-") as private:
@@ -84,10 +91,27 @@ def to_stdout(image: str, texts: list[str], kind: str, output_dir: str | None, r
                                      force=True)
         code = execute(items, texts, wanted, shown_as={str(source): "- (stdin)"} if image == "-" else None)
         written = sorted((folder / "out").rglob(f"*.{'mask' if kind == 'soft' else kind}.png"))
-        if code == 0 and len(written) == 1:
-            sys.stdout.buffer.write(written[0].read_bytes())
-            sys.stdout.buffer.flush()
+        if code != 0:
+            return code
+        if len(written) != 1:  # never an exit code 0 with nothing written
+            raise RuntimeError(f"--stdout {kind}: the run wrote {len(written)} such PNGs, not one")
+        write_all(written[0].read_bytes())
         return code
+
+
+def write_all(data: bytes) -> None:
+    """Write bytes to stdout, all of them, or raise ReaderGone (exit 141) when its reader went away.
+
+    A pipe's reader that leaves mid-write (``| head -c 10``) makes Python's buffered write return the
+    part written so far instead of failing, so the rest is written again until the pipe says EPIPE.
+    """
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[sys.stdout.buffer.write(view) or 0:]
+        sys.stdout.buffer.flush()
+    except BrokenPipeError as exc:  # `| head -c 10`, `| true`: the reader is gone
+        raise ReaderGone from exc
 
 
 def check_image_argument(image: str) -> None:
