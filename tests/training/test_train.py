@@ -61,7 +61,7 @@ def test_training_lifts_val_miou_from_the_base_to_over_0_8(trained: Path, task: 
     assert log["data"]["sha256"] == __import__("hashlib").sha256(task["train"].read_bytes()).hexdigest()
     assert log["data"]["manifest"] == str(task["train"]) and log["val"]["manifest"] == str(task["val"])
     assert log["options"]["lr"] == 1e-2 and log["base"]["weights"] == str(task["base"])
-    assert log["epochs"][log["best_epoch"]]["val"]["miou"] == best
+    assert log["epochs"][log["best_epoch"]]["val"]["miou"] == best and log["improved"] is True
     # the image tower ran once per (image, variant): validation images at epoch 0, training images
     # (2 variants each) in epoch 1, never again
     passes = [epoch["image_tower_passes"] for epoch in log["epochs"]]
