@@ -89,6 +89,7 @@ def test_help_reads_at_80_columns(monkeypatch: pytest.MonkeyPatch, path: tuple[s
     assert "…" not in narrow.stdout
     # what to type, never a type's name: <list[str]>, <path>, <bool>, {IMAGE}
     assert not re.search(r"<[a-z][\w\[\]|, ]*>|\{[A-Z_]+\}", narrow.stdout), narrow.stdout
+    assert not re.search(r"x[<>]=?\d|\d<=?x", narrow.stdout)  # a range in words: [0.0 to 1.0], [at least 1]
     # every word whole: the words at 80 columns are the words at 1000 (only an example's line break is added)
     assert sorted(word for word in narrow.stdout.split() if word != "\\") == sorted(wide.split())
     assert len(lines) > len(wide.splitlines())  # the narrow help did wrap
@@ -130,6 +131,7 @@ def bash(tmp_path: Path) -> Callable[[str], str]:
     return run
 
 
+@pytest.mark.slow
 def test_install_completion_makes_bash_complete_commands_options_and_choices(bash, tmp_path: Path) -> None:
     assert "complete -o default -F _clipseg_completion clipseg" in bash("clipseg --show-completion")
     bash("clipseg --install-completion")

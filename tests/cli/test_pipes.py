@@ -23,6 +23,7 @@ def run(*args: object, stdin: bytes = b"") -> subprocess.CompletedProcess:
                           env=subprocess_env(), timeout=300)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mask", "soft", "overlay", "cutout"])
 def test_image_bytes_in_one_png_out_equal_to_the_file_segment_writes(photo, weights, tmp_path, kind):
     piped = run("segment", "-", "red car", "--stdout", kind, *weights, stdin=photo.read_bytes())
@@ -44,6 +45,7 @@ def test_a_file_argument_with_stdout_writes_no_file(photo, weights):
     assert sorted(p.name for p in photo.parent.iterdir()) == ["photo.png"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("args", "stdin", "says"), [
     (["segment", "-", "car"], b"x", "needs --stdout"),
     (["segment", "-", "car", "tree", "--stdout", "mask"], b"x", "give one prompt"),
@@ -68,6 +70,7 @@ def test_not_an_image_on_stdin_fails_with_one_line_and_nothing_on_stdout(weights
     assert errors == ["error: - (stdin): not an image file (cannot identify format)"]  # not our private copy's path
 
 
+@pytest.mark.slow
 def test_a_png_is_never_written_to_a_terminal(photo, weights):
     import pty
 

@@ -58,6 +58,7 @@ def test_plain_rerun_skips_and_keeps_the_files(segment) -> None:
     assert REDONE not in again.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("change", "reason"), [
     (["-t", "0.6"], "settings changed (threshold)"),
     (["--blur", "1.5"], "settings changed (blur)"),
@@ -115,6 +116,7 @@ def test_an_edited_input_redoes_and_a_missing_overlay_is_written(segment, photo:
     assert (record["status"], record["reason"]) == ("ok", "input file changed")
 
 
+@pytest.mark.slow
 def test_force_redoes_without_reading_the_files(segment) -> None:
     _, first = segment()
     Image.new("L", SIZE, 0).save(first["mask"])
@@ -136,6 +138,7 @@ def test_the_fingerprint_is_a_readable_png_text_chunk(segment, photo: Path) -> N
         assert len(stored["digest"]) == 64
 
 
+@pytest.mark.slow
 def test_changed_preprocessing_of_the_modern_layout_redoes_the_outputs(photo: Path, tmp_path: Path,
                                                                          checkpoint: Path) -> None:
     from factory import save_modern_layout

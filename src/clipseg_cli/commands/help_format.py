@@ -7,6 +7,7 @@ are long, so nothing is cut and no word is split.
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import textwrap
@@ -14,10 +15,13 @@ import textwrap
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from clipseg_cli.errors import printable
+
 NAMES_COLUMN = 30  # names up to this wide keep their help beside them; longer ones put it on the next line
 HELP_INDENT = 6  # the help's indent when it goes below its names, or when the terminal is too narrow for a column
 NARROWEST_HELP = 30  # narrower than this beside the names, the help goes below them
 OPTIONS_PANEL = "Options"
+KEEP_TOGETHER = "\N{NO-BREAK SPACE}"  # a space textwrap never breaks at: "[default: 0.5]" stays on one line
 
 
 def readable(params: list) -> list:
@@ -116,13 +120,22 @@ def _align_long_names(sections: list[tuple[str, list[tuple[str, str]]]]) -> list
 
 def _described(param: TyperOption | TyperArgument, ctx: typer.Context) -> str:
     """The help text, then ``[default: ...]``, the range and ``[required]``, each in its own brackets."""
-    text = " ".join((param.help or "").split())
+    text = re.sub(r"(\d) %", rf"\1{KEEP_TOGETHER}%", " ".join((param.help or "").split()))  # "99 %" on one line
     record = param.get_help_record(ctx)
     extras = record[1][len(param.help or ""):].strip() if record else ""
     if extras.startswith("[") and extras.endswith("]"):
         for extra in extras[1:-1].split("; "):
-            text += f" [{extra}]"
+            text += " [" + _in_words(extra).replace(" ", KEEP_TOGETHER) + "]"
     return text.replace("\\[", "[").strip()
+
+
+def _in_words(extra: str) -> str:
+    """A range as a reader says it: ``0.0<=x<=1.0`` is ``0.0 to 1.0``, ``x>=1`` is ``at least 1``."""
+    for pattern, words in ((r"(\S+)<=x<=(\S+)", r"\1 to \2"), (r"x>=(\S+)", r"at least \1"),
+                           (r"x<=(\S+)", r"at most \1"), (r"x>(\S+)", r"more than \1"), (r"x<(\S+)", r"less than \1")):
+        if re.fullmatch(pattern, extra):
+            return re.sub(pattern, words, extra)
+    return extra
 
 
 def _summary(command: TyperCommand | TyperGroup) -> str:
@@ -149,8 +162,9 @@ def _table(rows: list[tuple[str, str]], width: int) -> list[str]:
 
 
 def _wrap(text: str, width: int, first: str, rest: str) -> list[str]:
-    return textwrap.wrap(text, width, initial_indent=first, subsequent_indent=rest, break_long_words=False,
-                         break_on_hyphens=False) or [first.rstrip()]
+    lines = textwrap.wrap(text, width, initial_indent=first, subsequent_indent=rest, break_long_words=False,
+                          break_on_hyphens=False) or [first.rstrip()]
+    return [line.replace(KEEP_TOGETHER, " ") for line in lines]
 
 
 def _example(command_line: str, width: int) -> list[str]:
@@ -173,7 +187,7 @@ def show_usage_error(error: typer.TyperException, prefix: str = "error: ") -> No
     message = message.replace("Value error, ", "")
     if ctx is not None:
         print(f"{ctx.get_usage()}\nTry '{ctx.command_path} -h' for help.\n", file=sys.stderr)
-    print(f"{prefix}{message}", file=sys.stderr)
+    print(printable(f"{prefix}{message}"), file=sys.stderr)
 
 
 class Command(TyperCommand):

@@ -103,7 +103,7 @@ def name_entries(items: Sequence[WorkItem], root: Path) -> list[tuple[str, str]]
 def label(model: ModelSpec | Segmenter | str, inputs: Iterable[PathLike], dataset: PathLike, run: LabelJob, *,
           recursive: bool = False, shard: Shard | None = None, progress: bool = False) -> Iterator[Outcome]:
     """Label image files and folders into a dataset folder (`Labelling`); the index files are written
-    once every image is done (not by a shard: `merge_shards` writes them).
+    once every image is done (not by a shard: `merge` writes them).
 
     Returns:
         An iterator of one Outcome per image of the run (or of the shard).
@@ -188,7 +188,7 @@ class Labelling:
         refine = base.refine if base.refine != "none" else None
         recorded = recorded_settings(base.plan, decode_min_side(base.plan, fp32, refine is not None, input_size),
                                      refine)
-        batch = base.batch_size or (4 if identity["device"] == "cpu" else 16)  # as the Engine chooses it
+        batch = base.pipeline.batch_size or (4 if identity["device"] == "cpu" else 16)  # as the Engine chooses it
         return {"identity": identity, "prompt": "\n".join(keys), "classes": classes_key(self.run_job.classes),
                 "settings": {**recorded, "format": self.run_job.format, "semantic": self.run_job.semantic,
                              "split": str(self.run_job.splits), "link": self.run_job.link, "batch": batch}}
