@@ -24,6 +24,7 @@ LAYERS = [
     ["clipseg_cli.run.outputs", "clipseg_cli.prompts", "clipseg_cli.refine"],
     ["clipseg_cli.run.targets", "clipseg_cli.run.slots"],  # per image: names, skip or redo, combined overlay, order
     ["clipseg_cli.predictor"],
+    ["clipseg_cli.run.maps"],  # the mask maths: logits to masks and maps
     ["clipseg_cli.run.engine"],
     ["clipseg_cli.run.job", "clipseg_cli.run", "clipseg_cli.training"],
     ["clipseg_cli.scale", "clipseg_cli.serve"],  # the same run spread out (shards, Ray, Ray Data), and served

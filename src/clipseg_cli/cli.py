@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -18,14 +17,15 @@ from contextlib import contextmanager, suppress
 from importlib.metadata import PackageNotFoundError, version
 
 import typer
-from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from clipseg_cli import LOGGER, __version__
 from clipseg_cli.commands.batch import batch
 from clipseg_cli.commands.cache_admin import cache_app
 from clipseg_cli.commands.download_weights import download_weights
 from clipseg_cli.commands.eval import eval_command
+from clipseg_cli.commands.help_format import Command, Group, show_usage_error
 from clipseg_cli.commands.label import label_command
+from clipseg_cli.commands.report import ClosedStdout
 from clipseg_cli.commands.segment import segment
 from clipseg_cli.commands.serve import serve
 from clipseg_cli.commands.shards import shards
@@ -37,16 +37,19 @@ INTERRUPTED = 130  # the shell's code for a Ctrl-C
 READER_GONE = 128 + 13  # stdout closed by its reader (SIGPIPE), as shells report `yes | head -1`
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
-EXAMPLES = {  # the end of each command's --help (Rich markup: a "[" must be escaped)
+EXAMPLES = {  # the end of each command's --help: one command a line
     "segment": """clipseg segment examples/chelsea.jpg cat
 clipseg segment examples/coffee.jpg "coffee cup" spoon --cutout --bg-color white -o out/
-clipseg segment examples/rocket.jpg rocket --overlay-color 0,114,178 --threshold 0.5""",
+clipseg segment examples/rocket.jpg rocket --overlay-color 0,114,178 --threshold 0.5
+cat examples/chelsea.jpg | clipseg segment - cat --stdout cutout > cat.png""",
     "batch": """clipseg batch examples/ -p cat -p "coffee cup" -o masks/ --json > results.jsonl
 find shots/ -name '*.jpg' | clipseg batch - -p dog -o masks/ -q; echo "exit $?"
-clipseg batch shots/ -r -p car -o masks/ --shard auto""",
+clipseg batch shots/ -r -p car -o masks/ --shard auto
+clipseg batch inbox/ -p cat -o masks/ --watch""",
     "download-weights": """clipseg download-weights
 clipseg download-weights --list
-clipseg download-weights CIDAS/clipseg-rd16 --output-dir weights/rd16""",
+clipseg download-weights CIDAS/clipseg-rd16 --output-dir weights/rd16
+clipseg download-weights weights/rd16 --prepare""",
     "train": """clipseg train records.jsonl --weights CIDAS/clipseg-rd64-refined -o tuned/ --epochs 20
 clipseg train records.jsonl -o tuned/ --val holdout.jsonl --resume""",
     "eval": """clipseg eval records.jsonl --precision fp32
@@ -69,35 +72,19 @@ clipseg cache clear --what embeddings""",
 }
 
 
-def readable(params: list) -> list:
-    """Make parameters' help show what to type: no ``<bool>`` after a flag, ``NAME`` for a value or
-    an argument, and help text taken literally (``[default: ...]`` is text, not Rich markup).
+class RootGroup(Group):
+    """``clipseg`` itself: a reader that goes away (BrokenPipeError) ends any command with 141, not click's 1."""
 
-    Returns:
-        The same parameters (changed in place; doing it again changes nothing).
-    """
-    for param in params:
-        if param.metavar is None:
-            flag = isinstance(param, TyperOption) and (param.is_flag or param.count)
-            param.metavar = "" if flag else (param.name or "value").upper()
-        if getattr(param, "help", None):
-            param.help = re.sub(r"(?<!\\)\[", r"\\[", param.help)
-    return params
-
-
-class Command(TyperCommand):
-    def get_params(self, ctx: typer.Context) -> list:
-        return readable(super().get_params(ctx))
-
-
-class Group(TyperGroup):
-    def get_params(self, ctx: typer.Context) -> list:
-        return readable(super().get_params(ctx))
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            raise ReaderGone from exc
 
 
 app = typer.Typer(
     name="clipseg",
-    cls=Group,
+    cls=RootGroup,
     help="Cut objects out of images by a text prompt or an example image, with CLIPSeg.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -152,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get(name) == "":
             del os.environ[name]
     show_the_log()
+    if sys.stdout is None:  # closed by the shell (>&-): a write to it is one line, not an AttributeError
+        sys.stdout = ClosedStdout()
     code = invoke(argv)
     if argv is None:
         sys.exit(code)
@@ -195,10 +184,28 @@ def invoke(argv: list[str] | None) -> int:
             code = INTERRUPTED
     if received:
         code = 128 + received[0]
-        _error(f"stopped by {signal.Signals(received[0]).name}; finished outputs are complete, rerun to do the rest")
+        _error(f"stopped by {signal.Signals(received[0]).name}; {_after_a_stop(argv)}")
     elif code == INTERRUPTED:
-        _error("interrupted; finished outputs are complete, rerun to do the rest")
+        _error(f"interrupted; {_after_a_stop(argv)}")
     return code
+
+
+RESUMES = "finished outputs are complete, rerun to do the rest"
+AFTER_A_STOP = {  # what a stopped command leaves behind, and what to do next
+    "segment": RESUMES, "batch": RESUMES, "label": RESUMES, "video": RESUMES,
+    "serve": "the server is down",
+    "train": "training stopped (--resume continues after the last complete epoch, when one finished)",
+    "eval": "no metrics were printed; rerun to score the manifest",
+    "download-weights": "files fetched completely are kept; rerun to fetch the rest",
+    "cache": "what was removed is gone, the rest is intact; rerun to finish",
+    "shards": "nothing was changed; rerun to check the shards",
+}
+
+
+def _after_a_stop(argv: list[str] | None) -> str:
+    """What the interrupted command's user should know: the state it left and the next step."""
+    words = [word for word in (sys.argv[1:] if argv is None else argv) if not word.startswith("-")]
+    return AFTER_A_STOP.get(words[0] if words else "", "nothing was left half-done")
 
 
 @contextmanager
@@ -235,14 +242,19 @@ def _dispatch(argv: list[str] | None) -> int:
     except (typer.Abort, KeyboardInterrupt):  # older parsers turn Ctrl-C into Abort
         return INTERRUPTED
     except typer.TyperException as exc:  # usage errors, already worded by the parser
-        exc.show()
-        return 2
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help, shown for a command given nothing
+            exc.show()
+        else:
+            show_usage_error(exc)
+        return getattr(exc, "exit_code", 2)
     except ClipSegError as exc:
         _error(str(exc))
         return 2
-    except (ReaderGone, BrokenPipeError):  # e.g. `clipseg batch ... --json | head`: the reader is done, so are we
+    except (ReaderGone, BrokenPipeError) as exc:  # `clipseg batch ... --json | head`: the reader is done, so are we
         with suppress(OSError, ValueError):  # stdout is not a file in in-process tests
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        if str(exc):  # stdout closed before we started: say so
+            _error(str(exc))
         return READER_GONE
     except Exception as exc:
         if os.environ.get("CLIPSEG_DEBUG"):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -39,6 +40,7 @@ def test_a_missing_image_exits_2_before_any_model_code(tmp_path, weights) -> Non
     assert not modules & MODEL_MODULES
 
 
+@pytest.mark.slow
 def test_a_rerun_with_every_output_up_to_date_loads_no_model(tmp_path, weights) -> None:
     for name in ("a.png", "b.png"):
         Image.fromarray(np.random.default_rng(len(name)).integers(0, 255, (40, 50, 3), np.uint8)).save(tmp_path / name)

@@ -51,6 +51,7 @@ def photo(tmp_path: Path) -> Path:
 # ---- segment: files, names, pixels ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_segment_writes_a_binary_mask_and_a_tinted_overlay_beside_the_image(photo: Path, weights: list[str]) -> None:
     done = clipseg("segment", photo, "red car", *weights)
     assert done.code == 0, done.stderr
@@ -341,6 +342,7 @@ def test_good_images_of_every_kind_get_masks_of_their_upright_size(tmp_path: Pat
     assert shown.any() and (gif_cutout[shown][:, :3] == (255, 0, 0)).all()  # the first frame
 
 
+@pytest.mark.slow
 def test_a_large_rotated_jpeg_decoded_at_reduced_scale_gets_a_full_size_mask(tmp_path: Path,
                                                                                weights: list[str]) -> None:
     exif = Image.Exif()
@@ -432,6 +434,7 @@ def test_download_weights_list_shows_the_published_names_with_sizes() -> None:
     assert done.stdout.count("(default)") == 1 and "(default)" in lines[0]
 
 
+@pytest.mark.slow
 def test_downloaded_weights_folder_is_loaded_by_segment(
     hub_server: FakeHub, checkpoint: Path, tmp_path: Path, photo: Path, weights: list[str]
 ) -> None:
@@ -461,6 +464,7 @@ def imported_modules(stderr: str) -> set[str]:
     return {row.split(".")[0] for row in rows}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["segment", "--help"], ["batch", "--help"]])
 def test_version_and_help_do_not_import_torch(args: list[str]) -> None:
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "clipseg_cli", *args], env=subprocess_env(),
@@ -479,6 +483,7 @@ def test_version_and_help_do_not_import_torch(args: list[str]) -> None:
 # ---- Ctrl-C and the rerun, in a real process ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_only_whole_files_and_a_rerun_does_the_rest(tmp_path: Path, checkpoint: Path) -> None:
     folder = tmp_path / "many"
     count = 150
@@ -544,6 +549,7 @@ def test_masks_are_the_same_with_and_without_statistics(tmp_path: Path, weights:
         assert np.array_equal(plain, binary_mask(tmp_path / "json" / f"photo.{label}.mask.png", (90, 70)))
 
 
+@pytest.mark.slow
 def test_missing_weights_are_fetched_on_first_use_then_work_offline(
     hub_server: FakeHub, checkpoint: Path, tmp_path: Path, photo: Path
 ) -> None:
@@ -563,6 +569,7 @@ def test_missing_weights_are_fetched_on_first_use_then_work_offline(
     assert [json.loads(line)["status"] for line in again.stdout.splitlines()] == ["ok"]
 
 
+@pytest.mark.slow
 def test_importing_the_library_leaves_the_environment_alone() -> None:
     """Only the command line sets OMP_WAIT_POLICY (for torch's threads); a notebook's `import` does not."""
     probe = ("import os, clipseg_cli; from clipseg_cli import Segmenter; print(os.environ.get('OMP_WAIT_POLICY')); "

@@ -28,6 +28,7 @@ def masks(out: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(out.glob("*.png"))}
 
 
+@pytest.mark.slow
 def test_a_truncated_cached_graph_is_rebuilt_in_one_line_and_silently_under_q(tmp_path):
     weights = build_checkpoint(tmp_path / "ckpt", "plain")
     photo = tmp_path / "photo.png"

@@ -68,6 +68,7 @@ def no_temp_files(folder: Path) -> bool:
 # ---- JSON lines ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-8:surrogateescape"])
 def test_json_lines_are_valid_utf8_whatever_the_file_names(tmp_path: Path, checkpoint: Path, encoding: str) -> None:
     folder = tmp_path / "photos"
@@ -116,6 +117,7 @@ def test_json_results_come_in_input_order_with_skipped_and_failed_items_between(
     assert statuses[names[2]] == statuses[names[9]] == "failed"
 
 
+@pytest.mark.slow
 def test_a_reader_that_closes_stdout_ends_the_run_quietly(tmp_path: Path, checkpoint: Path) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -194,6 +196,7 @@ def peak_bytes(folder: Path, out: Path, checkpoint: Path) -> int:
     return int(peak)
 
 
+@pytest.mark.slow
 def test_images_decoded_ahead_hold_at_most_twice_max_pixels(tmp_path: Path, checkpoint: Path) -> None:
     """Eight small files that each decode to 4000 x 4000 (48 MB as RGB) do not all sit in memory at once."""
     one, eight = tmp_path / "one", tmp_path / "eight"
@@ -208,6 +211,7 @@ def test_images_decoded_ahead_hold_at_most_twice_max_pixels(tmp_path: Path, chec
     assert len(list((tmp_path / "out8").glob("*.mask.png"))) == 8
 
 
+@pytest.mark.slow
 def test_a_named_pipe_among_the_inputs_fails_without_blocking_the_run(tmp_path: Path, checkpoint: Path) -> None:
     """Pixels are counted from headers before decoding; a FIFO is never opened (that would wait for a writer)."""
     folder = tmp_path / "photos"

@@ -41,6 +41,7 @@ def assert_only_whole_files(folder: Path) -> None:
             image.load()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
 def test_a_stop_signal_finishes_the_files_in_flight_and_the_summary_counts_them(
     tmp_path: Path, checkpoint: Path, signum: int, code: int

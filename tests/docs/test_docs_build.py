@@ -44,3 +44,13 @@ def test_the_site_builds_strictly_and_the_readme_links_into_it(tmp_path: Path) -
             elif not (ROOT / target).is_file():
                 broken.append(f"{name}: {target}")
     assert broken == []
+
+
+def test_the_readme_is_a_short_start_whose_first_block_is_the_set_up() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 200  # the reference lives in docs/
+    first = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    assert [line.split("  #")[0].strip() for line in first.splitlines()] == [
+        'python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && .venv/bin/pip install -e ".[dev]"',
+        ".venv/bin/python -m pytest"]  # what .ci/run runs, and checks that the README says
+    assert text.index("```bash") < text.index("## Quick start")

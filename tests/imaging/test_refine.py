@@ -74,6 +74,7 @@ def edge_distance(found: np.ndarray, truth: np.ndarray) -> float:
     return float(max(to_b[a].max(), to_a[b].max()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["guided", "matting"])
 def test_the_refined_edge_lands_within_2_pixels_of_the_true_edge(method: str) -> None:
     image, truth = sharp_object()
@@ -138,6 +139,7 @@ def read_mask(path: Path) -> np.ndarray:
         return np.asarray(image) == 255
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["guided", "matting"])
 def test_cli_refine_writes_the_api_mask_and_says_so_in_json(edge_photo: Path, checkpoint: Path, tmp_path: Path,
                                                              method: str) -> None:
@@ -155,6 +157,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_a_job_with_refine_writes_the_files_of_the_cli(edge_photo: Path, checkpoint: Path, tmp_path: Path) -> None:
     done = clipseg("segment", edge_photo, "car", "--weights", checkpoint, "--precision", "fp32", "--refine",
                    "matting", "--cutout", "-o", tmp_path / "cli")
@@ -168,6 +171,7 @@ def test_a_job_with_refine_writes_the_files_of_the_cli(edge_photo: Path, checkpo
         assert digest(tmp_path / "cli" / name) == digest(tmp_path / "api" / name), name
 
 
+@pytest.mark.slow
 def test_batch_refines_the_union_once_after_the_prompt_algebra(edge_photo: Path, checkpoint: Path,
                                                                tmp_path: Path) -> None:
     done = clipseg("batch", edge_photo.parent, "-p", "car", "-p", "tree", "--union", "--refine", "guided", "--weights",
@@ -181,6 +185,7 @@ def test_batch_refines_the_union_once_after_the_prompt_algebra(edge_photo: Path,
     assert (read_mask(Path(record["mask"])) == expected).all()
 
 
+@pytest.mark.slow
 def test_matting_cutout_carries_the_estimated_foreground_colours(edge_photo: Path, checkpoint: Path,
                                                                  tmp_path: Path) -> None:
     done = clipseg("segment", edge_photo, "car", "--weights", checkpoint, "--precision", "fp32", "--refine",
@@ -232,6 +237,7 @@ def test_an_unknown_method_is_a_set_up_error(photo_args: list, tmp_path: Path) -
     assert done.errors() == ["error: unknown refinement 'magic'; use one of none, guided, matting, sam"]
 
 
+@pytest.mark.slow
 def test_missing_pymatting_is_one_line_naming_the_extra(photo_args: list, tmp_path: Path) -> None:
     code = ("import sys; sys.modules['pymatting'] = None\n"
             "from clipseg_cli.cli import main; sys.exit(main(sys.argv[1:]))")
@@ -282,6 +288,7 @@ def by_hand(directory: Path, image: Image.Image, boxes: list, points: list, labe
     return torch.sigmoid(masks).amax(dim=(0, 1)).numpy()
 
 
+@pytest.mark.slow
 def test_sam_refinement_equals_sam_called_by_hand_with_the_same_prompts(sam_checkpoint: Path) -> None:
     image = noise((72, 48), seed=5)
     ours = SamRefiner.from_pretrained(str(sam_checkpoint), progress=False).refine(image, two_regions(), 0.4)
@@ -301,6 +308,7 @@ def test_cli_refine_sam_uses_the_given_checkpoint(photo_args: list, tmp_path: Pa
     assert done.records()[0]["refine"].startswith(f"sam:{sam_checkpoint.name}:")
 
 
+@pytest.mark.slow
 def test_download_weights_fetches_sam_and_refine_finds_it_offline(
     hub_server: FakeHub, sam_checkpoint: Path, photo_args: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

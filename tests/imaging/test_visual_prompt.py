@@ -135,6 +135,7 @@ def test_blur_is_opencvs_15x15_sigma_3_kernel() -> None:
     assert (spread - expected).abs().max() < 1e-6
 
 
+@pytest.mark.slow
 def test_segmenter_embeds_the_prepared_pixels(checkpoint) -> None:
     """The Segmenter prepares a VisualPrompt at its checkpoint's input size and feeds it to the image tower."""
     segmenter = Segmenter.from_pretrained(checkpoint, device="cpu", precision="fp32")

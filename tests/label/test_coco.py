@@ -25,6 +25,7 @@ def batch_mask(out: Path, stem: str, label: str, size: tuple[int, int]) -> np.nd
     return binary_mask(out / f"{stem}.{label}.mask.png", size)
 
 
+@pytest.mark.slow
 def test_each_annotation_is_a_component_of_batchs_mask(tmp_path: Path, photos: Path, run_label, run_batch) -> None:
     from pycocotools.coco import COCO
 

@@ -96,6 +96,7 @@ def test_yolo_loads_in_supervision_with_data_yaml(tmp_path: Path, photos: Path, 
     assert total == 6
 
 
+@pytest.mark.slow
 def test_voc_pngs_hold_one_class_per_pixel_and_load_in_supervision(tmp_path: Path, photos: Path, run_label,
                                                                    run_batch) -> None:
     import supervision as sv
@@ -139,6 +140,7 @@ def test_voc_overlaps_go_to_the_most_probable_class(tmp_path: Path, photos: Path
                                               chosen[both & (np.abs(maps[0] - maps[1]) > 1)])
 
 
+@pytest.mark.slow
 def test_labelstudio_brush_rle_is_the_converters_and_decodes_to_the_component(tmp_path: Path, photos: Path,
                                                                                run_label, run_batch) -> None:
     brush = pytest.importorskip("label_studio_converter.brush")

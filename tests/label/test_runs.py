@@ -28,6 +28,7 @@ def summary(stderr: str) -> str:
     return next(line for line in stderr.splitlines() if line.startswith("clipseg:"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["coco", "yolo", "voc", "labelstudio"])
 def test_a_resumed_run_writes_the_bytes_of_an_uninterrupted_one(tmp_path: Path, photos: Path, run_label,
                                                                 fmt: str) -> None:
@@ -54,6 +55,7 @@ def test_a_resumed_run_writes_the_bytes_of_an_uninterrupted_one(tmp_path: Path, 
     assert dataset_files(tmp_path / "killed") == dataset_files(tmp_path / "whole")
 
 
+@pytest.mark.slow
 def test_a_rerun_with_images_added_labels_only_those_and_moves_none(tmp_path: Path, photos: Path, run_label) -> None:
     first = run_label(photos, tmp_path / "ds", *CLASSES, "--split", "0.5,0.5")
     assert first.code == 0
@@ -88,6 +90,7 @@ def test_the_split_follows_the_content_not_the_name(tmp_path: Path, run_label) -
             name for name, where in placed.items() if where == split)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["coco", "yolo"])
 def test_shards_merge_into_the_bytes_of_one_machine(tmp_path: Path, photos: Path, run_label, fmt: str) -> None:
     common = [*CLASSES, "--format", fmt, "--split", "0.5,0.5", "--preview", "2"]
@@ -143,3 +146,26 @@ def test_a_folder_holding_another_dataset_is_refused(tmp_path: Path, photos: Pat
     for args in (["-p", "car", "--format", "yolo"], ["-p", "tree"], ["-p", "car", "--semantic"]):
         other = run_label(photos, tmp_path / "ours", *args)
         assert other.code == 2 and "holds another dataset (coco of classes ['car']" in other.stderr
+
+
+def test_two_folders_with_one_file_name_give_two_images(tmp_path: Path, photos: Path, run_label) -> None:
+    save(noise((50, 40), seed=20), tmp_path / "new" / "a.png")
+    done = run_label([photos, tmp_path / "new"], tmp_path / "ds", "-p", "tree")
+    assert done.code == 0 and "7 image(s) labelled" in summary(done.stderr)
+    names = sorted(p.name for p in (tmp_path / "ds" / "images" / "train").iterdir())
+    assert names == ["a_png-2.png", "a_png.png", "b.jpg", "c.png", "same_jpg.jpg", "same_png.png", "sub__d.png"]
+    again = run_label([photos, tmp_path / "new"], tmp_path / "ds", "-p", "tree")
+    assert "0 image(s) labelled, 7 up to date" in summary(again.stderr)
+    found = json.loads((tmp_path / "ds" / "annotations" / "instances_train.json").read_text())
+    assert len(found["images"]) == 7
+
+
+def test_an_image_no_longer_given_leaves_the_dataset(tmp_path: Path, photos: Path, run_label) -> None:
+    assert run_label(photos, tmp_path / "ds", *CLASSES, "--format", "yolo", "--preview", "2").code == 0
+    (photos / "c.png").unlink()
+    (photos / "sub" / "d.png").unlink()
+    rerun = run_label(photos, tmp_path / "ds", *CLASSES, "--format", "yolo")
+    assert rerun.code == 0 and "0 image(s) labelled, 4 up to date" in summary(rerun.stderr)
+    fresh = run_label(photos, tmp_path / "fresh", *CLASSES, "--format", "yolo")
+    assert fresh.code == 0 and dataset_files(tmp_path / "ds") == dataset_files(tmp_path / "fresh")
+    assert not (tmp_path / "ds" / "images" / "train" / "c.png").exists()  # YOLO would train on it as background

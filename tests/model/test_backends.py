@@ -63,6 +63,7 @@ def reference_logits(reference: Reference, image, prompts: list) -> np.ndarray:
     return torch.cat(rows).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_onnxruntime_logits_equal_the_reference(name, tmp_path_factory, checkpoint):
     directory = checkpoint if name == "complex" else build_checkpoint(tmp_path_factory.mktemp(name), name)
@@ -77,6 +78,7 @@ def test_onnxruntime_logits_equal_the_reference(name, tmp_path_factory, checkpoi
     assert relative_error(ours.logits(images, prompts), expected) < bound
 
 
+@pytest.mark.slow
 def test_int8_masks_agree_with_fp32(checkpoint):
     image = probe_image(0, (120, 90))
     exact = Segmenter.from_pretrained(checkpoint, device="cpu", precision="fp32").predict(image, TEXTS)
@@ -87,6 +89,7 @@ def test_int8_masks_agree_with_fp32(checkpoint):
     assert INT8_AGREEMENT <= agreement < 1.0  # quantized, yet the same masks nearly everywhere
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("side", "size"), [(64, (70, 50)), (64, (33, 91)), (64, (20, 10)), (64, (64, 64)),
                                             (352, (1280, 720)), (352, (4000, 3000))])
 def test_numpy_upsampling_equals_torch(side, size):
@@ -127,6 +130,7 @@ def test_plan_picks_the_runtime(monkeypatch):
     assert not runtime.cpu_has_amx_bf16() and runtime.fast_cpu_precision() == "int8"
 
 
+@pytest.mark.slow
 def test_cache_is_keyed_by_the_checkpoint_and_rebuilt_when_stale(tmp_path, own_cache):
     directory = build_checkpoint(tmp_path / "ckpt", "plain")
     first = on_onnxruntime(directory)
@@ -162,6 +166,7 @@ Segmenter.from_pretrained(sys.argv[1], device="cpu", backend="onnxruntime", prog
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
 def test_an_export_killed_midway_leaves_nothing_behind_once_the_next_run_exports(tmp_path, own_cache):
     directory = build_checkpoint(tmp_path / "ckpt", "plain")
@@ -178,6 +183,7 @@ def test_an_export_killed_midway_leaves_nothing_behind_once_the_next_run_exports
     assert segmenter.predict(probe_image(0), TEXTS).shape[0] == len(TEXTS)
 
 
+@pytest.mark.slow
 def test_the_segment_graph_traced_on_one_image_and_prompt_is_the_one_traced_on_more(checkpoint):
     from clipseg_cli.backends.onnx_export import export_graph
     from clipseg_cli.checkpoints.loading import check_processing, load_directory
@@ -186,6 +192,7 @@ def test_the_segment_graph_traced_on_one_image_and_prompt_is_the_one_traced_on_m
     assert export_graph(model, "segment", size) == export_graph(model, "segment", size, example=(2, 3))
 
 
+@pytest.mark.slow
 def test_a_failed_text_export_leaves_the_segment_graph_stored_and_a_rerun_exports_only_the_text(
         tmp_path, own_cache, monkeypatch):
     import clipseg_cli.backends.onnx_export as export
@@ -221,6 +228,7 @@ def test_a_failed_text_export_leaves_the_segment_graph_stored_and_a_rerun_export
     verify_graph(text)
 
 
+@pytest.mark.slow
 def test_graph_weights_stored_beside_it_and_rebuilt_when_damaged(tmp_path):
     directory = build_checkpoint(tmp_path / "ckpt", "plain")
     first = on_onnxruntime(directory)
@@ -231,6 +239,7 @@ def test_graph_weights_stored_beside_it_and_rebuilt_when_damaged(tmp_path):
     assert np.array_equal(on_onnxruntime(directory).predict(probe_image(0), TEXTS), expected)
 
 
+@pytest.mark.slow
 def test_text_embeddings_are_stored_with_the_graphs(tmp_path):
     directory = build_checkpoint(tmp_path / "ckpt", "plain")
     first = on_onnxruntime(directory)
@@ -244,6 +253,7 @@ def test_text_embeddings_are_stored_with_the_graphs(tmp_path):
     assert text_graph.stat().st_size > 1000 and np.abs(new[0] - expected[0]).max() > 0.01
 
 
+@pytest.mark.slow
 def test_segment_on_onnxruntime_never_imports_torch(checkpoint, tmp_path):
     photo = tmp_path / "photo.jpg"
     probe_image(0, (160, 90)).save(photo)

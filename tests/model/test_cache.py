@@ -60,6 +60,7 @@ def notes(stderr: str) -> list[str]:
 # ---- item 19.7: every cached item is checked when used --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_flipped_bytes_in_a_cached_graph_are_found_and_the_graph_exported_again(root, weights, photo, tmp_path):
     _, clean = segment(photo, weights, tmp_path / "clean", "-q")
     (data,) = root.glob("onnx/*/segment-fp32.onnx.data")
@@ -77,6 +78,7 @@ def test_flipped_bytes_in_a_cached_graph_are_found_and_the_graph_exported_again(
             assert str(data) in line and "checksum" in line and "exporting it again" in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["nan", "wrong shape", "flipped bytes"])
 def test_a_damaged_cached_embedding_is_computed_again(damage, root, weights, photo, tmp_path):
     _, clean = segment(photo, weights, tmp_path / "clean", "-q")
@@ -138,6 +140,7 @@ sys.stdin.read()  # until the test closes the pipe
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.name != "posix", reason="fcntl locks")
 def test_an_entry_another_process_holds_is_not_removed_by_a_cleanup(root, weights, photo, tmp_path):
     month_ago = time.time() - 40 * 86400
@@ -162,6 +165,7 @@ def test_an_entry_another_process_holds_is_not_removed_by_a_cleanup(root, weight
     assert not held.exists() and not list((root / "onnx").iterdir())
 
 
+@pytest.mark.slow
 def test_two_releases_sharing_a_cache_do_not_export_each_others_graphs_again(root, weights, photo, tmp_path,
                                                                              monkeypatch):
     exports = 0
@@ -173,6 +177,7 @@ def test_two_releases_sharing_a_cache_do_not_export_each_others_graphs_again(roo
     assert len(list((root / "onnx").glob("*/segment-fp32.onnx"))) == 2
 
 
+@pytest.mark.slow
 def test_new_weights_in_the_same_folder_replace_the_old_entry_of_this_release(root, photo, tmp_path):
     weights = build_checkpoint(tmp_path / "ckpt", "plain")
     segment(photo, weights, tmp_path / "a", "-q")
@@ -186,6 +191,7 @@ def test_new_weights_in_the_same_folder_replace_the_old_entry_of_this_release(ro
 # ---- item 23.12: one root, `clipseg cache` ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cache_lists_and_clears_entries_by_kind_and_age(root, weights, photo, tmp_path):
     segment(photo, weights, tmp_path / "out", "-q")
     (root / "activations").mkdir()
@@ -206,6 +212,7 @@ def test_cache_lists_and_clears_entries_by_kind_and_age(root, weights, photo, tm
     assert bad.code == 2 and "graphs" in bad.stderr
 
 
+@pytest.mark.slow
 def test_cache_clear_never_touches_files_outside_the_root(root, weights, photo, tmp_path):
     segment(photo, weights, tmp_path / "out", "-q")
     outside = tmp_path / "outside"

@@ -79,6 +79,7 @@ def test_fixtures_have_the_two_layouts(checkpoint, modern):
     assert nested["size"] == {"height": 64, "width": 64}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["checkpoint", "modern", "modern96"])
 def test_layout_matches_reference_pipeline(layout, request):
     """Text and image prompts, on images of three shapes, equal transformers' pipeline for the same folder."""
@@ -115,6 +116,7 @@ HONOURED: list[tuple[str, dict]] = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "settings"), HONOURED, ids=[str(s) for _, s in HONOURED])
 def test_preprocessing_settings_are_honoured(checkpoint, modern, tmp_path, name, settings):
     """Each setting of the image processor changes our maps exactly as it changes the reference's."""

@@ -210,6 +210,7 @@ def test_no_progress_output_when_progress_is_off(hub: FakeHub, cache: Path, capf
     assert capfd.readouterr().err == ""
 
 
+@pytest.mark.slow
 def test_hf_endpoint_from_the_environment_is_honoured(hub: FakeHub, cache: Path) -> None:
     code = "import sys; from clipseg_cli.checkpoints.download import download; print(download(sys.argv[1]))"
     env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(cache), "PYTHONPATH": str(SRC)}

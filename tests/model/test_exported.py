@@ -51,6 +51,7 @@ def eager_masks(photo: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pyte
     return masks
 
 
+@pytest.mark.slow
 def test_bf16_masks_equal_the_eager_path_s_bit_for_bit_and_the_programs_are_traced_once(
         own_cache, checkpoint, photo, tmp_path, monkeypatch):
     first, traced = segment(photo, checkpoint, tmp_path / "traced")
@@ -65,6 +66,7 @@ def test_bf16_masks_equal_the_eager_path_s_bit_for_bit_and_the_programs_are_trac
     assert listed.code == 0 and "bf16 programs" in listed.stdout
 
 
+@pytest.mark.slow
 def test_bf16_logits_equal_the_eager_path_s_for_batches_long_prompts_and_example_images(own_cache, checkpoint):
     traced = Segmenter.from_pretrained(checkpoint, precision="bf16", device="cpu")
     eager = Segmenter.from_pretrained(checkpoint, precision="bf16", device="cpu", backend="torch")
@@ -78,6 +80,7 @@ def test_bf16_logits_equal_the_eager_path_s_for_batches_long_prompts_and_example
     assert program_path(entry_dir(checkpoint), "visual").is_file()  # traced on the first example image
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flipped bytes", "truncated", "checksum gone"])
 def test_a_damaged_cached_program_is_traced_again_and_the_masks_stay_right(
         damage, own_cache, checkpoint, photo, tmp_path):
@@ -99,6 +102,7 @@ def test_a_damaged_cached_program_is_traced_again_and_the_masks_stay_right(
     assert segment(photo, checkpoint, tmp_path / "third", "-q")[0].stderr == ""  # stored whole again
 
 
+@pytest.mark.slow
 def test_a_warm_bf16_start_does_not_import_transformers_clip_modules(own_cache, checkpoint, photo, tmp_path):
     prepare_programs(checkpoint, progress=False)
     assert not prepare_programs(checkpoint, progress=False)
@@ -112,6 +116,7 @@ def test_a_warm_bf16_start_does_not_import_transformers_clip_modules(own_cache, 
     assert "torch" in imported and not any(name.startswith("transformers") for name in imported)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("emulated", [False, True], ids=["this-cpu", "emulated-avx2-cpu"])
 def test_download_weights_prepare_traces_the_programs_only_where_fast_means_bf16(
         emulated, hub_server, checkpoint, tmp_path):

@@ -50,6 +50,7 @@ def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return ((ours - theirs).abs().max() / theirs.abs().max()).item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("count", [1, 3])
 def test_text_prompts_match_reference(pair, count):
     ours, reference, processor, _ = pair
@@ -62,6 +63,7 @@ def test_text_prompts_match_reference(pair, count):
     assert relative_error(got, expected) < 1e-5
 
 
+@pytest.mark.slow
 def test_image_prompts_match_reference(pair):
     ours, reference, processor, _ = pair
     images = random_images(2)
@@ -91,6 +93,7 @@ def assert_matches(got: np.ndarray, expected: np.ndarray, what: str) -> None:
     assert difference < TOLERANCE, f"{what}: max difference {difference:.2g} from the reference pipeline"
 
 
+@pytest.mark.slow
 def test_segmenter_matches_reference_pipeline(pair):
     """Text and image prompts, one image at a time and three at once, equal transformers' pipeline."""
     *_, directory = pair
@@ -108,6 +111,7 @@ def test_segmenter_matches_reference_pipeline(pair):
     np.testing.assert_allclose(single[0], expected[0][1], atol=TOLERANCE)
 
 
+@pytest.mark.slow
 def test_engine_batches_match_reference_pipeline(checkpoint, tmp_path):
     """Masks and statistics written by the batch engine (3 images a batch) follow the reference maps."""
     paths = []

@@ -77,6 +77,7 @@ def test_fast_is_int8_on_an_amx_cpu_kept_off_avx512(cpu_kind, monkeypatch):
         monkeypatch.delenv(name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["avx512_bf16", "amx"])
 def test_segment_auto_runs_exact_and_fast_the_cpu_s_fast_precision(cpu_kind, checkpoint, tmp_path, kind):
     cpu_kind(kind)
@@ -116,6 +117,7 @@ def native_batch(folder: Path, out: Path, checkpoint: Path, *args: str) -> list[
     return done.records()
 
 
+@pytest.mark.slow
 def test_exact_masks_of_an_avx2_and_a_bf16_cpu_agree_and_each_accepts_the_other_s(cpu_kind, checkpoint, tmp_path):
     cpu_kind("avx512_bf16")  # the native runs: a CPU with bf16 units (auto meant bf16 on torch there)
     folder = make_folder(tmp_path)
@@ -189,6 +191,7 @@ def test_outputs_of_the_old_fast_are_redone_once_where_fast_is_now_int8(cpu_kind
     assert clipseg(*args, "fast").records()[0]["status"] == "skipped"  # once
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["avx512_bf16", "avx2", "amx"])
 def test_prepare_for_cpu_makes_what_auto_and_fast_run(cpu_kind, checkpoint, own_cache, tmp_path, kind):
     cpu_kind(kind)
@@ -208,6 +211,7 @@ def test_prepare_for_cpu_makes_what_auto_and_fast_run(cpu_kind, checkpoint, own_
         assert done.code == 0 and "clipseg: preparing" not in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_first_run_announces_the_export_and_a_killed_one_resumes(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPSEG_CACHE", str(tmp_path / "cache"))
     photo = tmp_path / "photo.png"
@@ -225,6 +229,7 @@ def test_first_run_announces_the_export_and_a_killed_one_resumes(checkpoint, tmp
     assert not prepare_graphs(checkpoint, progress=False)
 
 
+@pytest.mark.slow
 def test_download_weights_prepare_exports_ahead(hub_server, checkpoint, tmp_path, monkeypatch):
     served = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
     hub_server.add_revision("CIDAS/clipseg-rd64-refined", "main", served)

@@ -121,6 +121,7 @@ def test_the_public_api_is_pinned() -> None:
     assert sorted(clipseg_cli.__all__) == PUBLIC
 
 
+@pytest.mark.slow
 def test_importing_the_package_changes_no_environment_variable_and_prints_nothing() -> None:
     # OpenCV's own import sets LD_LIBRARY_PATH (cv2/__init__.py, for its bundled libraries): not ours to change
     probe = ("import os, sys; before = dict(os.environ); import clipseg_cli; same = dict(os.environ) == before; "

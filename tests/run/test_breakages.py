@@ -58,6 +58,7 @@ def run(*args: object, weights: Path) -> None:
     assert outcome.code == 0, outcome.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [2, 3])
 def test_each_prompt_gets_its_own_mask_in_batches_of_several_images(photos, tmp_path, checkpoint, segmenter,
                                                                     batch_size) -> None:
@@ -107,6 +108,7 @@ def pick(values: np.ndarray, low: float, high: float, where: np.ndarray | None =
     return int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
 
 
+@pytest.mark.slow
 def test_threshold_keeps_a_pixel_exactly_at_it(photos, tmp_path, checkpoint, fresh) -> None:
     """-t equal to a pixel's probability keeps that pixel (>=), on the probability path (--json)."""
     prob = fresh.predict(photos / "a.png", "red car")[0]
@@ -142,6 +144,7 @@ def test_logit_threshold_keeps_a_pixel_exactly_at_it(photos, tmp_path, checkpoin
     assert mask[y, x] and np.array_equal(mask, logits >= logits[y, x])
 
 
+@pytest.mark.slow
 def test_a_rotated_jpeg_gets_the_mask_of_its_upright_pixels(tmp_path, checkpoint, segmenter) -> None:
     folder = tmp_path / "in"
     for orientation in (3, 6, 8):

@@ -49,6 +49,7 @@ def _assert_every_prompt_drawn(records: list[dict], prompts: tuple[str, ...]) ->
     return Path(combined)
 
 
+@pytest.mark.slow
 def test_segment_writes_one_combined_overlay_that_a_rerun_skips(photo: Path, checkpoint: Path) -> None:
     out = photo.parent.parent / "out"
     records, _ = _run("segment", photo, checkpoint, *PROMPTS, "-o", out)
@@ -66,6 +67,7 @@ def test_segment_writes_one_combined_overlay_that_a_rerun_skips(photo: Path, che
     assert combined.stat().st_mtime_ns != before[1]
 
 
+@pytest.mark.slow
 def test_a_deleted_combined_overlay_or_a_new_threshold_redoes_it(photo: Path, checkpoint: Path) -> None:
     records, _ = _run("segment", photo, checkpoint, *PROMPTS)
     combined = Path(records[0]["combined_overlay"])

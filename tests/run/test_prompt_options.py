@@ -62,6 +62,7 @@ def test_negative_removes_exactly_where_it_fires(run, threshold):
     assert np.array_equal(result, mask(single, "red-car") & ~mask(single, "tree"))
 
 
+@pytest.mark.slow
 def test_dilate_erode_invert_min_area(run, threshold):
     _, plain = run("red car", "-t", threshold)
     base = mask(plain, "red-car")
@@ -108,6 +109,7 @@ def test_json_statistics_describe_the_mask(run, threshold):
     assert 0 < record["mean_probability"] <= 1
 
 
+@pytest.mark.slow
 def test_image_prompt_is_cropped_blurred_and_darkened_around_its_mask(run, tmp_path, checkpoint):
     from PIL import Image
 

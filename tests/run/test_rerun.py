@@ -58,6 +58,7 @@ def test_plain_rerun_skips_and_keeps_the_files(segment) -> None:
     assert REDONE not in again.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("change", "reason"), [
     (["-t", "0.6"], "settings changed (threshold)"),
     (["--blur", "1.5"], "settings changed (blur)"),
@@ -115,6 +116,7 @@ def test_an_edited_input_redoes_and_a_missing_overlay_is_written(segment, photo:
     assert (record["status"], record["reason"]) == ("ok", "input file changed")
 
 
+@pytest.mark.slow
 def test_force_redoes_without_reading_the_files(segment) -> None:
     _, first = segment()
     Image.new("L", SIZE, 0).save(first["mask"])
@@ -136,6 +138,7 @@ def test_the_fingerprint_is_a_readable_png_text_chunk(segment, photo: Path) -> N
         assert len(stored["digest"]) == 64
 
 
+@pytest.mark.slow
 def test_changed_preprocessing_of_the_modern_layout_redoes_the_outputs(photo: Path, tmp_path: Path,
                                                                          checkpoint: Path) -> None:
     from factory import save_modern_layout
@@ -150,3 +153,24 @@ def test_changed_preprocessing_of_the_modern_layout_redoes_the_outputs(photo: Pa
     config_path.write_text(json.dumps(config))
     (record,) = clipseg(*args).records()
     assert (record["status"], record["reason"]) == ("ok", "weights changed")
+
+
+def test_every_result_has_one_record_shape_in_the_api_and_the_json(photo: Path, tmp_path: Path,
+                                                                   checkpoint: Path) -> None:
+    from clipseg_cli import Job, Segmenter
+
+    segmenter = Segmenter.from_pretrained(str(checkpoint), precision="fp32")
+    keys = {"coverage", "bbox", "mean_probability"}
+    shapes = []
+    for _ in range(2):  # written, then skipped
+        [result] = Job(["red car"]).segment(segmenter, [photo], output_dir=tmp_path / "api")
+        shapes.append((result.status, set(result.stats)))
+        result.stats["coverage"]  # the README's example on a rerun
+    assert shapes == [("ok", keys), ("skipped", keys)]
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
+    lines = [clipseg("batch", tmp_path / "in", "-p", "red car", "-o", tmp_path / "cli", "--weights", checkpoint,
+                     "--json", *extra).records() for extra in ([], [])]
+    statuses = sorted(record["status"] for records in lines for record in records)
+    assert statuses == ["failed", "failed", "ok", "skipped"]
+    assert len({tuple(sorted(record)) for records in lines for record in records}) == 1
+    assert all(keys <= set(record) for records in lines for record in records)

@@ -35,6 +35,7 @@ def swappable(tmp_path: Path) -> tuple[Path, Path]:
     return used, other
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "int8"])  # torch, and ONNX Runtime's cached graphs
 def test_weights_replaced_in_place_with_the_same_size_and_mtime_are_noticed(
         swappable: tuple[Path, Path], tmp_path: Path, precision: str) -> None:
@@ -151,6 +152,7 @@ def test_a_nan_threshold_is_not_a_number(checkpoint: Path, tmp_path: Path) -> No
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_an_empty_hf_home_is_treated_as_unset(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -200,6 +202,7 @@ def test_train_sweeps_the_targets_file_a_killed_run_left_in_the_cache(tmp_path: 
     assert [p.name for p in cache.iterdir() if p.suffix != ".npy" and p.name != ".lock"] == []  # .lock: in use
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.name != "posix", reason="RLIMIT_FSIZE")
 def test_a_full_disk_during_train_is_one_line_and_leaves_no_half_checkpoint(tmp_path: Path) -> None:
     base = build_checkpoint(tmp_path / "base", "fine")
@@ -221,6 +224,7 @@ def test_a_full_disk_during_train_is_one_line_and_leaves_no_half_checkpoint(tmp_
 # ---- item 14: a mask's header is checked before its pixels; variants are computed in bounded groups ------
 
 
+@pytest.mark.slow
 def test_a_masks_size_is_checked_against_the_image_before_it_is_decoded(checkpoint: Path, tmp_path: Path) -> None:
     from PIL import Image
 
@@ -268,6 +272,7 @@ def test_eval_per_record_lists_every_line_in_manifest_order(checkpoint: Path, tm
             assert "line 2: not valid JSON" in shown[1] and "gone.png" in shown[4] and "repeat" in shown[5]
 
 
+@pytest.mark.slow
 def test_matting_a_one_pixel_high_image_warns_nothing(tmp_path: Path) -> None:
     pytest.importorskip("pymatting")
     code = """

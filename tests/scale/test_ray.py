@@ -49,6 +49,7 @@ def plain(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> tuple[P
     return folder, root / "out", done
 
 
+@pytest.mark.slow
 def test_ray_run_is_the_plain_run(plain, checkpoint: Path, tmp_path: Path, local_ray: None) -> None:
     folder, expected, first = plain
     out = tmp_path / "ray"
@@ -61,6 +62,7 @@ def test_ray_run_is_the_plain_run(plain, checkpoint: Path, tmp_path: Path, local
     assert {r["status"] for r in again.records() if "broken" not in r["image"]} == {"skipped"}
 
 
+@pytest.mark.slow
 def test_ray_and_shards_together_are_the_plain_run(plain, checkpoint: Path, tmp_path: Path, local_ray: None) -> None:
     folder, expected, first = plain
     out, records = tmp_path / "mixed", []
@@ -73,6 +75,7 @@ def test_ray_and_shards_together_are_the_plain_run(plain, checkpoint: Path, tmp_
     assert sorted(comparable(records, out), key=key) == sorted(comparable(first.records(), expected), key=key)
 
 
+@pytest.mark.slow
 def test_a_lost_actor_is_replaced_and_its_work_redone(plain, checkpoint: Path, tmp_path: Path,
                                                      local_ray: None) -> None:
     folder, expected, _ = plain
@@ -87,6 +90,7 @@ def test_a_lost_actor_is_replaced_and_its_work_redone(plain, checkpoint: Path, t
     assert sorted(r.status for r in results) == ["failed"] * 2 + ["ok"] * 14  # broken.jpg's two prompts
 
 
+@pytest.mark.slow
 def test_bad_weights_on_ray_are_a_setup_error(plain, tmp_path: Path, local_ray: None) -> None:
     folder, _, _ = plain
     (tmp_path / "empty").mkdir()
@@ -96,6 +100,7 @@ def test_bad_weights_on_ray_are_a_setup_error(plain, tmp_path: Path, local_ray: 
     assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: ")
 
 
+@pytest.mark.slow
 def test_ray_data_api_writes_the_same_files(plain, checkpoint: Path, tmp_path: Path, local_ray: None) -> None:
     folder, expected, _ = plain
     images = read_image_files(str(folder))
@@ -136,6 +141,7 @@ def without_text_chunks(png: bytes) -> bytes:
     return b"".join(kept)
 
 
+@pytest.mark.slow
 def test_ray_data_images_are_segmented_in_memory(plain, checkpoint: Path, local_ray: None) -> None:
     folder, expected, _ = plain
     names = {folder / "a.png": "a", folder / "c.png": "c", folder / "sub" / "deep" / "e.png": "sub/deep/e"}

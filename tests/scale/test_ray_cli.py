@@ -67,6 +67,7 @@ def serve_empty(fifo: Path, process: subprocess.Popen) -> None:
             time.sleep(0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc to find the actor")
 @pytest.mark.parametrize("quiet", [False, True])
 def test_an_actor_killed_mid_task_is_replaced_and_stdout_holds_json_only(quiet: bool, checkpoint: Path,

@@ -18,6 +18,7 @@ def shard_of(folder: Path, out: Path, name: str, count: int = 3) -> int:
     return next(k for k in range(count) for item in select(items, Shard(k, count), out) if item.source.name == name)
 
 
+@pytest.mark.slow
 def test_every_shard_together_is_the_plain_run_byte_for_byte(tmp_path: Path, checkpoint: Path) -> None:
     folder = make_folder(tmp_path)
     plain = run_batch(folder, tmp_path / "plain", checkpoint)
@@ -55,6 +56,7 @@ def test_adding_an_image_moves_only_that_image(tmp_path: Path) -> None:
     assert len({k for k in range(4) if before[k]}) > 1  # the hash spreads the images
 
 
+@pytest.mark.slow
 def test_rerun_of_a_done_shard_skips_it_and_force_or_new_settings_redo_it(tmp_path: Path, checkpoint: Path) -> None:
     folder = make_folder(tmp_path)
     (folder / "sub" / "broken.jpg").unlink()
@@ -139,6 +141,7 @@ def test_kubernetes_index_without_a_count_says_which_variable_to_set() -> None:
         parse_shard("auto", {"JOB_COMPLETION_INDEX": "1"})
 
 
+@pytest.mark.slow
 def test_a_done_shard_still_checks_every_output_and_gives_the_plain_rerun_files(tmp_path: Path,
                                                                                  checkpoint: Path) -> None:
     folder = make_folder(tmp_path)
@@ -181,6 +184,7 @@ def test_an_input_changed_in_place_is_redone_by_its_shard(tmp_path: Path, checkp
     assert redone == {("a.png", "ok", "input file changed")}
 
 
+@pytest.mark.slow
 def test_shards_that_saw_different_inputs_are_told_and_a_rerun_names_as_a_plain_run(tmp_path: Path,
                                                                                    checkpoint: Path) -> None:
     folder = tmp_path / "photos"
@@ -209,6 +213,7 @@ def test_shards_that_saw_different_inputs_are_told_and_a_rerun_names_as_a_plain_
     assert clipseg("shards", out, "--count", count).stdout.strip() == f"all {count} shard(s) done"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", ["", "not json", "[]", '{"shard": "0/2"}'])
 def test_an_empty_or_garbage_marker_is_not_done_for_shards_nor_batch(tmp_path: Path, checkpoint: Path,
                                                                       content: str) -> None:
@@ -268,3 +273,35 @@ def test_a_shard_of_a_hub_name_sees_the_snapshot_move(tmp_path: Path, checkpoint
     assert again.code == 0, again.stderr
     assert "is done already" not in again.stderr
     assert {(r["status"], r["reason"]) for r in again.records()} == {("ok", "weights changed")}
+
+
+def test_shard_reruns_keep_the_statistics_of_kept_outputs_and_store_them(tmp_path: Path, checkpoint: Path) -> None:
+    folder = make_folder(tmp_path)
+    (folder / "sub" / "broken.jpg").unlink()
+    out = tmp_path / "out"
+    manifest = out / ".clipseg-shards" / "shard-1-of-2.jsonl"
+    quiet = clipseg("batch", folder, "-r", "-p", "car", "-p", "tree", "-o", out, "--weights", checkpoint,
+                    "--precision", "fp32", "--shard", "1/2", "-q")  # the first run prints no JSON
+    assert quiet.code == 0, quiet.stderr
+    measured = {(r["image"], r["prompt"]): r for r in run_batch(folder, tmp_path / "plain", checkpoint).records()}
+    assert measured and all(r["coverage"] is not None for r in measured.values())
+
+    def same_statistics(records: list[dict]) -> None:
+        assert records
+        for record in records:
+            want = measured[(record["image"], record["prompt"])]
+            assert {key: record[key] for key in ("coverage", "bbox", "mean_probability")} == \
+                {key: want[key] for key in ("coverage", "bbox", "mean_probability")}, record
+
+    for _ in range(2):  # a done shard's rerun, then the rerun of that rerun (its stored lines)
+        again = run_batch(folder, out, checkpoint, "--shard", "1/2")
+        assert again.code == 0, again.stderr
+        assert {r["status"] for r in again.records()} == {"skipped"}
+        same_statistics(again.records())
+        same_statistics([json.loads(line) for line in manifest.read_text().splitlines()])
+    lost = sorted(out.rglob("*.car.mask.png"))[0]  # one output redone, the rest kept: both keep their numbers
+    lost.unlink()
+    redone = run_batch(folder, out, checkpoint, "--shard", "1/2")
+    assert sorted(r["status"] for r in redone.records()).count("ok") == 1
+    same_statistics(redone.records())
+    same_statistics([json.loads(line) for line in manifest.read_text().splitlines()])

@@ -7,6 +7,8 @@ import queue
 import threading
 from pathlib import Path
 
+import pytest
+
 from clipseg_cli.scale.watch import ready_files
 from helpers import noise, save
 
@@ -38,6 +40,7 @@ class Watcher:
         assert not self.thread.is_alive()
 
 
+@pytest.mark.slow
 def test_batch_watch_processes_what_lands_as_a_plain_run_would_and_stops_on_sigterm(tmp_path, checkpoint):
     import signal
     import subprocess

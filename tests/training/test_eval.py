@@ -95,6 +95,7 @@ def _write_records(folder: Path) -> Path:
     return manifest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("refine", ["none", "guided"])
 def test_eval_json_equals_the_metrics_of_segmenter_predict(checkpoint: Path, tmp_path: Path, capsys,
                                                           refine: str) -> None:

@@ -1,4 +1,4 @@
-"""``clipseg eval --plot``, and the README's claim that --blur/--invert/--refine change AP and the best threshold."""
+"""``clipseg eval --plot``, and the docs' claim that --blur/--invert/--refine move AP and the best threshold."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ def _eval(manifest: Path, checkpoint: Path, *args: object) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.slow
 def test_plot_writes_the_curves_as_a_png(tmp_path: Path, checkpoint: Path) -> None:
     pytest.importorskip("matplotlib")
     summary = _eval(_manifest(tmp_path), checkpoint, "--plot", tmp_path / "curves.png")
@@ -56,6 +57,7 @@ def test_plot_without_matplotlib_is_a_one_line_error_before_any_work(tmp_path: P
     assert not (tmp_path / "c.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", [("--blur", "3"), ("--invert",), ("--refine", "guided")])
 def test_map_steps_change_ap_and_the_curve(tmp_path: Path, checkpoint: Path, change: tuple[str, ...]) -> None:
     manifest = _manifest(tmp_path)
@@ -69,3 +71,30 @@ def test_plot_into_a_missing_folder_is_a_one_line_error_before_any_work(tmp_path
     done = clipseg("eval", _manifest(tmp_path), "--weights", tmp_path / "no-such-weights", "--plot",
                    tmp_path / "nowhere" / "c.png")
     assert done.code == 2 and len(done.errors()) == 1 and "nowhere" in done.errors()[0]
+
+
+@pytest.mark.parametrize(("truth_prob", "background_prob"), [(0.99, 0.9), (0.9, 0.0), (0.6, 0.3), (0.3, 0.6)],
+                         ids=["best-high-right", "best-high-left", "middle", "worst"])
+def test_the_best_threshold_label_stays_inside_its_axes_and_off_the_title(truth_prob: float,
+                                                                            background_prob: float) -> None:
+    pytest.importorskip("matplotlib")
+    from clipseg_cli.training.metrics import Scores
+    from clipseg_cli.training.plot import curves_figure
+
+    truth = np.zeros((40, 40), bool)
+    truth[:, :20] = True
+    prob = np.where(truth, truth_prob, background_prob).astype(np.float32)
+    scores = Scores(threshold=0.4)
+    scores.add("car", prob, prob >= 0.4, truth)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = curves_figure(scores)
+    canvas = FigureCanvasAgg(figure)  # the canvas savefig draws on
+    canvas.draw()  # the constrained layout and the text sizes, as the PNG has them
+    renderer = canvas.get_renderer()
+    iou_axes = figure.axes[1]
+    [label] = [text for text in iou_axes.texts if text.get_text().startswith("best ")]
+    box = label.get_window_extent(renderer)
+    assert not box.overlaps(iou_axes.title.get_window_extent(renderer))
+    inside = iou_axes.get_window_extent(renderer)
+    assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1, (box, inside)

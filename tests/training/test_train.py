@@ -52,6 +52,7 @@ def trained(task: dict[str, Path]) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_training_lifts_val_miou_from_the_base_to_over_0_8(trained: Path, task: dict[str, Path]) -> None:
     log = json.loads((trained / "training.json").read_text())
     base, best = log["epochs"][0]["val"]["miou"], log["best_val_miou"]
@@ -60,7 +61,7 @@ def test_training_lifts_val_miou_from_the_base_to_over_0_8(trained: Path, task: 
     assert log["data"]["sha256"] == __import__("hashlib").sha256(task["train"].read_bytes()).hexdigest()
     assert log["data"]["manifest"] == str(task["train"]) and log["val"]["manifest"] == str(task["val"])
     assert log["options"]["lr"] == 1e-2 and log["base"]["weights"] == str(task["base"])
-    assert log["epochs"][log["best_epoch"]]["val"]["miou"] == best
+    assert log["epochs"][log["best_epoch"]]["val"]["miou"] == best and log["improved"] is True
     # the image tower ran once per (image, variant): validation images at epoch 0, training images
     # (2 variants each) in epoch 1, never again
     passes = [epoch["image_tower_passes"] for epoch in log["epochs"]]
@@ -68,6 +69,7 @@ def test_training_lifts_val_miou_from_the_base_to_over_0_8(trained: Path, task: 
     assert load_file(trained / "model.safetensors") and (trained / "resume.pt").is_file()
 
 
+@pytest.mark.slow
 def test_eval_of_the_saved_model_reports_the_training_number(trained: Path, task: dict[str, Path], capsys) -> None:
     code = main(["eval", str(task["val"]), "--weights", str(trained), "--precision", "fp32", "--device", "cpu",
                  "--json", "-q"])
@@ -97,6 +99,7 @@ def test_the_saved_model_loads_in_transformers_with_our_logits(trained: Path, ta
     assert (expected - base).abs().mean() > 0.5, "the exported decoder must be the trained one"
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(task: dict[str, Path], capsys) -> None:
     def weights(out: Path) -> dict[str, torch.Tensor]:
         return load_file(out / "model.safetensors")
@@ -144,6 +147,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_same_weights(task: dict[str, Path]) -> None:
     runs = task["root"] / "resume"
     options = ["--epochs", "30", "--batch-size", "4", "--val-fraction", "0.25", "--seed", "3"]
@@ -224,3 +228,18 @@ def test_targets_keep_the_object_under_augmentation() -> None:
     for variant in make_variants((80, 50), box, True, 20, rng)[1:]:
         assert variant.mask(mask).sum() == mask.sum()  # the whole object survives every crop
     assert can_flip(["red car"]) and not can_flip(["the left cup"]) and not can_flip(["Rightmost tree"])
+
+
+def test_a_run_that_does_not_beat_the_base_says_so(task: dict[str, Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "tuned"
+    # lr 0: no epoch can beat the base model (equal is not better), so the folder keeps the base model
+    code = main(train_args(task, "small", out, "--epochs", "2", "--batch-size", "8", "--lr", "0",
+                           "--val-fraction", "0.25"))
+    stderr = capsys.readouterr().err
+    assert code == 0  # the run worked; training.json tells a script that it did not help
+    log = json.loads((out / "training.json").read_text())
+    assert log["improved"] is False and log["best_epoch"] == 0 and len(log["epochs"]) == 3
+    assert "training did not help: no epoch beat the base model's validation mIoU" in stderr
+    assert f"{out} holds the base model unchanged" in stderr and "trained checkpoint" not in stderr
+    base = load_file(task["base"] / "model.safetensors")
+    assert all(torch.equal(tensor, base[key]) for key, tensor in load_file(out / "model.safetensors").items())

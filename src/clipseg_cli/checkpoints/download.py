@@ -54,13 +54,9 @@ def locate(
     Returns:
         A directory holding config.json, model.safetensors and the preprocessing/tokenizer files.
     """
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    if path.is_absolute() or name.startswith((".", "~")):  # meant as a folder, not a hub id
-        raise ClipSegError(
-            f"{name}: no such checkpoint directory; write one there with: clipseg download-weights --output-dir {name}"
-        )
+    folder = local_folder(name)
+    if folder is not None:
+        return folder
     repo_id = _hub_id(name)
     cached = _cached_snapshot(repo_id, revision, cache_dir)
     if cached is not None:
@@ -72,6 +68,35 @@ def locate(
             f"fetch them first with: {fetch}"
         )
     return _fetch(repo_id, revision, progress, cache_dir, endpoint)
+
+
+def local_folder(name: str) -> Path | None:
+    """The folder ``name`` means, or None for a Hub id; a folder-like name where no folder is fails.
+
+    A name is a folder when a folder of that name exists. Otherwise it is a missing folder, not a Hub id, when
+    it is not a published name or alias and it starts with ``.``, ``/`` or ``~``, holds a backslash or more
+    than one ``/``, ends with ``/``, or its first part is a folder that exists (``weights/refined`` where
+    ``weights/`` is): a Hub id is ``owner/name``, and no owner is a folder here. Anything else is a Hub id.
+
+    Returns:
+        The folder (``~`` expanded), or None when ``name`` is a Hub id or an alias.
+    """
+    path = Path(name).expanduser()
+    if name and path.is_dir():
+        return path
+    if resolve_name(name) != name or name in available_models():
+        return None
+    owner = name.split("/", 1)[0]
+    folder_like = (
+        path.is_absolute() or name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+        or name.endswith("/") or ("/" in name and Path(owner).is_dir())
+    )
+    if folder_like:
+        raise ClipSegError(
+            f"{name}: no such checkpoint directory; check the path, or write a checkpoint there with: "
+            f"clipseg download-weights --output-dir {name} (a Hub id is owner/name, e.g. {available_models()[0]})"
+        )
+    return None
 
 
 def download(
@@ -86,12 +111,17 @@ def download(
     """Fetch (or resume) a checkpoint into the Hugging Face cache, optionally copying it to ``output_dir``.
 
     Only ``DOWNLOAD_PATTERNS`` are fetched (never the pickled weights); every file is checked against
-    the checksum the Hub publishes for it.
+    the checksum the Hub publishes for it. A checkpoint folder (``local_folder``) is taken as it is, with
+    nothing to fetch: ``clipseg download-weights DIR --prepare`` prepares a folder made elsewhere.
 
     Returns:
         The cache snapshot folder, or ``output_dir`` when given (a self-contained checkpoint folder).
     """
-    snapshot = _fetch(_hub_id(name), revision, progress, cache_dir, endpoint)
+    folder = local_folder(name)
+    if folder is not None and not (folder / CONFIG_FILE).is_file():
+        raise ClipSegError(f"{name}: not a checkpoint directory (no {CONFIG_FILE} in it); "
+                           f"write one there with: clipseg download-weights --output-dir {name}")
+    snapshot = folder if folder is not None else _fetch(_hub_id(name), revision, progress, cache_dir, endpoint)
     if output_dir is None:
         return snapshot
     output_dir = Path(output_dir).expanduser()

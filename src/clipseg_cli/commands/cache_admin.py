@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from clipseg_cli.commands.help_format import Command
 from clipseg_cli.errors import ClipSegError
 
 cache_app = typer.Typer(help="List clipseg's caches (ONNX graphs, prompt embeddings, training activations); "
@@ -82,11 +83,21 @@ def cache(ctx: typer.Context) -> None:
     typer.echo(f"total {_size(sum(row[2] for row in rows))}")
 
 
-@cache_app.command("clear")
+def _kind(value: str | None) -> str | None:
+    """A kind of entry, or a plain one-line error naming the kinds."""
+    if value is not None and value not in {kind.value for kind in What}:
+        kinds = ", ".join(kind.value for kind in What)
+        raise typer.BadParameter(f"{value!r} is not a kind of entry; use one of {kinds}")
+    return value
+
+
+@cache_app.command("clear", cls=Command)
 def clear(
     older_than: Annotated[float | None, typer.Option(
         "--older-than", min=0.0, metavar="DAYS", help="Only entries last used more than DAYS days ago.")] = None,
-    what: Annotated[What | None, typer.Option("--what", help="Only this kind of entry.")] = None,
+    what: Annotated[str | None, typer.Option(
+        "--what", metavar="|".join(kind.value for kind in What), callback=_kind, help="Only this kind of entry.")]
+    = None,
 ) -> None:
     """Remove cache entries (all, or those matching the options); entries a running clipseg uses are left."""
     from clipseg_cli.backends.graph_cache import remove_entry
@@ -97,7 +108,7 @@ def clear(
     cutoff = time.time() - older_than * 86400 if older_than is not None else None
     removed = busy = freed = 0
     for kind, path, size, used, _ in _rows(root):
-        if (what is not None and kind != what.value) or (cutoff is not None and used > cutoff):
+        if (what is not None and kind != what) or (cutoff is not None and used > cutoff):
             continue
         if kind == "activations":
             lock = try_exclusive(path / LOCK_FILE)

@@ -13,11 +13,14 @@ from clipseg_cli.constants import DEFAULT_MODEL
 
 def download_weights(
     names: Annotated[list[str] | None, typer.Argument(
-        help=f"Checkpoints to fetch [default: {DEFAULT_MODEL}].", show_default=False)] = None,
+        help=f"Checkpoints to fetch: published names, Hub ids (owner/name), or checkpoint folders, which are "
+             f"only checked (and prepared with --prepare) [default: {DEFAULT_MODEL}].", metavar="NAME|DIR",
+        show_default=False)] = None,
     list_: Annotated[bool, typer.Option("--list", help="Show the known checkpoints and exit.")] = False,
     output_dir: Annotated[Path | None, typer.Option(
-        "--output-dir", "-o", help="Also write a self-contained copy here (loadable with --weights DIR); "
-                                   "with several names, one subfolder per name.")] = None,
+        "--output-dir", "-o", metavar="DIR",
+        help="Also write a self-contained copy here (loadable with --weights DIR); with several names, one subfolder "
+             "per name.")] = None,
     prepare: Annotated[bool, typer.Option(
         "--prepare", help="Also prepare the model for this CPU now, for --precision auto and fast (the "
                           "one-time ONNX export that a first run would do, then the int8 graph, or the bf16 "
@@ -26,7 +29,8 @@ def download_weights(
     revision: options.Revision = None,
     quiet: options.Quiet = False,
 ) -> None:
-    """Fetch checkpoints into the Hugging Face cache (safetensors and small files; never pickles)."""
+    """Fetch checkpoints into the Hugging Face cache (safetensors and small files; never pickles); with --prepare,
+    make them ready for this CPU (a checkpoint folder too)."""
     from clipseg_cli.checkpoints.registry import REGISTRY, SAM_REGISTRY
 
     if list_:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from typing import TextIO
-
-from tqdm import tqdm
 
 from clipseg_cli.errors import ReaderGone, printable
 from clipseg_cli.textlines import json_text
@@ -16,8 +17,14 @@ class Reporter:
     """Prints results as they come; stdout carries only JSON so that ``--json | jq`` works."""
 
     def __init__(self, total: int, *, json_lines: bool, quiet: bool, stdout: TextIO | None = None,
-                 stderr: TextIO | None = None, collected_lines: list[str] | None = None) -> None:
-        """collected_lines: a list that receives every result's JSON line, printed or not (a shard's manifest)."""
+                 stderr: TextIO | None = None, collected_lines: list[str] | None = None,
+                 kept_stats: Mapping[tuple[str, str, str], dict] | None = None,
+                 shown_as: dict[str, str] | None = None) -> None:
+        """collected_lines: a list that receives every result's JSON line, printed or not (a shard's manifest).
+        kept_stats: statistics measured before, by (image, prompt, mask file): a skipped result reports them.
+        shown_as: the name the user gave for a path the run read instead (``-`` for a private copy of stdin)."""
+        self.kept_stats = kept_stats or {}
+        self.shown_as = shown_as or {}
         self.json_lines = json_lines
         self.collected_lines = collected_lines
         self.quiet = quiet
@@ -25,6 +32,8 @@ class Reporter:
         self.stderr = stderr or sys.stderr
         self.counts: Counter[str] = Counter()
         self.failed_images: set[str] = set()
+        from tqdm import tqdm  # here: the CLI imports this module before any command runs
+
         self.bar = tqdm(total=total, unit="img", file=self.stderr, dynamic_ncols=True, leave=False,
                         disable=quiet or not _is_terminal(self.stderr))
         self._last_image: str | None = None
@@ -36,6 +45,9 @@ class Reporter:
         A closed stdout (``--json | head -1``) raises ReaderGone once; later results are only counted.
         """
         self.counts[result.status] += 1
+        kept = self.kept_stats.get((result.image, result.prompt, result.mask)) if result.status == "skipped" else None
+        if kept is not None:  # the file is the one measured then
+            result = dataclasses.replace(result, stats=dict(kept))
         if result.reason and result.status != "skipped":
             self.redone.append(f"{result.mask}: {result.reason}")
         line = json_line(result) if self.json_lines or self.collected_lines is not None else ""
@@ -50,7 +62,10 @@ class Reporter:
                 raise ReaderGone from exc
         if result.status == "failed" and result.image not in self.failed_images:
             self.failed_images.add(result.image)
-            self.bar.write(printable(f"error: {result.error}"), file=self.stderr)
+            error = str(result.error)
+            for path, name in self.shown_as.items():
+                error = error.replace(path, name)
+            self.bar.write(printable(f"error: {error}"), file=self.stderr)
         if result.image != self._last_image:
             self._last_image = result.image
             self.bar.update(1)
@@ -86,3 +101,29 @@ def _is_terminal(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+class ClosedStdout(io.TextIOBase):
+    """``sys.stdout`` when the shell closed it (``>&-``; Python makes it None): whatever writes to it ends the
+    command with one line and exit code 141, as a reader that went away does; a command that writes nothing
+    there runs as usual."""
+
+    MESSAGE = "stdout is closed (>&-): redirect it to a file or to /dev/null instead"
+
+    def write(self, text: object) -> int:
+        raise ReaderGone(self.MESSAGE)
+
+    @property
+    def buffer(self) -> ClosedStdout:  # bytes (a PNG) meet the same end
+        return self
+
+    def isatty(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        """Nothing was ever written."""
+
+
+def stdout_is_closed() -> bool:
+    """Returns: whether the shell closed stdout (``>&-``), so that a command refuses --json or --stdout at once."""
+    return sys.stdout is None or isinstance(sys.stdout, ClosedStdout)

@@ -11,9 +11,10 @@ from typing import Annotated
 import typer
 
 from clipseg_cli.commands import options
+from clipseg_cli.commands.report import stdout_is_closed
 from clipseg_cli.commands.settings import RunOptions, check_output_dir, execute, with_run_options
 from clipseg_cli.constants import OUTPUT_SUFFIXES, TEMP_SUFFIX
-from clipseg_cli.errors import ClipSegError
+from clipseg_cli.errors import ClipSegError, ReaderGone
 from clipseg_cli.run.inputs import collect, is_own_output, no_images
 
 PIPE_KINDS = ("mask", "soft", "overlay", "cutout")  # what --stdout writes: soft is the map as 8-bit grey
@@ -22,8 +23,9 @@ PIPE_KINDS = ("mask", "soft", "overlay", "cutout")  # what --stdout writes: soft
 @with_run_options
 def segment(
     image: Annotated[str, typer.Argument(help="The image to segment.", metavar="IMAGE", show_default=False)],
-    prompts: Annotated[list[str] | None, typer.Argument(help='What to cut out, e.g. "red car".', show_default=False)]
-    = None,
+    prompts: Annotated[list[str] | None, typer.Argument(
+        help='What to cut out, e.g. "red car" (or --prompt-image REF: an example image).', metavar="PROMPT",
+        show_default=False)] = None,
     output_dir: options.OutputDir = None,
     stdout: Annotated[str | None, typer.Option(
         "--stdout", rich_help_panel=options.OUTPUT, show_default=False, metavar="|".join(PIPE_KINDS),
@@ -32,7 +34,11 @@ def segment(
     *,
     run_options: RunOptions,
 ) -> None:
-    """Segment one image: writes IMAGE_STEM.PROMPT.mask.png (and .overlay.png) beside it or in -o."""
+    """Segment one image: writes IMAGE_STEM.PROMPT.mask.png (and .overlay.png) beside it or in -o; with --stdout,
+    one PNG to stdout instead (IMAGE may be -: the image's bytes on stdin)."""
+    if not prompts and not run_options.prompt_images:
+        raise ClipSegError(f"give at least one prompt after the image: clipseg segment {image or 'IMAGE'} PROMPT... "
+                           '(e.g. "red car"), or --prompt-image REF')
     if stdout is not None:
         raise typer.Exit(to_stdout(image, list(prompts or []), stdout, output_dir, run_options))
     check_image_argument(image)
@@ -56,8 +62,14 @@ def to_stdout(image: str, texts: list[str], kind: str, output_dir: str | None, r
         raise ClipSegError("--stdout writes no files: leave out -o/--output-dir")
     if run_options.json_lines:
         raise ClipSegError("--stdout carries the PNG: leave out --json")
+    if run_options.overlay_combined:
+        raise ClipSegError("--stdout writes one PNG of one prompt: leave out --overlay-combined "
+                           "(or write files with -o DIR)")
     if len(texts) != 1 and not (texts and run_options.union):
         raise ClipSegError(f"--stdout writes one PNG: give one prompt (or --union), not {len(texts)}")
+    if stdout_is_closed():
+        raise ClipSegError("--stdout writes the PNG to stdout, which is closed (>&-): redirect it (> out.png) "
+                           "or pipe it")
     if sys.stdout.isatty():
         raise ClipSegError("refusing to write a PNG to a terminal: redirect stdout (> out.png) or pipe it")
     with tempfile.TemporaryDirectory(prefix="clipseg-stdout-") as private:
@@ -77,12 +89,29 @@ def to_stdout(image: str, texts: list[str], kind: str, output_dir: str | None, r
         soft = kind == "soft" or (run_options.soft and kind == "cutout")  # soft: the map as the mask file
         wanted = dataclasses.replace(run_options, overlay=kind == "overlay", soft=soft, cutout=kind == "cutout",
                                      force=True)
-        code = execute(items, texts, wanted)
+        code = execute(items, texts, wanted, shown_as={str(source): "- (stdin)"} if image == "-" else None)
         written = sorted((folder / "out").rglob(f"*.{'mask' if kind == 'soft' else kind}.png"))
-        if code == 0 and len(written) == 1:
-            sys.stdout.buffer.write(written[0].read_bytes())
-            sys.stdout.buffer.flush()
+        if code != 0:
+            return code
+        if len(written) != 1:  # never an exit code 0 with nothing written
+            raise RuntimeError(f"--stdout {kind}: the run wrote {len(written)} such PNGs, not one")
+        write_all(written[0].read_bytes())
         return code
+
+
+def write_all(data: bytes) -> None:
+    """Write bytes to stdout, all of them, or raise ReaderGone (exit 141) when its reader went away.
+
+    A pipe's reader that leaves mid-write (``| head -c 10``) makes Python's buffered write return the
+    part written so far instead of failing, so the rest is written again until the pipe says EPIPE.
+    """
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[sys.stdout.buffer.write(view) or 0:]
+        sys.stdout.buffer.flush()
+    except BrokenPipeError as exc:  # `| head -c 10`, `| true`: the reader is gone
+        raise ReaderGone from exc
 
 
 def check_image_argument(image: str) -> None:

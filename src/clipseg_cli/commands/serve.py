@@ -28,7 +28,8 @@ def serve(
     max_pixels: options.MaxPixels = DEFAULT_MAX_PIXELS,
     host: Annotated[str, typer.Option("--host", rich_help_panel=SERVER,
                                       help="Address to listen on; another than loopback needs --token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, rich_help_panel=SERVER)] = 8000,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, rich_help_panel=SERVER,
+                                      help="Port to listen on.")] = 8000,
     token: Annotated[str | None, typer.Option("--token", envvar="CLIPSEG_TOKEN", rich_help_panel=SERVER,
                                               help="Every route but /healthz needs Authorization: Bearer TOKEN.")]
     = None,

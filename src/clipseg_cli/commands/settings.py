@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, get_type_hints
 
 from clipseg_cli.commands import options
+from clipseg_cli.commands.report import stdout_is_closed
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.run.inputs import WorkItem, folder_problem
@@ -76,6 +77,9 @@ def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(command)
     def command_with_options(**kwargs) -> None:
         run_options = RunOptions(**{name: kwargs.pop(name) for name in names})
+        if run_options.json_lines and stdout_is_closed():
+            raise ClipSegError("--json prints its lines to stdout, which is closed (>&-): "
+                               "redirect it (> results.jsonl) or leave out --json")
         command(run_options=run_options, **kwargs)
 
     parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + shared
@@ -100,24 +104,26 @@ def check_output_dir(value: str | None) -> Path | None:
     return Path(value)
 
 
-def job_from_options(texts: list[str], run_options: RunOptions) -> Job:
+def job_from_options(texts: list[str], run_options: RunOptions, stats: bool | None = None) -> Job:
     """The library Job that the options ask for (`Job.from_options`: each option passed on by its name).
 
     Arguments:
         texts: the text prompts.
         run_options: the command's options (``--json`` asks for the statistics).
+        stats: measure every mask (a shard's manifest keeps them) whatever ``--json`` says.
 
     Returns:
         The Job; the model and the inputs are not part of it.
     """
     from clipseg_cli.run.job import Job
 
-    return Job.from_options(texts, {**vars(run_options), "stats": run_options.json_lines})
+    return Job.from_options(texts, {**vars(run_options), "stats": run_options.json_lines or bool(stats)})
 
 
 def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *, protected: list[Path] | None = None,
             ray: RayPlace | None = None, collected_lines: list[str] | None = None,
-            segmenter: Segmenter | None = None) -> int:
+            kept_stats: Mapping[tuple[str, str, str], dict] | None = None, segmenter: Segmenter | None = None,
+            shown_as: dict[str, str] | None = None) -> int:
     """Run `Job.run` on the items with the options' model, reporting each result as it comes.
 
     Arguments:
@@ -126,8 +132,10 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
         run_options: the command's options.
         protected: more files never written to (a shard gives every input of the whole run).
         ray: run on a Ray cluster instead of here.
-        collected_lines: receives every result's JSON line.
+        collected_lines: receives every result's JSON line, each with the mask's statistics (a shard's manifest).
+        kept_stats: the statistics measured before, by (image, prompt, mask file), that a skipped result reports.
         segmenter: a model loaded before, used as it is (default: the options' model, loaded only when needed).
+        shown_as: the name to print for a path the user did not give (``segment -``: its copy of stdin is ``-``).
 
     Returns:
         The exit code: 0 all done, 1 some image failed.
@@ -142,11 +150,12 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
             reporter.info(description)
 
     model = segmenter or model_spec(run_options)
-    results = job_from_options(texts, run_options).run(  # the checks and the prompts run here, before the report starts
+    job = job_from_options(texts, run_options, stats=collected_lines is not None)
+    results = job.run(  # the checks and the prompts run here, before the report starts
         model, items, protected=protected or (), place=ray, progress=not run_options.quiet, started=begin,
         late=lambda result: reporter.add(result))  # the results written but not yet reported when cut short
     reporter = Reporter(len(items), json_lines=run_options.json_lines, quiet=run_options.quiet,
-                        collected_lines=collected_lines)
+                        collected_lines=collected_lines, kept_stats=kept_stats, shown_as=shown_as)
     try:
         with closing(results):
             for result in results:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -78,7 +78,8 @@ def run_shard(items: list[WorkItem], texts: list[str], run_options: RunOptions, 
         say(problem)
     marker = read_marker(output_dir, shard)
     renamed = marker is not None and marker.get("listing") != listing["listing"]
-    earlier = read_lines(output_dir, shard) if renamed else []
+    stored = read_lines(output_dir, shard)
+    earlier = stored if renamed else []
     done = not run_options.force and marker is not None and marker["key"] == key
     if done:
         say(f"shard {shard} is done already ({marker_path(output_dir, shard)}); checking its outputs, "
@@ -89,17 +90,9 @@ def run_shard(items: list[WorkItem], texts: list[str], run_options: RunOptions, 
             say(f"shard {shard} holds none of the {len(items)} image(s); nothing to do")
         record(output_dir, shard, key, listing, [], done=True)
         return 0
-    lines: list[str] = []
-    if not done:
-        code = execute(mine, texts, run_options, protected=[item.source for item in items], ray=on_ray,
-                       collected_lines=lines)
-    else:
-        code = execute(mine, texts, replace(run_options, json_lines=False), protected=[item.source for item in items],
-                       ray=on_ray, collected_lines=lines)
-        lines = _kept_lines(lines, read_lines(output_dir, shard))
-        if run_options.json_lines:
-            sys.stdout.write("".join(lines))
-            sys.stdout.flush()
+    lines: list[str] = []  # every line carries its statistics: a kept output reports those measured when written
+    code = execute(mine, texts, run_options, protected=[item.source for item in items], ray=on_ray,
+                   collected_lines=lines, kept_stats=_measured(stored))
     _drop_renamed(earlier, lines)
     record(output_dir, shard, key, listing, lines, done=code == 0)
     return code
@@ -129,27 +122,24 @@ def _drop_renamed(earlier: list[str], lines: list[str]) -> None:
             continue
 
 
-def _kept_lines(fresh: list[str], stored: list[str]) -> list[str]:
-    """This run's JSON lines, where an output was kept the stored line of it (with its statistics), marked skipped.
+def _measured(stored: list[str]) -> dict[tuple[str, str, str], dict]:
+    """The statistics of the masks a shard's stored lines name (written, or kept and measured before).
 
     Returns:
-        One line per (image, prompt), in this run's order.
+        By (image, prompt, mask file), the line's coverage, bbox and mean_probability.
     """
-    earlier = {}
+    from clipseg_cli.run.targets import STATS_KEYS
+
+    measured = {}
     for line in stored:
         try:
             found = json.loads(line)
         except ValueError:
             continue
-        if isinstance(found, dict) and found.get("status") in ("ok", "skipped"):
-            earlier[(found.get("image"), found.get("prompt"))] = found
-    lines = []
-    for line in fresh:
-        result = json.loads(line)
-        kept = earlier.get((result["image"], result["prompt"])) if result["status"] == "skipped" else None
-        lines.append(line if kept is None else json.dumps({**kept, "status": "skipped", "reason": None},
-                                                          ensure_ascii=False) + "\n")
-    return lines
+        if (isinstance(found, dict) and found.get("status") in ("ok", "skipped") and found.get("coverage") is not None
+                and all(isinstance(found.get(key), str) for key in ("image", "prompt", "mask"))):
+            measured[(found["image"], found["prompt"], found["mask"])] = {key: found.get(key) for key in STATS_KEYS}
+    return measured
 
 
 def shard_request(texts: list[str], run_options: RunOptions) -> dict[str, object]:

@@ -60,7 +60,11 @@ def train_command(
     quiet: options.Quiet = False,
     max_pixels: options.MaxPixels = DEFAULT_MAX_PIXELS,
 ) -> None:
-    """Train the decoder on a manifest, both CLIP towers frozen; OUT_DIR is a checkpoint for --weights."""
+    """Train the decoder on a manifest, both CLIP towers frozen; OUT_DIR is a checkpoint for --weights.
+
+    OUT_DIR holds the best epoch by validation mIoU; when no epoch beat the base model, it holds the base model and
+    the command says so (exit 0: the run worked, training.json says "improved": false).
+    """
     from clipseg_cli.errors import printable
     from clipseg_cli.training.api import train
     from clipseg_cli.training.trainer import TrainOptions
@@ -72,13 +76,21 @@ def train_command(
     train_options = TrainOptions(epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, variants=variants,
                                  threshold=threshold)
     try:
-        train(manifest, weights=weights, out_dir=output_dir, options=train_options, val=val, val_fraction=val_fraction,
-              resume=resume, skip_bad=skip_bad, device=device, precision=precision, revision=revision,
-              offline=offline or None, cache_dir=cache_dir, cache_bytes=int(cache_size * 2**30), threads=threads,
-              max_pixels=max_pixels, log=log, progress=not quiet and sys.stderr.isatty())
+        record = train(manifest, weights=weights, out_dir=output_dir, options=train_options, val=val,
+                       val_fraction=val_fraction, resume=resume, skip_bad=skip_bad, device=device, precision=precision,
+                       revision=revision, offline=offline or None, cache_dir=cache_dir,
+                       cache_bytes=int(cache_size * 2**30), threads=threads, max_pixels=max_pixels, log=log,
+                       progress=not quiet and sys.stderr.isatty())
     except KeyboardInterrupt:
         if (output_dir / "resume.pt").is_file():
             print(printable(f"clipseg: {output_dir} holds the checkpoint of the last complete epoch; "
                             "continue with --resume"), file=sys.stderr)
         raise
+    if record.get("improved") is False and len(record["epochs"]) > 1:  # said even with -q: the run did not help
+        base = record["epochs"][0]["val"]["miou"]
+        best = max(epoch["val"]["miou"] for epoch in record["epochs"][1:])
+        print(printable(f"clipseg: training did not help: no epoch beat the base model's validation mIoU ({base:.4f}; "
+                        f"the best epoch's {best:.4f}), so {output_dir} holds the base model unchanged; try another "
+                        "--lr, more --epochs or more records"), file=sys.stderr)
+        return
     log(f"clipseg: trained checkpoint in {output_dir} (load it with --weights {output_dir})")

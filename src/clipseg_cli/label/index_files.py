@@ -18,6 +18,7 @@ from clipseg_cli.label.store import (
     STORE,
     Entry,
     json_text,
+    prune,
     read_marker,
     read_record,
     record_path,
@@ -29,28 +30,31 @@ from clipseg_cli.scale.sharding import Shard
 def finish(root: Path, classes: Sequence[LabelClass], fmt: ModuleType, splits: Splits, entries: Sequence[Entry],
            preview: int = 0) -> list[str]:
     """Write the format's index files for these images (every split has its files, empty or not) and the
-    preview of the first ``preview`` images.
+    preview of the first ``preview`` images; the records and files of images no longer given are removed.
 
     Returns:
         The files written, relative to the dataset.
     """
+    prune(root, [entry.name for entry in entries])
     by_split: dict[str, list[Entry]] = {name: [] for name in splits.names}
     for entry in sorted(entries, key=lambda entry: entry.name):
         by_split.setdefault(entry.split, []).append(entry)
 
     def record(entry: Entry) -> dict:
-        found = read_record(root, entry.key)
+        found = read_record(root, entry.name)
         if found is None:
-            raise ClipSegError(f"{record_path(root, entry.key)}: the record of {entry.key} is missing or damaged; "
+            raise ClipSegError(f"{record_path(root, entry.name)}: the record of {entry.key} is missing or damaged; "
                                "rerun the labelling")
         return found
 
     written = fmt.finish(root, classes, by_split, record)
-    if preview:
-        from clipseg_cli.label.preview import write_preview
+    from clipseg_cli.label.preview import PREVIEW_FILE, write_preview
 
+    if preview:
         chosen = [entry for name in by_split for entry in by_split[name]][:preview]
         written.append(write_preview(root, classes, fmt, chosen, record))
+    elif (root / PREVIEW_FILE).is_file():  # one of an earlier run would show other images
+        (root / PREVIEW_FILE).unlink()
     return written
 
 
@@ -116,19 +120,19 @@ def _copy_in(root: Path, parts: Sequence[Path], marker: dict, manifests: dict) -
     """Copy each shard's records, files and manifest into ``root`` (nothing to do for a part that is ``root``)."""
     if not (root / STORE).is_dir():
         write_file(root, f"{STORE}/dataset.json", (json_text(marker) + "\n").encode())
-    for name, (part, found) in manifests.items():
+    for manifest, (part, found) in manifests.items():
         if part.resolve() == root.resolve():
             continue
-        for key, *_ in found["entries"]:
-            record = read_record(part, key)
+        for key, name, _ in found["entries"]:
+            record = read_record(part, name)
             if record is None:
                 raise ClipSegError(f"{part}: the record of {key} is missing; rerun its shard")
             for relative in record["files"]:
                 source = part / relative
                 _copy(source, root, relative)
-            source = record_path(part, key)
+            source = record_path(part, name)
             write_file(root, source.relative_to(part).as_posix(), source.read_bytes())
-        write_file(root, f"{STORE}/{SHARDS}/{name}", (part / STORE / SHARDS / name).read_bytes())
+        write_file(root, f"{STORE}/{SHARDS}/{manifest}", (part / STORE / SHARDS / manifest).read_bytes())
 
 
 def _copy(source: Path, root: Path, relative: str) -> None:

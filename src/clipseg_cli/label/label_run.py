@@ -103,7 +103,7 @@ def name_entries(items: Sequence[WorkItem], root: Path) -> list[tuple[str, str]]
 def label(model: ModelSpec | Segmenter | str, inputs: Iterable[PathLike], dataset: PathLike, run: LabelJob, *,
           recursive: bool = False, shard: Shard | None = None, progress: bool = False) -> Iterator[Outcome]:
     """Label image files and folders into a dataset folder (`Labelling`); the index files are written
-    once every image is done (not by a shard: `merge_shards` writes them).
+    once every image is done (not by a shard: `merge` writes them).
 
     Returns:
         An iterator of one Outcome per image of the run (or of the shard).
@@ -188,7 +188,7 @@ class Labelling:
         refine = base.refine if base.refine != "none" else None
         recorded = recorded_settings(base.plan, decode_min_side(base.plan, fp32, refine is not None, input_size),
                                      refine)
-        batch = base.batch_size or (4 if identity["device"] == "cpu" else 16)  # as the Engine chooses it
+        batch = base.pipeline.batch_size or (4 if identity["device"] == "cpu" else 16)  # as the Engine chooses it
         return {"identity": identity, "prompt": "\n".join(keys), "classes": classes_key(self.run_job.classes),
                 "settings": {**recorded, "format": self.run_job.format, "semantic": self.run_job.semantic,
                              "split": str(self.run_job.splits), "link": self.run_job.link, "batch": batch}}
@@ -203,7 +203,7 @@ class Labelling:
         fingerprint = make_record("label", input_sha256=digest, prompt=settings["prompt"],
                                   prompt_text=settings["classes"], model=settings["identity"],
                                   settings={**settings["settings"], "name": name, "in": entry.split})
-        found = None if self.run_job.force else read_record(self.root, key)
+        found = None if self.run_job.force else read_record(self.root, name)
         if found is not None and found.get("fingerprint", {}).get("digest") == json.loads(fingerprint)["digest"] \
                 and all(os.path.lexists(self.root / relative) for relative in found.get("files", [])):
             return Outcome(str(item.source), "skipped", entry, instances=len(found.get("instances", [])))
@@ -238,7 +238,7 @@ class Labelling:
                       "width": decoded.size[0], "height": decoded.size[1], "files": [image, *files],
                       "instances": [region.to_record() for region in found], **extra,
                       "fingerprint": json.loads(task.fingerprint)}
-            write_record(self.root, task.entry.key, record)
+            write_record(self.root, task.entry.name, record)
             return Outcome(str(task.item.source), "ok", task.entry, instances=len(found))
         except OSError as exc:
             return _failed(task, ClipSegError(f"cannot write {exc.filename or self.root}: {exc.strerror or exc}"))

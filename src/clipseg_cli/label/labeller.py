@@ -7,6 +7,7 @@ they share one Segmenter through `SharedLogits`, so the image tower runs once pe
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,8 +40,8 @@ class SharedLogits:
         self.batch_size = 1  # `use` sets the Engines' own
         self.prompts: list = []
         self._keys: list[str] = []
-        self._images: list = []  # held: their ids cannot be reused while their logits are kept
-        self._logits: Any = None
+        self._rows: dict[int, tuple[Any, Any]] = {}  # id(image) -> (the image, held so the id stays its own; 1xPxhxw)
+        self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.segmenter, name)
@@ -55,24 +56,40 @@ class SharedLogits:
         self._keys, self.prompts = list(found), list(found.values())
         self.batch_size = max(engine.batch_size for engine in engines)
 
+    def compute(self, images: Sequence) -> None:
+        """Run the model once on a batch of images (padded to ``batch_size``) for every prompt; each image's
+        logits are kept until `release`."""
+        batch = list(images)
+        padded = batch + batch[-1:] * (self.batch_size - len(batch))
+        logits = self.segmenter.logits(padded, self.prompts)
+        with self._lock:
+            for index, image in enumerate(batch):
+                self._rows[id(image)] = (image, logits[index : index + 1])
+
     def logits(self, images: Sequence, prompts: Sequence) -> Any:
-        """Returns: BxPxhxw logits of ``prompts`` (a torch tensor or a numpy array, as the Segmenter gives)."""
-        if len(images) != len(self._images) or any(a is not b for a, b in zip(images, self._images, strict=False)):
-            batch = list(images)
-            padded = batch + batch[-1:] * (self.batch_size - len(batch))
-            self._logits = self.segmenter.logits(padded, self.prompts)[: len(batch)]
-            self._images = batch
-        return self._logits[:, [self._keys.index(prompt_key(prompt)) for prompt in prompts]]
+        """The logits of one image computed by `compute` (what `Engine.maps` asks for, from any thread).
 
-    def release(self) -> None:
-        self._images, self._logits = [], None
+        Returns:
+            1xPxhxw logits of ``prompts`` (a torch tensor or a numpy array, as the Segmenter gives).
+        """
+        with self._lock:
+            found = self._rows.get(id(images[0])) if len(images) == 1 else None
+        if found is None or found[0] is not images[0]:
+            raise ValueError("SharedLogits gives the logits of one image of the batch it computed")
+        return found[1][:, [self._keys.index(prompt_key(prompt)) for prompt in prompts]]
+
+    def release(self, image: Any) -> None:
+        with self._lock:
+            self._rows.pop(id(image), None)
 
 
-def class_maps(engines: Sequence[Engine], shared: SharedLogits, images: Sequence[DecodedImage]) -> list[Maps]:
-    """Returns: per image, per class, the (mask, map) that ``clipseg batch`` computes with that class's Engine."""
-    per_class = [engine.maps(images) for engine in engines]
-    shared.release()
-    return [[found[index][0] for found in per_class] for index in range(len(images))]
+def class_maps(engines: Sequence[Engine], shared: SharedLogits, decoded: DecodedImage) -> Maps:
+    """Returns: per class, the (mask, map) that ``clipseg batch`` computes for the image with that class's Engine
+    (its logits computed by `SharedLogits.compute`, then released)."""
+    try:
+        return [engine.maps([decoded])[0][0] for engine in engines]
+    finally:
+        shared.release(decoded.image)
 
 
 def pipeline(engines: Sequence[Engine], shared: SharedLogits, tasks: Iterable[Task], source: Callable[[Task], Any],
@@ -81,7 +98,7 @@ def pipeline(engines: Sequence[Engine], shared: SharedLogits, tasks: Iterable[Ta
 
     Arguments:
         source: a task's image file.
-        write: writes one image's files (in a worker thread); its return value is yielded.
+        write: writes one image's files from its maps (in a worker thread); its return value is yielded.
         failed: the value yielded for a task whose image did not decode.
 
     Returns:
@@ -107,14 +124,19 @@ def pipeline(engines: Sequence[Engine], shared: SharedLogits, tasks: Iterable[Ta
                     batch.append((task, future.result()))
                 except Exception as exc:  # one bad image never stops the run
                     writing.append(_resolved(failed(task, exc)))
-            if batch:
-                maps = class_maps(engines, shared, [decoded for _, decoded in batch])
-                writing.extend(pool.submit(write, task, decoded, found)
-                               for (task, decoded), found in zip(batch, maps, strict=True))
+            if batch:  # the model here; each image's maps, mask steps and files in a worker
+                shared.compute([decoded.image for _, decoded in batch])
+                writing.extend(pool.submit(_maps_then, write, engines, shared, task, decoded)
+                               for task, decoded in batch)
             while writing and (writing[0].done() or len(writing) > in_flight or not decoding):
                 yield writing.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _maps_then(write: Callable[[Task, DecodedImage, Maps], Any], engines: Sequence[Engine], shared: SharedLogits,
+               task: Task, decoded: DecodedImage) -> Any:
+    return write(task, decoded, class_maps(engines, shared, decoded))
 
 
 def _resolved(value: Any) -> Future:

@@ -34,8 +34,8 @@ MARKER_VERSION = 1
 class Entry:
     """One image of the dataset, as the final files list it.
 
-    key: its path relative to its input root (the record's name comes from it).
-    name: its file name in the dataset (unique).
+    key: its path relative to its input root (its shard comes from it).
+    name: its file name in the dataset (unique; its record is found by it).
     split: train, val or test.
     """
 
@@ -80,24 +80,24 @@ def write_file(root: Path, relative: str, data: bytes | Callable[[BinaryIO], Non
     return relative
 
 
-def record_path(root: Path, key: str) -> Path:
-    """Returns: where the record of the image with this key is kept."""
-    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+def record_path(root: Path, name: str) -> Path:
+    """Returns: where the record of the image with this file name in the dataset is kept (names are unique)."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return root / STORE / RECORDS / digest[:2] / f"{digest}.json"
 
 
-def read_record(root: Path, key: str) -> dict | None:
+def read_record(root: Path, name: str) -> dict | None:
     """Returns: the image's record, or None where there is none (or it cannot be read)."""
     try:
-        found = json.loads(record_path(root, key).read_text(encoding="utf-8"))
+        found = json.loads(record_path(root, name).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return found if isinstance(found, dict) else None
 
 
-def write_record(root: Path, key: str, record: dict) -> None:
+def write_record(root: Path, name: str, record: dict) -> None:
     """Write an image's record, after its files: a record names complete files only."""
-    path = record_path(root, key)
+    path = record_path(root, name)
     write_file(root, path.relative_to(root).as_posix(), (json_text(record) + "\n").encode())
 
 
@@ -116,7 +116,7 @@ def open_dataset(root: Path, fmt: str, class_names: Sequence[str], semantic: boo
             raise ClipSegError(
                 f"-o {root} holds another dataset ({found.get('format')} of classes {found.get('classes')}"
                 f"{', semantic' if found.get('semantic') else ''}); label into another folder, or give the same "
-                f"--format, classes and --semantic to add to it")
+                f"--format, classes and --semantic to relabel it")
         return
     if root.exists():
         if not root.is_dir():
@@ -144,3 +144,40 @@ def read_marker(root: Path) -> dict:
     if not path.is_file():
         raise ClipSegError(f"{root} is not a clipseg dataset (no {STORE}/{MARKER})")
     return _read_marker(path)
+
+
+def prune(root: Path, keep: Sequence[str]) -> int:
+    """Remove the records of images that are no longer in the dataset, and the files they list that no kept
+    image lists (an image removed from the inputs leaves no unlisted image behind: YOLO would train on it as
+    background).
+
+    Arguments:
+        keep: the file names of the dataset's images.
+
+    Returns:
+        How many records were removed.
+    """
+    folder = root / STORE / RECORDS
+    if not folder.is_dir():
+        return 0
+    kept = {record_path(root, name) for name in keep}
+    stale = [path for path in sorted(folder.glob("*/*.json")) if path not in kept]
+    if not stale:
+        return 0
+    listed = {relative for path in kept for relative in _listed_files(path)}
+    for path in stale:
+        for relative in _listed_files(path):
+            target = root / relative
+            if relative not in listed and ".." not in Path(relative).parts and os.path.lexists(target):
+                target.unlink()
+        path.unlink()
+    return len(stale)
+
+
+def _listed_files(path: Path) -> list[str]:
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    files = found.get("files", []) if isinstance(found, dict) else []
+    return [relative for relative in files if isinstance(relative, str)]

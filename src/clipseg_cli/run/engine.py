@@ -7,7 +7,6 @@ memory does not grow with the number of images.
 
 from __future__ import annotations
 
-import math
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,20 +20,18 @@ from clipseg_cli.constants import DEFAULT_MAX_PIXELS
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.decode import DecodedImage, header_pixels, open_image
 from clipseg_cli.imaging.writing import remove_stale_temps
-from clipseg_cli.postprocess import any_at_or_above, clean_mask, mask_and_map, stats, zero_where
-from clipseg_cli.predictor import Segmenter, probabilities, upsample
+from clipseg_cli.postprocess import stats
+from clipseg_cli.predictor import Segmenter
 from clipseg_cli.run.inputs import WorkItem
+from clipseg_cli.run.maps import MaskMaths
 from clipseg_cli.run.outputs import encode_outputs, write_outputs
 from clipseg_cli.run.slots import Slot, split
-from clipseg_cli.run.targets import Result, Targets, decode_min_side, recorded_settings
+from clipseg_cli.run.targets import Result, Targets, decode_min_side, no_stats, recorded_settings
 
 if TYPE_CHECKING:
-    from PIL import Image
 
     from clipseg_cli.refine import Refiner
 
-# Full-size float32 maps made at once per image being written (16 MB), or one map when larger.
-CHUNK_VALUES = 1 << 22
 _MAX_QUEUED = 8  # results waiting for an earlier, slower item: at most this many times the decode depth
 
 
@@ -55,7 +52,7 @@ class Pipeline:
 
 
 class Engine:
-    """Runs a Segmenter over many images for fixed `Targets` and writes the outputs: the pipeline and the mask maths."""
+    """Runs a Segmenter over many images for fixed `Targets` and writes the outputs (the mask maths: `MaskMaths`)."""
 
     def __init__(self, segmenter: Segmenter, targets: Targets, pipeline: Pipeline = Pipeline(), *,
                  drop_unused_layers: bool = False, refiner: Refiner | None = None) -> None:
@@ -79,6 +76,8 @@ class Engine:
         single = self.targets.union or self.negatives or self.plan.overlay_combined  # combined: all masks at once
         self.parts = split(len(self.targets), 1 if single else self.workers)
         self._swept: set[os.PathLike[str]] = set()  # output folders cleared of stale temporary files
+        self.maths = MaskMaths(self.plan, len(self.prompts), len(self.negatives), union=targets.union,
+                               maps=self.stats or self.plan.needs_probabilities or refiner is not None, refiner=refiner)
 
     def process(self, items: Iterable[WorkItem]) -> Iterator[Result]:
         """Process the items; results come in input order, as soon as each is written.
@@ -132,7 +131,7 @@ class Engine:
             return []
         logits = self.segmenter.logits([decoded.image for decoded in images], self.prompts + self.negatives)
         every = range(len(self.targets))
-        return [[(mask, soft) for mask, soft, _ in self._masks(image_logits, decoded.image, decoded.size, every)]
+        return [[(mask, soft) for mask, soft, _ in self.maths.masks(image_logits, decoded.image, decoded.size, every)]
                 for decoded, image_logits in zip(images, logits, strict=True)]
 
     def encode(self, images: Sequence[DecodedImage], digests: Sequence[str]) -> list[list[tuple[Result, dict]]]:
@@ -152,7 +151,7 @@ class Engine:
         logits = self.segmenter.logits([decoded.image for decoded in images], self.prompts + self.negatives)
         every, answers = range(len(self.targets)), []
         for decoded, digest, image_logits in zip(images, digests, logits, strict=True):
-            masks = self._masks(image_logits, decoded.image, decoded.size, every)
+            masks = self.maths.masks(image_logits, decoded.image, decoded.size, every)
             answers.append([])
             for index, target, (mask, soft, foreground) in zip(every, self.targets.targets, masks, strict=True):
                 records = self.targets.records(target, digest, self.segmenter.identity, self.recorded)
@@ -164,7 +163,7 @@ class Engine:
 
     def _written(self, result: Result, mask: np.ndarray, soft: np.ndarray | None) -> Result:
         """Returns: ``result``, 'ok', with its statistics and refinement (its files are written)."""
-        result.stats = stats(mask, soft) if self.stats else {}
+        result.stats = stats(mask, soft) if self.stats else no_stats()
         result.refine = self.refiner.name if self.refiner is not None else None
         result.status = "ok"
         return result
@@ -234,55 +233,6 @@ class Engine:
                 slot.close([pool.submit(self._finish, item, decoded, image_logits, part,
                                         decided[part.start : part.stop]) for part in self.parts])
 
-    def _masks(self, logits: Any, image: Image.Image, size: tuple[int, int], part: range
-               ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
-        """(mask M, map m or None, foreground colours or None) for each target of ``part``, at the
-        image's size (see `_mask_and_map`).
-
-        Full-size maps are made a chunk of prompts at a time (`map_chunks`); the union and the
-        negatives are running maxima, so memory does not grow with the number of prompts.
-        """
-        post, count = self.plan.post, len(self.prompts)
-        if self.targets.union or self.negatives:  # the negatives' region, and the union, need every map
-            cut = None
-            for chunk in map_chunks(range(count, count + len(self.negatives)), size):
-                above = any_at_or_above(probabilities(logits[chunk.start : chunk.stop], size), post.threshold)
-                cut = above if cut is None else np.logical_or(cut, above, out=cut)
-            if self.targets.union:
-                union = None
-                for chunk in map_chunks(range(count), size):
-                    top = probabilities(logits[chunk.start : chunk.stop], size).max(axis=0)
-                    union = top if union is None else np.maximum(union, top, out=union)
-                yield self._mask_and_map(zero_where(union, cut), image)
-                return
-            for chunk in map_chunks(part, size):
-                for prob in probabilities(logits[chunk.start : chunk.stop], size):
-                    yield self._mask_and_map(zero_where(prob, cut), image)
-        elif self.stats or self.plan.needs_probabilities or self.refiner is not None:
-            for chunk in map_chunks(part, size):
-                for prob in probabilities(logits[chunk.start : chunk.stop], size):
-                    yield self._mask_and_map(prob, image)
-        else:  # sigmoid(x) >= t exactly where x >= logit(t): no full-size sigmoid needed
-            cut = math.log(post.threshold / (1 - post.threshold))
-            for chunk in map_chunks(part, size):
-                for upsampled in upsample(logits[chunk.start : chunk.stop], size):
-                    yield clean_mask(np.asarray(upsampled >= cut), post), None, None
-
-    def _mask_and_map(self, prob: np.ndarray, image: Image.Image
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Refine one HxW map with the image (when a refiner is set), then `mask_and_map`.
-
-        Returns:
-            (HxW bool mask M, HxW float32 map m, HxWx3 uint8 foreground colours for the cut-out or None).
-        """
-        foreground = None
-        if self.refiner is not None:
-            refined = self.refiner(image, prob, self.plan.post.threshold)
-            prob = refined.map
-            if self.plan.cutout and not self.plan.post.invert:  # colours of the object, not of the background
-                foreground = refined.foreground
-        return (*mask_and_map(prob, self.plan.post), foreground)
-
     def _finish(self, item: WorkItem, decoded: DecodedImage, logits: Any, part: range,
                 results: list[Result]) -> list[Result]:
         """Upsample, combine, post-process and write some of one image's maps (in a worker thread).
@@ -296,7 +246,7 @@ class Engine:
         """
         try:
             targets = self.targets.targets[part.start : part.stop]
-            masks, image_masks = self._masks(logits, decoded.image, decoded.size, part), []
+            masks, image_masks = self.maths.masks(logits, decoded.image, decoded.size, part), []
             for index, target, result, (mask, soft, foreground) in zip(part, targets, results, masks, strict=True):
                 if self.plan.overlay_combined:  # kept only for it: 30 prompts' masks of a large image are 100s of MB
                     image_masks.append(mask)
@@ -313,10 +263,3 @@ class Engine:
             return self.targets.failed(item, ClipSegError(f"cannot write {where}: {exc.strerror or exc}"), part)
         except Exception as exc:  # one bad image never stops the batch
             return self.targets.failed(item, exc, part)
-
-
-def map_chunks(indices: range, size: tuple[int, int]) -> Iterator[range]:
-    """``indices`` cut into runs of prompts whose full-size float32 maps, at ``size`` (width, height),
-    take at most `CHUNK_VALUES` values together (at least one map per run)."""
-    step = max(1, CHUNK_VALUES // max(1, size[0] * size[1]))
-    return (range(start, min(start + step, indices.stop)) for start in range(indices.start, indices.stop, step))

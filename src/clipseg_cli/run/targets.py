@@ -30,6 +30,14 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
+STATS_KEYS = ("coverage", "bbox", "mean_probability")  # every Result's stats, null where no mask was measured
+
+
+def no_stats() -> dict:
+    """Returns: the statistics of a result whose mask was not measured (skipped, failed, or stats off)."""
+    return dict.fromkeys(STATS_KEYS)
+
+
 @dataclass
 class Result:
     """What happened to one (image, prompt): the line ``--json`` prints."""
@@ -42,7 +50,7 @@ class Result:
     cutout: str | None = None
     error: str | None = None
     reason: str | None = None  # why an existing output was redone; None when fresh, skipped or forced
-    stats: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=no_stats)  # STATS_KEYS, each None unless this run measured the mask
     records: dict[str, str] = field(default_factory=dict, repr=False)  # per kind, the fingerprint to store
     refine: str | None = None  # the refinement that ran (--refine); not in the JSON line when none did
     combined_overlay: str | None = None  # the image's --overlay-combined file; not in the JSON line without it
@@ -53,8 +61,7 @@ class Result:
         for optional in ("refine", "combined_overlay"):
             if record[optional] is None:
                 del record[optional]
-        record.update(record.pop("stats"))
-        record.setdefault("coverage", None)  # the key is always there; null where no mask was made this run
+        record.update({**no_stats(), **record.pop("stats")})  # one shape for every status
         return record
 
 

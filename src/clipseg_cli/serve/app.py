@@ -169,8 +169,9 @@ def create_app(load: Callable[[], Loaded], config: ServeConfig | None = None) ->
         if any(not text.strip() for text in (*prompt, *negative)):
             raise Failed(422, "a prompt is empty; give some text")
         if refine not in ("none", config.refine):
-            raise Failed(422, f"refine {refine!r} is not loaded here; use none or {config.refine} "
-                              "(clipseg serve --refine)")
+            instead = (f"this server refines nothing; start it with clipseg serve --refine {refine}"
+                       if config.refine == "none" else f"use none or {config.refine} (clipseg serve --refine)")
+            raise Failed(422, f"refine {refine!r} is not loaded here; {instead}")
         try:  # every value is checked where the CLI checks it: one line, 422
             job = Options(tuple(prompt), tuple(negative), tuple(template), union, threshold, blur, dilate, erode,
                           min_area, invert, soft, overlay, cutout, refine).job(config.max_pixels, config.batch_size)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.writing import PALETTE, atomic_write
 from clipseg_cli.training.metrics import THRESHOLDS, Scores, fg_iou
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MISSING = "--plot needs matplotlib: pip install 'clipseg-cli[plot]'"
 
@@ -31,6 +35,21 @@ def plot_curves(scores: Scores, path: Path) -> None:
 
     Precision and recall are the paper's ``tp / (1 + tp + fp)`` and ``tp / (1 + tp + fn)`` on the
     counts summed over each prompt's records (see `clipseg_cli.training.metrics`).
+    """
+    figure = curves_figure(scores)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    try:
+        atomic_write(Path(path), lambda handle: handle.write(buffer.getvalue()))
+    except OSError as exc:
+        raise ClipSegError(f"--plot {path}: cannot write it: {exc.strerror or exc}") from None
+
+
+def curves_figure(scores: Scores) -> Figure:
+    """The figure `plot_curves` writes: precision-recall on the left, mIoU against the threshold on the right.
+
+    Returns:
+        A matplotlib Figure (Agg, never shown).
     """
     import matplotlib
 
@@ -58,8 +77,11 @@ def plot_curves(scores: Scores, path: Path) -> None:
     best = summary["best_threshold"]
     iou_axes.axvline(best, color="grey", linestyle="--", linewidth=1)
     iou_axes.plot([best], [summary["best_miou"]], "o", color="black")
+    right, high = best > 0.5, summary["best_miou"] > 0.5  # the label points inwards: never over the title or out
     iou_axes.annotate(f"best {best:.2f}: {summary['best_miou']:.3f}", (best, summary["best_miou"]),
-                      textcoords="offset points", xytext=(6, 6))
+                      textcoords="offset points", xytext=(-6 if right else 6, -6 if high else 6),
+                      ha="right" if right else "left", va="top" if high else "bottom",
+                      bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     ap = "n/a" if summary["ap"] is None else f"{summary['ap']:.3f}"
     pr_axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"precision-recall (AP {ap})")
     iou_axes.set(xlabel="threshold", ylabel="IoU", xlim=(0, 1), ylim=(0, 1.02),
@@ -68,9 +90,4 @@ def plot_curves(scores: Scores, path: Path) -> None:
         axes.grid(alpha=0.3)
         if len(prompts) > 1:
             axes.legend(fontsize="small")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    try:
-        atomic_write(Path(path), lambda handle: handle.write(buffer.getvalue()))
-    except OSError as exc:
-        raise ClipSegError(f"--plot {path}: cannot write it: {exc.strerror or exc}") from None
+    return figure

@@ -276,8 +276,9 @@ class Trainer:
                  f"val mIoU {shown}{note}")
 
     def _log_record(self) -> dict:
+        improved = self.best_epoch > 0 if self.data.val else None  # None: nothing to tell without validation
         return {**self.data.description, "options": asdict(self.options), "epochs": self.history,
-                "best_epoch": self.best_epoch, "best_val_miou": self.best}
+                "best_epoch": self.best_epoch, "best_val_miou": self.best, "improved": improved}
 
     def _save_state(self) -> None:
         state = {"decoder": self.decoder.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
