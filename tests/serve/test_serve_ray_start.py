@@ -53,6 +53,14 @@ def test_room_counts_replicas_that_fit_on_one_node_each() -> None:
         check_room(Scale(1, cpus=1, gpus=1), [node(2)])
 
 
+def test_joining_a_cluster_needs_a_token_or_no_auth(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CLIPSEG_TOKEN", raising=False)
+    outcome = clipseg("serve", "--ray-address", "auto", "--weights", checkpoint)  # refused before Ray is asked
+    assert outcome.code == 2
+    assert outcome.errors() == ["error: --ray-address auto lets other machines in: give --token (or CLIPSEG_TOKEN), "
+                                "or --no-auth to serve without one"]
+
+
 def launch(checkpoint: Path, folder: Path, *args: object, **env: str) -> tuple[subprocess.Popen, Path]:
     """Start ``clipseg serve --ray`` in a session of its own (a terminal's Ctrl-C reaches its whole group)."""
     stderr = folder / "serve.err"

@@ -59,7 +59,8 @@ def serve(
                                                  help="After SIGTERM, seconds to answer the requests held.")]
     = 60.0,
     ray: Annotated[bool, typer.Option("--ray", rich_help_panel=RAY,
-                                      help="Serve as Ray Serve replicas behind Ray's HTTP proxy (a local Ray).")]
+                                      help="Serve as Ray Serve replicas behind Ray's HTTP proxy (a local Ray, on "
+                                           "127.0.0.1 only).")]
     = False,
     replicas: Annotated[int, typer.Option("--replicas", min=1, rich_help_panel=RAY,
                                           help="Replicas, each with the model loaded once (implies --ray).")] = 1,
@@ -68,7 +69,8 @@ def serve(
     = None,
     ray_address: Annotated[str | None, typer.Option("--ray-address", rich_help_panel=RAY,
                                                     help="Join this Ray cluster (auto, or ray://HOST:10001) instead of "
-                                                         "a local Ray (implies --ray).")] = None,
+                                                         "a local Ray (implies --ray; needs --token or --no-auth).")]
+    = None,
     replica_cpus: Annotated[float, typer.Option("--replica-cpus", min=0.0, rich_help_panel=RAY,
                                                 help="Ray CPUs each replica reserves (implies --ray).")] = 1.0,
     ray_timeout: Annotated[float, typer.Option("--ray-timeout", min=1.0, metavar="SECONDS", rich_help_panel=RAY,
