@@ -167,5 +167,8 @@ def test_serve_run_builder_needs_a_token_and_known_arguments(checkpoint, monkeyp
     with pytest.raises(ClipSegError, match=r"^replicas and autoscale: give one"):
         app({"weights": str(checkpoint), "token": TOKEN, "replicas": "2", "autoscale": "1:3"})
     assert isinstance(app({"weights": str(checkpoint), "no_auth": "true"}), Application)
+    for token in (" ", "", " padded"):  # a token no client could send: refused as clipseg serve --token refuses it
+        with pytest.raises(ClipSegError, match=r"^token= "):
+            app({"weights": str(checkpoint), "token": token})
     monkeypatch.setenv("CLIPSEG_TOKEN", TOKEN)
     assert isinstance(app({"weights": str(checkpoint), "autoscale": "1:3"}), Application)

@@ -173,6 +173,7 @@ class Arguments(BaseModel):
     max_queue: int = ServeConfig.max_queue
     batch_size: int = ServeConfig.batch_size
     batch_wait_ms: float = ServeConfig.batch_wait_ms
+    body_timeout: float = ServeConfig.body_timeout_s  # the head, connections and drain are Ray's proxy's
     replicas: int = 1
     autoscale: str | None = None
     replica_cpus: float = 1.0
@@ -206,7 +207,8 @@ def app(arguments: dict[str, str]) -> Application:
         LOG.warning("serve: served without a token (no_auth=true): anyone who can reach Ray's proxy can use it")
     config = ServeConfig(token=token, cors=tuple(o for o in args.cors.split(",") if o), max_queue=args.max_queue,
                          max_upload_mb=args.max_upload_mb, batch_size=args.batch_size,
-                         batch_wait_ms=args.batch_wait_ms, max_pixels=args.max_pixels, refine=args.refine)
+                         batch_wait_ms=args.batch_wait_ms, max_pixels=args.max_pixels, refine=args.refine,
+                         body_timeout_s=args.body_timeout)
     scale = Scale(args.replicas, Scale.parse_autoscale(args.autoscale, "autoscale=") if args.autoscale else None,
                   args.replica_cpus, 1.0 if args.device == "cuda" else 0.0)
     return deployment(ModelSpec(args.weights, args.device, args.precision), config, scale)
