@@ -158,3 +158,14 @@ def test_two_folders_with_one_file_name_give_two_images(tmp_path: Path, photos: 
     assert "0 image(s) labelled, 7 up to date" in summary(again.stderr)
     found = json.loads((tmp_path / "ds" / "annotations" / "instances_train.json").read_text())
     assert len(found["images"]) == 7
+
+
+def test_an_image_no_longer_given_leaves_the_dataset(tmp_path: Path, photos: Path, run_label) -> None:
+    assert run_label(photos, tmp_path / "ds", *CLASSES, "--format", "yolo", "--preview", "2").code == 0
+    (photos / "c.png").unlink()
+    (photos / "sub" / "d.png").unlink()
+    rerun = run_label(photos, tmp_path / "ds", *CLASSES, "--format", "yolo")
+    assert rerun.code == 0 and "0 image(s) labelled, 4 up to date" in summary(rerun.stderr)
+    fresh = run_label(photos, tmp_path / "fresh", *CLASSES, "--format", "yolo")
+    assert fresh.code == 0 and dataset_files(tmp_path / "ds") == dataset_files(tmp_path / "fresh")
+    assert not (tmp_path / "ds" / "images" / "train" / "c.png").exists()  # YOLO would train on it as background

@@ -74,10 +74,10 @@ class Server:
             time.sleep(0.05)
 
 
-def start(checkpoint: Path, *args: object, gate: Path | None = None) -> Server:
-    """Start ``clipseg serve`` and wait until /healthz answers 200."""
+def start(checkpoint: Path, *args: object, gate: Path | None = None, **env: str) -> Server:
+    """Start ``clipseg serve`` (``env`` added to its environment) and wait until /healthz answers 200."""
     port = free_port()
-    env = subprocess_env(CLIPSEG_TOKEN=TOKEN, **({"CLIPSEG_TEST_GATE": str(gate)} if gate else {}))
+    env = subprocess_env(CLIPSEG_TOKEN=TOKEN, **({"CLIPSEG_TEST_GATE": str(gate)} if gate else {}), **env)
     gate_fd = None
     if gate is not None:
         os.mkfifo(gate)
@@ -326,3 +326,145 @@ def test_serve_is_listed_and_importing_the_cli_does_not_import_the_server():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=subprocess_env()).stdout.split() == ["False", "False"]
     assert "serve" in clipseg("--help").stdout
+
+
+# ---- the in-memory path: nothing left behind (issue 30 item 6) ----------------------------------------------
+
+
+def raw_request(image: bytes, prompt: str) -> bytes:
+    """The bytes of a whole ``POST /v1/segment`` request, as httpx would send them."""
+    request = httpx.Request("POST", "http://127.0.0.1/v1/segment", headers=AUTH, data={"prompt": prompt},
+                            files={"image": ("a.png", image)})
+    head = "".join(f"{key}: {value}\r\n" for key, value in request.headers.items())
+    return f"POST /v1/segment HTTP/1.1\r\n{head}\r\n".encode() + b"".join(request.stream)
+
+
+def rss_bytes(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) * 1024
+
+
+def test_clients_that_leave_leave_no_file_and_their_memory_goes(checkpoint, tmp_path):
+    temp = tmp_path / "tmp"  # the server's TMPDIR: where its upload folders went
+    temp.mkdir()
+    # one malloc arena: the server's size then follows what it holds, not what glibc's per-thread arenas keep
+    server = start(checkpoint, "--max-queue", 64, "--batch-size", 1, "--batch-wait-ms", 0, "--max-pixels", 4_000_000,
+                   "--max-upload-mb", 40, gate=tmp_path / "gate", TMPDIR=str(temp), MALLOC_ARENA_MAX="1")
+    big = BytesIO()
+    noise((2000, 1500), seed=7).save(big, "PNG", compress_level=0)  # 9 MB that nothing compresses
+    whole = raw_request(big.getvalue(), "car")
+    port = int(server.url.rsplit(":", 1)[1])
+
+    def leave() -> None:
+        """Ten clients send their request and leave while it waits; five more leave halfway through the upload."""
+        sockets = [socket.create_connection(("127.0.0.1", port)) for _ in range(15)]
+        for sock in sockets[:10]:
+            sock.sendall(whole)
+        for sock in sockets[10:]:
+            sock.sendall(whole[: len(whole) // 2])
+        server.until(lambda: server.metric("clipseg_queue_depth") == 10, "ten requests held")
+        for sock in sockets:
+            sock.close()
+        server.until(lambda: server.metric("clipseg_queue_depth") == 1, "the places of the nine waiting freed")
+        server.release(1)  # the one the model holds runs, for nobody; the cancelled ones never reach the model
+        server.until(lambda: server.metric("clipseg_running") == 0 and server.metric("clipseg_queue_depth") == 0,
+                     "nothing running")
+
+    try:
+        for _ in range(2):
+            leave()
+        settled = rss_bytes(server.process.pid)
+        for _ in range(4):  # 60 clients more, 50 uploads whole: 450 MB if they were held
+            leave()
+        assert list(temp.rglob("*")) == []
+        opened = [os.readlink(fd) for fd in Path(f"/proc/{server.process.pid}/fd").iterdir()]
+        assert not [name for name in opened if name.startswith(str(temp))]
+        grown = rss_bytes(server.process.pid) - settled
+        assert grown < 20 * len(whole), f"{grown / 1e6:.0f} MB more after 60 clients left"
+        server.release(1)
+        assert post(server, big.getvalue(), "car").status_code == 200  # and it serves on
+    finally:
+        stop(server)
+
+
+# ---- SIGTERM: what reached the server is answered (item 7) -----------------------------------------------------
+
+
+def answer_of(sock: socket.socket) -> bytes:
+    """Everything the server sends on ``sock`` until it closes the connection."""
+    sock.settimeout(DEADLINE)
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def refused(server: Server) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_sigterm_answers_what_reached_the_server_healthz_says_503_and_then_no_more_is_accepted(checkpoint, images,
+                                                                                                tmp_path):
+    server = start(checkpoint, "--batch-size", 1, "--batch-wait-ms", 0, "--header-timeout", 600, gate=tmp_path / "gate")
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            held = pool.submit(post, server, images[0], "car")  # in the model, held at the gate
+            server.until(lambda: server.metric("clipseg_queue_depth") == 1, "a request held")
+            late = socket.create_connection(("127.0.0.1", port))  # its first bytes arrive before SIGTERM
+            whole = raw_request(images[1].read_bytes(), "car")
+            late.sendall(whole[:30])
+            probe = socket.create_connection(("127.0.0.1", port))
+            probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            server.process.send_signal(signal.SIGTERM)
+            server.until(lambda: refused(server), "the server to stop accepting")
+            probe.sendall(b"\r\n")
+            health = answer_of(probe)
+            assert health.startswith(b"HTTP/1.1 503") and b'"draining"' in health, health
+            late.sendall(whole[30:])
+            server.release(2)
+            assert held.result().status_code == 200
+            answer = answer_of(late)
+            assert answer.startswith(b"HTTP/1.1 200") and b"\x89PNG" in answer, answer[:300]
+        assert server.process.wait(timeout=DEADLINE) == 0
+        assert "Traceback" not in server.process.stderr.read()
+    finally:
+        stop(server)
+
+
+# ---- slow clients and open connections (item 4) ---------------------------------------------------------------
+
+
+def test_a_slow_head_or_body_gets_408_and_the_server_serves_on(checkpoint, images):
+    server = start(checkpoint, "--header-timeout", 1, "--body-timeout", 1)
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        idle = socket.create_connection(("127.0.0.1", port))  # sends nothing
+        slow_head = socket.create_connection(("127.0.0.1", port))
+        slow_head.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\n")
+        slow_body = socket.create_connection(("127.0.0.1", port))
+        slow_body.sendall(raw_request(images[0].read_bytes(), "car")[:-100])
+        for sock, option in ((idle, b"--header-timeout"), (slow_head, b"--header-timeout"),
+                             (slow_body, b"--body-timeout")):
+            answer = answer_of(sock)
+            assert answer.startswith(b"HTTP/1.1 408") and option in answer, answer[:300]
+        assert post(server, images[0], "car").status_code == 200
+    finally:
+        stop(server)
+
+
+def test_connections_past_max_connections_are_answered_503(checkpoint, images):
+    server = start(checkpoint, "--max-connections", 3, "--header-timeout", 600)
+    port = int(server.url.rsplit(":", 1)[1])
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        server.until(lambda: post(server, images[0], "car").status_code == 503, "the connections counted")
+        for sock in idle:
+            sock.close()
+        server.until(lambda: post(server, images[0], "car").status_code == 200, "the connections closed counted")
+    finally:
+        stop(server)

@@ -69,7 +69,6 @@ def label_command(
     force: Annotated[bool, typer.Option(
         "--force", "-f", rich_help_panel=DATASET, help="Label again images whose labels are up to date.")] = False,
     quiet: options.Quiet = False,
-    verbose: options.Verbose = False,
 ) -> None:
     """Label a folder of images by text prompts: a dataset to train a model on (resumable, in any of four formats)."""
     from clipseg_cli.label import LabelJob, parse_classes, parse_splits
@@ -78,7 +77,7 @@ def label_command(
     if merge:
         raise typer.Exit(_merge([Path(arg) for arg in inputs], folder, preview, quiet))
     run_options = RunOptions(weights=weights, device=device, precision=precision, revision=revision, offline=offline,
-                             batch_size=batch_size, overlay=False, force=force, quiet=quiet, verbose=verbose,
+                             batch_size=batch_size, overlay=False, force=force, quiet=quiet,
                              max_pixels=max_pixels, threshold=threshold, blur=blur, dilate=dilate, erode=erode,
                              min_area=min_area, invert=invert, negatives=negatives, templates=templates,
                              refine=refine, sam_weights=sam_weights)

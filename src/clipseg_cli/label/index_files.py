@@ -18,6 +18,7 @@ from clipseg_cli.label.store import (
     STORE,
     Entry,
     json_text,
+    prune,
     read_marker,
     read_record,
     record_path,
@@ -29,11 +30,12 @@ from clipseg_cli.scale.sharding import Shard
 def finish(root: Path, classes: Sequence[LabelClass], fmt: ModuleType, splits: Splits, entries: Sequence[Entry],
            preview: int = 0) -> list[str]:
     """Write the format's index files for these images (every split has its files, empty or not) and the
-    preview of the first ``preview`` images.
+    preview of the first ``preview`` images; the records and files of images no longer given are removed.
 
     Returns:
         The files written, relative to the dataset.
     """
+    prune(root, [entry.name for entry in entries])
     by_split: dict[str, list[Entry]] = {name: [] for name in splits.names}
     for entry in sorted(entries, key=lambda entry: entry.name):
         by_split.setdefault(entry.split, []).append(entry)
@@ -46,11 +48,13 @@ def finish(root: Path, classes: Sequence[LabelClass], fmt: ModuleType, splits: S
         return found
 
     written = fmt.finish(root, classes, by_split, record)
-    if preview:
-        from clipseg_cli.label.preview import write_preview
+    from clipseg_cli.label.preview import PREVIEW_FILE, write_preview
 
+    if preview:
         chosen = [entry for name in by_split for entry in by_split[name]][:preview]
         written.append(write_preview(root, classes, fmt, chosen, record))
+    elif (root / PREVIEW_FILE).is_file():  # one of an earlier run would show other images
+        (root / PREVIEW_FILE).unlink()
     return written
 
 

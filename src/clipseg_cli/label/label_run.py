@@ -103,7 +103,7 @@ def name_entries(items: Sequence[WorkItem], root: Path) -> list[tuple[str, str]]
 def label(model: ModelSpec | Segmenter | str, inputs: Iterable[PathLike], dataset: PathLike, run: LabelJob, *,
           recursive: bool = False, shard: Shard | None = None, progress: bool = False) -> Iterator[Outcome]:
     """Label image files and folders into a dataset folder (`Labelling`); the index files are written
-    once every image is done (not by a shard: `merge_shards` writes them).
+    once every image is done (not by a shard: `merge` writes them).
 
     Returns:
         An iterator of one Outcome per image of the run (or of the shard).

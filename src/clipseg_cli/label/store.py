@@ -116,7 +116,7 @@ def open_dataset(root: Path, fmt: str, class_names: Sequence[str], semantic: boo
             raise ClipSegError(
                 f"-o {root} holds another dataset ({found.get('format')} of classes {found.get('classes')}"
                 f"{', semantic' if found.get('semantic') else ''}); label into another folder, or give the same "
-                f"--format, classes and --semantic to add to it")
+                f"--format, classes and --semantic to relabel it")
         return
     if root.exists():
         if not root.is_dir():
@@ -144,3 +144,40 @@ def read_marker(root: Path) -> dict:
     if not path.is_file():
         raise ClipSegError(f"{root} is not a clipseg dataset (no {STORE}/{MARKER})")
     return _read_marker(path)
+
+
+def prune(root: Path, keep: Sequence[str]) -> int:
+    """Remove the records of images that are no longer in the dataset, and the files they list that no kept
+    image lists (an image removed from the inputs leaves no unlisted image behind: YOLO would train on it as
+    background).
+
+    Arguments:
+        keep: the file names of the dataset's images.
+
+    Returns:
+        How many records were removed.
+    """
+    folder = root / STORE / RECORDS
+    if not folder.is_dir():
+        return 0
+    kept = {record_path(root, name) for name in keep}
+    stale = [path for path in sorted(folder.glob("*/*.json")) if path not in kept]
+    if not stale:
+        return 0
+    listed = {relative for path in kept for relative in _listed_files(path)}
+    for path in stale:
+        for relative in _listed_files(path):
+            target = root / relative
+            if relative not in listed and ".." not in Path(relative).parts and os.path.lexists(target):
+                target.unlink()
+        path.unlink()
+    return len(stale)
+
+
+def _listed_files(path: Path) -> list[str]:
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    files = found.get("files", []) if isinstance(found, dict) else []
+    return [relative for relative in files if isinstance(relative, str)]
