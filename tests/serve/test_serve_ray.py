@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import noise, save, subprocess_env
+from helpers import is_loopback, listening_sockets, noise, save, subprocess_env
 from helpers_serve import AUTH, TOKEN, assert_masks_are_segment_files, free_port, post, segment_cli
 
 httpx = pytest.importorskip("httpx", reason="the dev extra's httpx drives the server")
@@ -106,6 +106,16 @@ def test_token_is_needed_on_every_route_but_healthz(server, images):
     assert httpx.get(f"{server.url}/metrics", headers=AUTH, timeout=60).status_code == 200
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the sockets from /proc")
+def test_the_local_ray_and_its_replicas_listen_on_loopback_only(server):
+    """GCS, raylet, object manager, workers, dashboard agent, metrics, Serve's controller, proxy and replicas."""
+    found = listening_sockets(server.process.pid)
+    ports = {port for _, port, _ in found}
+    assert int(server.url.rsplit(":", 1)[1]) in ports  # the proxy: the listing sees the whole tree
+    assert {"gcs_server", "raylet"} <= {name for *_, name in found}
+    assert [entry for entry in found if not is_loopback(entry[0])] == []
+
+
 def test_two_replicas_both_answer_with_the_same_masks(server, images, checkpoint, tmp_path):
     segment_cli(images[0], tmp_path, checkpoint, "car", "--no-overlay")
     expected = (tmp_path / f"{images[0].stem}.car.mask.png").read_bytes()
@@ -157,5 +167,8 @@ def test_serve_run_builder_needs_a_token_and_known_arguments(checkpoint, monkeyp
     with pytest.raises(ClipSegError, match=r"^replicas and autoscale: give one"):
         app({"weights": str(checkpoint), "token": TOKEN, "replicas": "2", "autoscale": "1:3"})
     assert isinstance(app({"weights": str(checkpoint), "no_auth": "true"}), Application)
+    for token in (" ", "", " padded"):  # a token no client could send: refused as clipseg serve --token refuses it
+        with pytest.raises(ClipSegError, match=r"^token= "):
+            app({"weights": str(checkpoint), "token": token})
     monkeypatch.setenv("CLIPSEG_TOKEN", TOKEN)
     assert isinstance(app({"weights": str(checkpoint), "autoscale": "1:3"}), Application)
