@@ -47,7 +47,7 @@ def test_the_pages_examples_run(tmp_path: Path, checkpoint: Path):
             done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", code], cwd=sandbox, env=env,
                                   capture_output=True, text=True, timeout=600)
             assert done.returncode == 0, f"{code}\n{done.stderr[-3000:]}"
-            promised = re.findall(r"[\w./-]+\.(?:mkv|mp4|mov|webm)\b", " ".join(re.findall(r"#.*", code)))
+            promised = re.findall(r"[\w./-]+\.(?:mkv|mp4|mov|webm|png)\b", " ".join(re.findall(r"#.*", code)))
             assert promised and [name for name in promised if not (sandbox / name).is_file()] == []
         for code in blocks("python"):
             done = subprocess.run([sys.executable, "-c", code], cwd=sandbox, env=env, capture_output=True, text=True,

@@ -3,6 +3,7 @@ source (timestamps, frame rate, rotation, sound, odd sizes) in every output kind
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,25 @@ def test_sound_that_webm_cannot_hold_is_reencoded_to_opus(tmp_path: Path, weight
     facts = stream_facts(tmp_path / "out" / "clip.square.cutout.webm")
     assert facts["audio"][0] == "opus"
     assert packet_times(tmp_path / "out" / "clip.square.cutout.webm", "audio")[-1] > 0.2
+
+
+def test_png_frames_are_each_output_upright_at_its_size_and_count_in_reruns(tmp_path: Path, weights: list[str]):
+    clip = make_clip(tmp_path / "clip.mp4", size=(65, 47), rotation=90, frames=4)
+    out = tmp_path / "out"
+    run = clipseg("video", clip, "-p", "square", "-o", out, "--cutout", "--png-frames", "--json", *weights)
+    assert run.code == 0, run.stderr
+    folders = run.records()[0]["png_frames"]
+    assert sorted(folders) == ["cutout", "mask", "overlay"]
+    masks = decoded_frames(out / "clip.square.mask.mkv", "gray")
+    pngs = sorted(Path(folders["mask"]).iterdir())
+    assert [p.name for p in pngs] == [f"{i:06d}.png" for i in range(4)]
+    for mask, png in zip(masks, pngs, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(png)), np.rot90(mask, 1))  # upright, bit for bit
+    for kind, mode in (("overlay", "RGB"), ("cutout", "RGBA")):
+        with Image.open(Path(folders[kind]) / "000003.png") as image:
+            assert (image.size, image.mode) == ((47, 65), mode)  # upright, the overlay's padding dropped
+    again = clipseg("video", clip, "-p", "square", "-o", out, "--cutout", "--png-frames", "--json", *weights)
+    assert again.records()[0]["status"] == "skipped"
+    shutil.rmtree(folders["overlay"])
+    redone = clipseg("video", clip, "-p", "square", "-o", out, "--cutout", "--png-frames", "--json", *weights)
+    assert redone.records()[0]["status"] == "ok" and Path(folders["overlay"], "000000.png").is_file()

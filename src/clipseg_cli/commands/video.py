@@ -37,6 +37,10 @@ def video(
         help="The --cutout's file: mov (ProRes 4444 with alpha: editors) or webm (VP9 with alpha: browsers).")] = "mov",
     audio: Annotated[bool, typer.Option(
         "--audio/--no-audio", rich_help_panel=VIDEO, help="Copy the sound into the overlay and cut-out.")] = True,
+    png_frames: Annotated[bool, typer.Option(
+        "--png-frames", rich_help_panel=VIDEO,
+        help="Also write each output as PNG files, {stem}.{label}.{kind}.frames/000000.png ..., upright, for tools "
+             "that want files.")] = False,
     chunk_frames: Annotated[int, typer.Option(
         "--chunk-frames", min=1, rich_help_panel=VIDEO,
         help="Frames per resumable chunk (a killed run resumes from its last finished chunk).")] = 240,
@@ -57,7 +61,8 @@ def video(
     if part is not None:
         items = select(items, part, folder)
     job = job_from_options(texts, run_options)
-    video_options = VideoOptions(smooth=smooth, cutout_format=cutout_format, audio=audio, chunk_frames=chunk_frames)
+    video_options = VideoOptions(smooth=smooth, cutout_format=cutout_format, audio=audio, chunk_frames=chunk_frames,
+                                 png_frames=png_frames)
     reporter = VideoReporter(run_options)
     results = run_videos(job, model_spec(run_options), items, video_options, progress=reporter.bar,
                          started=reporter.started)

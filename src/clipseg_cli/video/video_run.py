@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.fingerprint import content_sha256
+from clipseg_cli.fingerprint import stale_reason as png_stale_reason
 from clipseg_cli.predictor import ModelSpec, Segmenter
 from clipseg_cli.run.inputs import WorkItem
 from clipseg_cli.run.targets import decode_min_side, recorded_settings
@@ -25,6 +26,7 @@ from clipseg_cli.video.chunks import ChunkStore
 from clipseg_cli.video.encoding import ChunkEncoder, codec_of, paint
 from clipseg_cli.video.files import output_path, work_folder
 from clipseg_cli.video.frames import FrameMaps, frame_maps, frames_engine
+from clipseg_cli.video.png_frames import FIRST, frames_folder, write_png_frames
 from clipseg_cli.video.reading import BrokenVideo, VideoError, VideoInfo, probe
 from clipseg_cli.video.records import Output, Recorder, stale_reason
 from clipseg_cli.video.smoothing import PULL, SCENE_CUT, Smoother
@@ -44,12 +46,14 @@ class VideoOptions:
     cutout_format: ``--cutout-format``, mov (ProRes 4444) or webm (VP9 with alpha).
     audio: copy the sound into the overlay and the cut-out.
     chunk_frames: frames per resumable chunk.
+    png_frames: also write each output as a PNG sequence (`clipseg_cli.video.png_frames`).
     """
 
     smooth: float = 0.0
     cutout_format: str = "mov"
     audio: bool = True
     chunk_frames: int = CHUNK_FRAMES
+    png_frames: bool = False
 
     def recorded(self) -> dict[str, object]:
         smoothing = {"smooth": self.smooth, "pull": PULL, "scene_cut": SCENE_CUT} if self.smooth else {"smooth": 0}
@@ -69,9 +73,13 @@ class VideoResult:
     frames: int | None = None
     error: str | None = None
     reason: str | None = None  # why an existing output was redone
+    png_frames: dict[str, str] | None = None  # per kind, the PNG sequence's folder (--png-frames)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        record = asdict(self)
+        if record["png_frames"] is None:
+            del record["png_frames"]
+        return record
 
 
 class Progress(Protocol):
@@ -145,6 +153,8 @@ class _Run:
             decided = self._decide(item, digest)
         pending = [output for result, outputs in decided if result.status == "pending" for output in outputs]
         results = [result for result, _ in decided]
+        if not pending:  # skipped, or refused
+            return results
         bar = self.progress(item, info) if self.progress is not None else None
         try:
             frames, failure = self._write(item, info, digest, pending, bar)
@@ -184,19 +194,31 @@ class _Run:
                        for kind, codec in self.codecs.items()]
             paths = {output.kind: str(output.path) for output in outputs}
             result = VideoResult(str(item.source), target.prompt, "pending", **paths)
+            if self.options.png_frames:
+                result.png_frames = {output.kind: str(frames_folder(output.path)) for output in outputs}
             clash = next((output.path for output in outputs if output.path in self.targets.protected), None)
             if clash is not None:
                 result.status, result.error = "failed", f"{item.source}: its output {clash} would overwrite an input"
                 decided.append((result, []))
                 continue
             if not self.job.force:
-                reasons = [stale_reason(output.path, self.recorder.record(output, digest)) if output.path.exists()
-                           else "missing" for output in outputs]
+                reasons = [self._stale(output, digest) for output in outputs]
                 if all(reason is None for reason in reasons):
                     result.status = "skipped"
                 result.reason = next((why for why in reasons if why not in (None, "missing")), None)
             decided.append((result, outputs))
         return decided
+
+    def _stale(self, output: Output, digest: str) -> str | None:
+        """Returns: why one output (and its PNG sequence, when asked) must be redone; None when it is up to date."""
+        record = self.recorder.record(output, digest)
+        if not output.path.exists():
+            return "missing"
+        reason = stale_reason(output.path, record)
+        if reason is None and self.options.png_frames:
+            first = frames_folder(output.path) / FIRST
+            return png_stale_reason(first, record) if first.exists() else "missing"
+        return reason
 
     def _write(self, item: WorkItem, info: VideoInfo, digest: str, outputs: list[Output],
                bar: Progress | None) -> tuple[int, BrokenVideo | None]:
@@ -226,9 +248,11 @@ class _Run:
             raise failure or VideoError(item.source, "no frames")
         for output in outputs:
             chunks = [store.path(number, output.target.label, output.kind) for number in range(writer.chunk)]
-            assemble(output.path, chunks, frames, info, output.codec,
-                     self.recorder.record(output, digest, complete=failure is None),
+            record = self.recorder.record(output, digest, complete=failure is None)
+            assemble(output.path, chunks, frames, info, output.codec, record,
                      audio=options.audio and output.kind != "mask")
+            if options.png_frames:
+                write_png_frames(output.path, info, output.codec, record)
         store.remove()
         return len(frames), failure
 
