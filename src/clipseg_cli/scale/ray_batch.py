@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
@@ -24,6 +22,7 @@ from clipseg_cli import LOGGER
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.predictor import ModelSpec
 from clipseg_cli.run.inputs import WorkItem
+from clipseg_cli.scale.ray_start import first_line, start_or_join
 
 if TYPE_CHECKING:
     from clipseg_cli.run.job import Job, PathLike
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(LOGGER)
 
-_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 IN_FLIGHT = 2  # chunks queued per actor, so that none waits for the driver between chunks
 MAX_BATCHES = 2  # model batches per chunk at most: a stopped run waits for the chunks in flight
 _STOP_SECONDS = 300  # how long a stopped run waits for them at most
@@ -111,18 +109,11 @@ class RayBatch:
         self.started = not ray.is_initialized()
         self._muted = _mute_ray(quiet)
         if self.started:
-            handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.CRITICAL if quiet else logging.ERROR, configure_logging=True)
-            except (ConnectionError, ValueError, RuntimeError) as exc:
+                start_or_join(address, quiet=quiet)
+            except ClipSegError:
                 self._muted()
-                raise ClipSegError(f"--ray-address {address or '(local)'}: cannot start or join Ray ({exc}); "
-                                   "check the address (ray status shows it) or leave it out for a local Ray") from None
-            finally:  # Ray's own handlers abort the process: Ctrl-C, SIGTERM and SIGHUP stop a run as ours do
-                for signum, handler in handlers.items():
-                    if handler is not None and threading.current_thread() is threading.main_thread():
-                        signal.signal(signum, handler)
+                raise
         resources = ray.cluster_resources()
         cpus, gpu_count = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
         self.gpus = device == "cuda" or (device == "auto" and gpu_count > 0)
@@ -222,11 +213,11 @@ class RayBatch:
             self._losses[index] = self._losses.get(index, 0) + 1
             if self._losses[index] > RESTARTS:
                 raise ClipSegError(
-                    f"Ray lost the actor of one chunk {self._losses[index]} times ({_first_line(exc)}); the files "
+                    f"Ray lost the actor of one chunk {self._losses[index]} times ({first_line(exc)}); the files "
                     "written so far are complete: rerun the same command to write the rest")
         with suppress(ray.exceptions.RayError):
             ray.kill(lost)
-        self._tell(f"Ray lost an actor ({_first_line(exc)}); a new one redoes its {len(held)} chunk(s)")
+        self._tell(f"Ray lost an actor ({first_line(exc)}); a new one redoes its {len(held)} chunk(s)")
         try:
             actor = self._when_ready(self._new_actor())
         except ClipSegError as failed:
@@ -258,12 +249,12 @@ class RayBatch:
                 error = ray.get(ready if ready is not None else actor.ready.remote())
             except ray.exceptions.RayActorError as exc:
                 if attempt == RESTARTS:
-                    raise ClipSegError(f"Ray could not start an actor ({_first_line(exc)})") from None
-                self._tell(f"Ray lost an actor while it started ({_first_line(exc)}); starting a new one")
+                    raise ClipSegError(f"Ray could not start an actor ({first_line(exc)})") from None
+                self._tell(f"Ray lost an actor while it started ({first_line(exc)}); starting a new one")
                 actor, ready = self._new_actor(), None
                 continue
             except ray.exceptions.RayError as exc:
-                raise ClipSegError(f"Ray could not start an actor ({_first_line(exc)})") from None
+                raise ClipSegError(f"Ray could not start an actor ({first_line(exc)})") from None
             if error:
                 raise ClipSegError(error)
             return actor
@@ -330,8 +321,3 @@ def _mute_ray(quiet: bool) -> Callable[[], None]:
 
     return undo
 
-
-def _first_line(exc: BaseException) -> str:
-    """Returns: the first line of an exception's message (Ray's run over many lines)."""
-    lines = str(exc).strip().splitlines()
-    return lines[0].rstrip(".") if lines else type(exc).__name__
