@@ -23,6 +23,7 @@ DOWNLOAD_PATTERNS = ("*.json", "*.txt", SAFETENSORS_FILE)
 
 # Output defaults.
 DEFAULT_THRESHOLD = 0.4
+PROMPT_EMBEDDING_LIMIT = 4096  # text prompts whose embeddings are kept, in memory and on disk (oldest dropped)
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2x MAX_IMAGE_PIXELS)
 
 # Every file we write ends in one of these, so a folder walk never takes our outputs as inputs.

@@ -103,7 +103,8 @@ def content_sha256(path: Path) -> str:
     ``rsync -a``, ``tar x`` and ``os.utime`` keep or set the mtime only), so a remembered sum is only
     used for the same bytes. A file changed in the last two seconds is read every time (its next
     change could fall within the same timestamp tick) by each new process. The memo is one small file per state in
-    ``content-sha256/`` beside the graph cache; a memo that cannot be written only costs the reading.
+    ``content-sha256/`` beside the graph cache, holding the sum and a check of it bound to the file's state (a memo
+    whose check fails is not used); a memo that cannot be written only costs the reading.
 
     Returns:
         64 hex characters.
@@ -116,20 +117,39 @@ def content_sha256(path: Path) -> str:
         return _memo[key]
     memo = _memo_folder() / key
     try:
-        found = memo.read_text(encoding="ascii").strip()
+        found = _checked_memo(memo.read_text(encoding="ascii"), state)
     except (OSError, UnicodeDecodeError):
-        found = ""
-    if len(found) == 64 and all(c in "0123456789abcdef" for c in found):
+        found = None
+    if found is not None:
         _memo[key] = found
         return found
     found = _memo[key] = file_sha256(path)
     if time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) > _SETTLED_NS:
         try:
             memo.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(memo, lambda handle: handle.write(found.encode() + b"\n"))
+            line = f"{found} {_memo_check(state, found)}\n"
+            atomic_write(memo, lambda handle: handle.write(line.encode("ascii")))
         except OSError:
             pass  # a read-only cache: the next run reads the file again
     return found
+
+
+def _memo_check(state: str, sha256: str) -> str:
+    """Returns: the check a memo stores beside its sum: 16 hex characters of the sha256 of the file's state and sum."""
+    return text_sha256(f"{state}\0{sha256}")[:16]
+
+
+def _checked_memo(text: str, state: str) -> str | None:
+    """The sum a memo file holds, when its check fits the file's state: a memo edited, truncated, filled with
+    zeros or copied from another file's is never trusted (the file is read again and the memo rewritten).
+
+    Returns:
+        64 hex characters, or None.
+    """
+    parts = text.split()
+    if len(parts) != 2 or len(parts[0]) != 64 or any(c not in "0123456789abcdef" for c in parts[0]):
+        return None
+    return parts[0] if parts[1] == _memo_check(state, parts[0]) else None
 
 
 def _memo_folder() -> Path:

@@ -141,3 +141,38 @@ def test_a_closed_stdout_is_fine_for_a_command_that_prints_nothing_there(photo, 
     done = run_with_stdout_closed("batch", photo, "-p", "car", "-o", tmp_path / "out", "-q", *weights)
     assert done.returncode == 0, done.stderr.decode()
     assert (tmp_path / "out" / "photo.car.mask.png").exists()
+
+
+@pytest.mark.slow
+def test_stdin_is_read_up_to_the_byte_equivalent_of_max_pixels_and_no_further(photo, weights):
+    import threading
+
+    limit = 5000 * 4 + (1 << 20)  # 4 bytes a pixel (8-bit RGBA, uncompressed) and 1 MiB of metadata; 3456 px here
+    ok = run("segment", "-", "car", "--stdout", "mask", "--max-pixels", 5000, *weights,
+             stdin=photo.read_bytes() + b"\0" * 1000)
+    assert ok.returncode == 0, ok.stderr.decode()
+    process = subprocess.Popen([sys.executable, "-m", "clipseg_cli", "segment", "-", "car", "--stdout", "mask",
+                                "--max-pixels", "5000", *weights], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=subprocess_env())
+    sent = [0]
+
+    def feed() -> None:  # the image, then zeros without end: 64 times the limit unless the reader stops
+        try:
+            process.stdin.write(photo.read_bytes())
+            block = b"\0" * 65536
+            while sent[0] < 64 * limit:
+                process.stdin.write(block)
+                sent[0] += len(block)
+            process.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    stdout, stderr = process.stdout.read(), process.stderr.read()
+    feeder.join(timeout=300)
+    assert process.wait(timeout=300) == 2
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "stdin holds more than" in lines[0] and "--max-pixels" in lines[0], lines
+    assert stdout == b""
+    assert sent[0] < 2 * limit  # it stopped reading at the bound (plus what the pipe holds)

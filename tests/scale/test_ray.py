@@ -5,6 +5,8 @@ One local Ray with 2 CPUs serves the module (as CI runs it).
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,8 @@ from clipseg_cli.run.inputs import collect
 from clipseg_cli.run.job import Job
 from clipseg_cli.scale.ray_batch import RayBatch
 from clipseg_cli.scale.ray_data import SegmentBatch, read_image_files, segment, write_masks
-from helpers import Outcome, clipseg, files, make_folder, run_batch
+from clipseg_cli.scale.ray_start import start_or_join
+from helpers import Outcome, clipseg, files, is_loopback, listening_sockets, make_folder, run_batch
 
 
 def comparable(records: list[dict], out: Path) -> list[dict]:
@@ -34,7 +37,7 @@ def comparable(records: list[dict], out: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    assert start_or_join("local", num_cpus=2)  # as clipseg starts one: on loopback only
     yield
     ray.shutdown()
 
@@ -60,6 +63,14 @@ def test_ray_run_is_the_plain_run(plain, checkpoint: Path, tmp_path: Path, local
     assert comparable(done.records(), out) == comparable(first.records(), expected)  # in input order
     again = run_batch(folder, out, checkpoint, "--ray", "--ray-actors", "1")
     assert {r["status"] for r in again.records() if "broken" not in r["image"]} == {"skipped"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the sockets from /proc")
+def test_the_local_ray_listens_on_loopback_only(local_ray: None) -> None:
+    found = listening_sockets(os.getpid())  # this process's Ray: GCS, raylet, agents, workers
+    assert {"gcs_server", "raylet"} <= {name for *_, name in found}
+    assert [entry for entry in found if not is_loopback(entry[0])] == []
 
 
 @pytest.mark.slow

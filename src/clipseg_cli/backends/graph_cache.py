@@ -1,24 +1,25 @@
 """Where graphs derived from a checkpoint live: one entry per (checkpoint content, our version, opset, tools).
 
-An entry holds the ONNX graphs (`backends.ort`) and the bf16 TorchScript programs (`backends.traced`),
-each file checked and sealed alike.
+An entry holds the ONNX graphs (`backends.ort`) and the bf16 TorchScript programs (`backends.traced`), each file
+checked and sealed alike.
 
 An entry is ``<root>/onnx/<key>/`` under clipseg's cache root (`cachedir.cache_root`), its text prompts'
 embeddings in ``<root>/embeddings/<key>/`` (keyed by their token ids, so that a run with prompts seen before
-never opens the text graph). The key is a hash of everything that made the graphs, so a changed checkpoint,
-release, opset, torch or onnxruntime gets a fresh entry. Every file is written to a temporary name and
-renamed into place when complete, and carries a checksum (``<graph>.onnx.sum`` beside a graph; a trailer
-in an embedding's file) that is checked when it is used: a damaged one is made again.
+never opens the text graph; at most `EMBEDDING_LIMIT` of them, the least recently used dropped first). The key
+is a hash of everything that made the graphs, so a changed checkpoint, release, opset, torch or onnxruntime gets
+a fresh entry. Every file is written to a temporary name and renamed into place when complete, and carries a
+checksum (``<graph>.onnx.sum`` beside a graph; a trailer in an embedding's file) that is checked when it is
+used: a damaged one is made again.
 
-A process using an entry holds its lock (`cachedir.use_entry`). When a new entry is made, the others are
-cleaned up, but never one that a live process holds: the entries of the same release and checkpoint
-folder with other weights at once (their weights are gone), the others (other releases sharing the
-cache) once unused for `KEEP_DAYS` days, or the least recently used first while all entries together
-exceed `LIMIT_BYTES`.
+A process using an entry holds its lock (`cachedir.use_entry`). When a new entry is made, the others are cleaned
+up, but never one that a live process holds: the entries of the same release and checkpoint folder with other
+weights at once (their weights are gone), the others (other releases sharing the cache) once unused for
+`KEEP_DAYS` days, or the least recently used first while all entries together exceed `LIMIT_BYTES`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -44,6 +45,7 @@ from clipseg_cli.cachedir import (
     unsealed,
     use_entry,
 )
+from clipseg_cli.constants import PROMPT_EMBEDDING_LIMIT
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.fingerprint import checkpoint_digest
 from clipseg_cli.imaging.writing import atomic_write
@@ -52,6 +54,7 @@ OPSET = 17
 LAYOUT = 3  # how an entry's files are laid out (3: optimised graphs, weights beside them, checksums); in the key
 KEEP_DAYS = 30  # entries of other releases are kept this long after their last use
 LIMIT_BYTES = 8 << 30  # ... while all entries together stay below this
+EMBEDDING_LIMIT = PROMPT_EMBEDDING_LIMIT  # text embeddings kept on disk per entry, as in memory
 ABOUT_FILE = "entry.json"  # what made an entry: the checkpoint folder, its digest (key "identity"), the release
 
 
@@ -261,6 +264,8 @@ def load_embedding(entry: Path, token_ids: np.ndarray, dim: int, note=None) -> n
         embedding = None
     if (embedding is not None and embedding.shape == (dim,) and embedding.dtype == np.float32
             and np.isfinite(embedding).all()):
+        with contextlib.suppress(OSError):  # its use: the bound drops the least recently used first
+            os.utime(path)
         return embedding
     if note is not None:
         note(f"the cached prompt embedding {path} is damaged; computing it again")
@@ -278,6 +283,47 @@ def store_embedding(entry: Path, token_ids: np.ndarray, embedding: np.ndarray) -
         atomic_write(path, lambda handle: handle.write(seal(buffer.getbuffer())))
     except OSError:
         return  # the next run embeds the prompt again
+    bound_embeddings(path.parent, EMBEDDING_LIMIT)
+
+
+def bound_embeddings(folder: Path, limit: int) -> int:
+    """Keep at most ``limit`` embeddings in an entry's folder: the least recently used (stored or loaded) go first.
+
+    Returns:
+        How many were removed.
+    """
+    try:
+        stored = [(item.stat().st_mtime_ns, item.path) for item in os.scandir(folder) if item.name.endswith(".npy")]
+    except OSError:
+        return 0
+    removed = 0
+    for _, path in sorted(stored)[: max(0, len(stored) - limit)]:
+        with contextlib.suppress(OSError):  # another process removed it first
+            os.unlink(path)
+            removed += 1
+    return removed
+
+
+def clear_embeddings(entry: Path) -> bool:
+    """Remove an entry's stored embeddings, in use or not: each file stands alone, and a process that misses one
+    embeds its prompt again. The folder goes too when no process holds the entry.
+
+    Returns:
+        False when a file could not be removed.
+    """
+    folder = embeddings_dir(entry)
+    if not os.path.lexists(folder):
+        return True
+    if folder.is_symlink() or not folder.is_dir():
+        return remove_entry(entry, ("embeddings",))
+    try:
+        for item in folder.iterdir():
+            if item.suffix == ".npy" and not item.is_dir():
+                item.unlink(missing_ok=True)
+    except OSError:
+        return False
+    remove_entry(entry, ("embeddings",))  # the empty folder, when nobody holds the entry
+    return True
 
 
 def _embedding_path(entry: Path, token_ids: np.ndarray) -> Path:

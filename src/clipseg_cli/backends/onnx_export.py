@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from clipseg_cli.backends.graph_cache import OPSET
+from clipseg_cli.backends.optimize import is_tool_error, tool_failure
 from clipseg_cli.constants import PICKLE_FILE, SAFETENSORS_FILE
+from clipseg_cli.errors import ClipSegError
 from clipseg_cli.modeling import ClipSeg
 
 GRAPHS = ("segment", "text", "visual")
@@ -134,12 +136,19 @@ def quantize_int8(graph: bytes) -> bytes:
 
     root = logging.getLogger()
     level = root.level
-    with tempfile.TemporaryDirectory(prefix="clipseg-int8-") as folder:
-        source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
-        source.write_bytes(graph)
-        root.setLevel(logging.ERROR)  # its advice to pre-process, logged on the root logger
-        try:
-            quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
-        finally:
-            root.setLevel(level)
-        return target.read_bytes()
+    folder = Path(tempfile.gettempdir())
+    try:
+        with tempfile.TemporaryDirectory(prefix="clipseg-int8-") as folder:
+            source, target = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+            source.write_bytes(graph)
+            root.setLevel(logging.ERROR)  # its advice to pre-process, logged on the root logger
+            try:
+                quantize_dynamic(source, target, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+            finally:
+                root.setLevel(level)
+            return target.read_bytes()
+    except Exception as exc:  # a full temporary folder: an OSError, or onnx's and protobuf's own errors
+        if not isinstance(exc, OSError) and not is_tool_error(exc):
+            raise
+        raise ClipSegError(tool_failure(f"cannot quantize the model in the temporary folder {folder}", exc,
+                                        Path(folder)) + "; set TMPDIR to a folder with room") from None

@@ -10,7 +10,9 @@ stays valid; the layout changes of the ``all`` level are made by each session as
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -47,7 +49,13 @@ def store_optimized(path: Path, graph: bytes) -> None:
                                          weights_path(path).name)
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                          "1024")
-        onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])  # from memory: no source file
+        try:  # from memory: no source file; what can fail here is the writing of the optimised graph
+            onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            if not is_tool_error(exc):
+                raise
+            raise OSError(errno.EIO, tool_failure("ONNX Runtime could not write the optimised graph", exc, folder),
+                          os.fspath(path)) from exc
         for written in (weights_path(target), target):
             _sync(written)
             os.replace(written, path.parent / written.name)
@@ -56,6 +64,28 @@ def store_optimized(path: Path, graph: bytes) -> None:
     finally:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def is_tool_error(exc: BaseException) -> bool:
+    """Whether an exception is ONNX Runtime's, onnx's or protobuf's own (they do not derive from OSError, even for a
+    full disk: ``InvalidProtobuf ... serialization failed``, ``Fail ... Failed to write external initializers``).
+
+    Returns:
+        True for those libraries' exception classes.
+    """
+    return type(exc).__module__.split(".")[0] in ("onnxruntime", "onnx", "google")
+
+
+def tool_failure(what: str, exc: BaseException, folder: Path | None) -> str:
+    """Returns: one line: ``what``, the library's own message without its source location, and the room left."""
+    message = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(exc))
+    message = re.sub(r"\S+\.(?:cc|h|cpp):\d+ (?:[^(]*\([^)]*\)(?: const)? )?", "", message)
+    message = " ".join(message.split()) or type(exc).__name__
+    try:
+        free = f"; {shutil.disk_usage(folder).free // 1024} KB free there" if folder is not None else ""
+    except OSError:
+        free = ""
+    return f"{what} ({message}{free})"
 
 
 def _sync(path: Path) -> None:

@@ -99,8 +99,9 @@ def clear(
         "--what", metavar="|".join(kind.value for kind in What), callback=_kind, help="Only this kind of entry.")]
     = None,
 ) -> None:
-    """Remove cache entries (all, or those matching the options); entries a running clipseg uses are left."""
-    from clipseg_cli.backends.graph_cache import remove_entry
+    """Remove cache entries (all, or those matching the options); graphs and activations a running clipseg uses
+    are left (its prompt embeddings are removed: it embeds a prompt again)."""
+    from clipseg_cli.backends.graph_cache import clear_embeddings, remove_entry
     from clipseg_cli.cachedir import remove, try_exclusive
     from clipseg_cli.training.activation_cache import LOCK_FILE
 
@@ -124,6 +125,8 @@ def clear(
             finally:
                 lock.release()
             done = True
+        elif kind == "embeddings":  # removed even in use: a running server embeds a missing prompt again
+            done = clear_embeddings(root / "onnx" / path.name)
         else:
             done = remove_entry(root / "onnx" / path.name, (kind,))
         if done:

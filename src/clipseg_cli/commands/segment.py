@@ -75,11 +75,8 @@ def to_stdout(image: str, texts: list[str], kind: str, output_dir: str | None, r
     with tempfile.TemporaryDirectory(prefix="clipseg-stdout-") as private:
         folder = Path(private)
         if image == "-":
-            data = sys.stdin.buffer.read()
-            if not data:
-                raise ClipSegError("stdin is empty: pipe an image in (cat photo.jpg | clipseg segment - ...)")
             source = folder / "stdin"
-            source.write_bytes(data)
+            copy_stdin(source, stdin_limit(run_options.max_pixels))
         else:
             check_image_argument(image)
             source = Path(image)
@@ -97,6 +94,34 @@ def to_stdout(image: str, texts: list[str], kind: str, output_dir: str | None, r
             raise RuntimeError(f"--stdout {kind}: the run wrote {len(written)} such PNGs, not one")
         write_all(written[0].read_bytes())
         return code
+
+
+STDIN_BYTES_PER_PIXEL = 4  # an uncompressed 8-bit RGBA image (BMP, TIFF): the largest file of an image we take
+STDIN_HEADROOM = 1 << 20  # metadata (EXIF, an ICC profile) on top of the pixels
+STDIN_BLOCK = 1 << 20
+
+
+def stdin_limit(max_pixels: int) -> int:
+    """Returns: the most bytes ``segment -`` reads from stdin: the file of an image of ``max_pixels`` pixels."""
+    return max_pixels * STDIN_BYTES_PER_PIXEL + STDIN_HEADROOM
+
+
+def copy_stdin(target: Path, limit: int) -> None:
+    """Copy stdin's bytes into ``target`` block by block (never all in memory), at most ``limit`` of them.
+
+    Raises:
+        ClipSegError: stdin is empty, or holds more than ``limit`` bytes (one line; nothing more is read).
+    """
+    size = 0
+    with open(target, "wb") as stream:
+        while block := sys.stdin.buffer.read(min(STDIN_BLOCK, limit + 1 - size)):
+            size += len(block)
+            if size > limit:
+                raise ClipSegError(f"stdin holds more than {limit} bytes, more than an image of --max-pixels pixels "
+                                   "takes; pipe one image in (or raise --max-pixels)")
+            stream.write(block)
+    if size == 0:
+        raise ClipSegError("stdin is empty: pipe an image in (cat photo.jpg | clipseg segment - ...)")
 
 
 def write_all(data: bytes) -> None:

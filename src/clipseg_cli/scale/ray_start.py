@@ -44,7 +44,7 @@ def joins_a_cluster(address: str | None) -> bool:
         return True
 
 
-def start_or_join(address: str | None, *, quiet: bool = False) -> bool:
+def start_or_join(address: str | None = None, *, quiet: bool = False, **resources: float) -> bool:
     """``ray.init`` as clipseg calls it: a local Ray on loopback only (see the module), or ``address``'s cluster.
 
     Ray's handlers of SIGINT, SIGTERM and SIGHUP (they abort the process) are replaced by the ones before, so
@@ -55,6 +55,7 @@ def start_or_join(address: str | None, *, quiet: bool = False) -> bool:
             ``local`` always starts one; ``auto`` joins this machine's cluster; else ``ray://host:10001`` or
             ``host:6379``.
         quiet: nothing of Ray's logging on stderr, not even its errors.
+        resources: what a local Ray offers, as ``ray.init`` takes it (``num_cpus=2``; default: the machine's).
 
     Returns:
         Whether a local Ray was started (then ``ray.shutdown()`` ends it), or a cluster joined.
@@ -70,7 +71,7 @@ def start_or_join(address: str | None, *, quiet: bool = False) -> bool:
         with _loopback_only(local):
             ray.init(address="local" if local else address, include_dashboard=False, dashboard_host=LOOPBACK,
                      log_to_driver=False, logging_level=logging.CRITICAL if quiet else logging.ERROR,
-                     configure_logging=True)
+                     configure_logging=True, **(resources if local else {}))
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise ClipSegError(f"--ray-address {address or '(local)'}: cannot start or join Ray "
                            f"({first_line(exc)}); check the address (ray status shows it) or leave it out for a "

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_THRESHOLD
+from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_THRESHOLD, PROMPT_EMBEDDING_LIMIT
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.imaging.decode import DecodedImage, open_image
 from clipseg_cli.predictor import ModelSpec, Segmenter
@@ -20,7 +20,7 @@ from clipseg_cli.refine import Refiner, check_available, load_refiner
 from clipseg_cli.run.engine import Result
 from clipseg_cli.run.job import Job
 
-EMBEDDING_LIMIT = 4096  # prompts whose embeddings are kept (oldest forgotten first)
+EMBEDDING_LIMIT = PROMPT_EMBEDDING_LIMIT  # prompts whose embeddings are kept (oldest forgotten first)
 
 
 @dataclass(frozen=True)
