@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,3 +189,63 @@ def read_all(read_end: int):
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     return reader, chunks
+
+
+def process_tree(root: int) -> list[int]:
+    """Returns: ``root`` and every process below it (read from /proc, Linux only)."""
+    children: dict[int, list[int]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(pid))
+    found, todo = [], [root]
+    while todo:
+        found.append(todo.pop())
+        todo.extend(children.get(found[-1], []))
+    return found
+
+
+def listening_sockets(root: int) -> list[tuple[str, int, str]]:
+    """The TCP sockets that ``root``'s process tree listens on, and UDP sockets it has bound (Linux only).
+
+    Returns:
+        (address, port, process name) of each: ``0.0.0.0`` or ``::`` is every interface.
+    """
+    import ipaddress
+
+    owners: dict[str, int] = {}
+    for pid in process_tree(root):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with suppress(OSError):  # a socket closed meanwhile
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        owners[link[len("socket:[") : -1]] = pid
+        except OSError:
+            continue
+    found = []
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        with open(f"/proc/net/{table}") as rows:
+            for row in list(rows)[1:]:
+                local, state, inode = row.split()[1], row.split()[3], row.split()[9]
+                if inode not in owners or (table.startswith("tcp") and state != "0A"):  # 0A: LISTEN
+                    continue
+                hexadecimal, port = local.split(":")
+                raw = bytes.fromhex(hexadecimal)  # 32-bit words in host order (little-endian on x86 and arm)
+                packed = b"".join(raw[start : start + 4][::-1] for start in range(0, len(raw), 4))
+                name = Path(f"/proc/{owners[inode]}/comm")
+                found.append((str(ipaddress.ip_address(packed)), int(port, 16),
+                              name.read_text().strip() if name.exists() else "?"))
+    return found
+
+
+def is_loopback(address: str) -> bool:
+    """Whether an address is loopback: 127.0.0.0/8, ::1, or 127.x written as IPv6 (``::ffff:127.0.0.1``)."""
+    import ipaddress
+
+    found = ipaddress.ip_address(address)
+    return found.is_loopback or bool(getattr(found, "ipv4_mapped", None) and found.ipv4_mapped.is_loopback)
+

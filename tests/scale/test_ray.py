@@ -5,6 +5,8 @@ One local Ray with 2 CPUs serves the module (as CI runs it).
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,12 +15,14 @@ import pytest
 import ray
 from PIL import Image
 
+from clipseg_cli.errors import ClipSegError
 from clipseg_cli.run.engine import Pipeline
 from clipseg_cli.run.inputs import collect
 from clipseg_cli.run.job import Job
 from clipseg_cli.scale.ray_batch import RayBatch
 from clipseg_cli.scale.ray_data import SegmentBatch, read_image_files, segment, write_masks
-from helpers import Outcome, clipseg, files, make_folder, run_batch
+from clipseg_cli.scale.ray_start import start_or_join
+from helpers import Outcome, clipseg, files, is_loopback, listening_sockets, make_folder, run_batch
 
 
 def comparable(records: list[dict], out: Path) -> list[dict]:
@@ -34,7 +38,7 @@ def comparable(records: list[dict], out: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    assert start_or_join("local", num_cpus=2)  # as clipseg starts one: on loopback only
     yield
     ray.shutdown()
 
@@ -63,6 +67,14 @@ def test_ray_run_is_the_plain_run(plain, checkpoint: Path, tmp_path: Path, local
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the sockets from /proc")
+def test_the_local_ray_listens_on_loopback_only(local_ray: None) -> None:
+    found = listening_sockets(os.getpid())  # this process's Ray: GCS, raylet, agents, workers
+    assert {"gcs_server", "raylet"} <= {name for *_, name in found}
+    assert [entry for entry in found if not is_loopback(entry[0])] == []
+
+
+@pytest.mark.slow
 def test_ray_and_shards_together_are_the_plain_run(plain, checkpoint: Path, tmp_path: Path, local_ray: None) -> None:
     folder, expected, first = plain
     out, records = tmp_path / "mixed", []
@@ -88,6 +100,15 @@ def test_a_lost_actor_is_replaced_and_its_work_redone(plain, checkpoint: Path, t
     results = list(runner.process(items))
     assert files(out) == files(expected)  # nothing lost, every file whole
     assert sorted(r.status for r in results) == ["failed"] * 2 + ["ok"] * 14  # broken.jpg's two prompts
+
+
+@pytest.mark.slow
+def test_actors_the_cluster_cannot_hold_are_refused_at_once(checkpoint: Path, local_ray: None) -> None:
+    with pytest.raises(ClipSegError) as refused:  # Ray would wait for the third for ever
+        RayBatch(Job(["car"]), {"name": checkpoint, "device": "cpu", "precision": "fp32"}, actors=3)
+    assert str(refused.value) == ("--ray: 3 actor(s) of 1 CPU do not fit in this Ray cluster (2 CPU(s) on 1 node(s): "
+                                  "room for 2); lower --ray-actors")
+    assert ray.is_initialized()  # not started by the runner: not stopped by it
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """``clipseg batch --ray`` as a user runs it, in a process of its own with its own local Ray: an actor killed
-mid-task is replaced, stdout carries our JSON lines only and stderr our lines only.
+mid-task is replaced, stdout carries our JSON lines only and stderr our lines only; the local Ray listens on
+loopback only.
 
 The work is held by a FIFO at one of the outputs: the actor that checks that output's fingerprint waits on it
 until the test opens it, so the test knows which actor is mid-task and kills it there.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SHARD_PROMPTS, files, make_folder, run_batch, subprocess_env
+from helpers import SHARD_PROMPTS, files, is_loopback, listening_sockets, make_folder, run_batch, subprocess_env
 
 
 def open_for_writing(fifo: Path, process: subprocess.Popen, timeout: float = 300) -> int:
@@ -84,6 +85,9 @@ def test_an_actor_killed_mid_task_is_replaced_and_stdout_holds_json_only(quiet: 
     process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         writer = open_for_writing(held, process)
+        found = listening_sockets(process.pid)  # the local Ray it started, mid-run
+        assert {"gcs_server", "raylet"} <= {name for *_, name in found}
+        assert [entry for entry in found if not is_loopback(entry[0])] == []
         os.kill(reader_of(held), signal.SIGKILL)  # the actor, waiting in the middle of its chunk
         os.close(writer)
         threading.Thread(target=serve_empty, args=(held, process), daemon=True).start()

@@ -5,13 +5,15 @@ out of range, prompts that are not UTF-8, Accept's q-values, and /metrics counti
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
 import pytest
 
-from helpers import clipseg, noise
+from helpers import clipseg, noise, subprocess_env
 from helpers_serve import AUTH, TOKEN
 
 pytest.importorskip("fastapi", reason="clipseg serve needs the serve extra")
@@ -198,3 +200,31 @@ def test_metrics_count_a_500(loaded, image):
         answer = segment(broken, image, "car")
         assert answer.status_code == 500 and answer.json()["error"] == "internal error: RuntimeError: the model broke"
         assert metric(broken, 500) == 1
+
+
+# ---- set-up errors: one line, exit 2, before the model loads ----------------------------------------------
+
+
+def test_other_hosts_need_a_token_or_no_auth(checkpoint, monkeypatch):
+    monkeypatch.delenv("CLIPSEG_TOKEN", raising=False)
+    outcome = clipseg("serve", "--host", "0.0.0.0", "--weights", checkpoint)
+    assert outcome.code == 2
+    assert outcome.errors() == ["error: --host 0.0.0.0 lets other machines in: give --token (or CLIPSEG_TOKEN), "
+                                "or --no-auth to serve without one"]
+    outcome = clipseg("serve", "--host", "0.0.0.0", "--no-auth", "--weights", "clipseg-tests/never-cached")
+    assert "served without a token (--no-auth)" in outcome.stderr
+    assert outcome.code == 2 and len(outcome.errors()) == 1 and "Traceback" not in outcome.stderr
+
+
+def test_bad_weights_are_the_cli_one_line_error(tmp_path):
+    outcome = clipseg("serve", "--weights", tmp_path / "nothing-here")
+    assert outcome.code == 2 and len(outcome.errors()) == 1 and "Traceback" not in outcome.stderr
+    assert str(tmp_path / "nothing-here") in outcome.errors()[0]
+
+
+@pytest.mark.slow  # a subprocess
+def test_serve_is_listed_and_importing_the_cli_does_not_import_the_server():
+    code = "import sys, clipseg_cli.cli; print('fastapi' in sys.modules, 'uvicorn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=subprocess_env()).stdout.split() == ["False", "False"]
+    assert "serve" in clipseg("--help").stdout

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import noise, save, subprocess_env
+from helpers import is_loopback, listening_sockets, noise, save, subprocess_env
 from helpers_serve import AUTH, TOKEN, assert_masks_are_segment_files, free_port, post, segment_cli
 
 httpx = pytest.importorskip("httpx", reason="the dev extra's httpx drives the server")
@@ -104,6 +104,16 @@ def test_token_is_needed_on_every_route_but_healthz(server, images):
             assert "token" in answer.json()["error"]
     assert httpx.get(f"{server.url}/healthz", timeout=60).json() == {"status": "ready"}
     assert httpx.get(f"{server.url}/metrics", headers=AUTH, timeout=60).status_code == 200
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the sockets from /proc")
+def test_the_local_ray_and_its_replicas_listen_on_loopback_only(server):
+    """GCS, raylet, object manager, workers, dashboard agent, metrics, Serve's controller, proxy and replicas."""
+    found = listening_sockets(server.process.pid)
+    ports = {port for _, port, _ in found}
+    assert int(server.url.rsplit(":", 1)[1]) in ports  # the proxy: the listing sees the whole tree
+    assert {"gcs_server", "raylet"} <= {name for *_, name in found}
+    assert [entry for entry in found if not is_loopback(entry[0])] == []
 
 
 def test_two_replicas_both_answer_with_the_same_masks(server, images, checkpoint, tmp_path):

@@ -66,6 +66,7 @@ def test_timestamps_rate_rotation_and_sound_are_kept_in_every_output(tmp_path: P
         if kind == "mask.mkv":
             assert "audio" not in facts and facts["size"] == (65, 47)
             continue
+        assert facts["duration"] == pytest.approx(source["duration"], abs=1e-6)  # the last frame keeps its length
         assert facts["audio"] == source["audio"] == ("aac", 48000, 1)
         assert packet_times(path, "audio") == packet_times(clip, "audio")  # copied, packet for packet
     assert stream_facts(outputs["cutout.mov"])["size"] == (65, 47)

@@ -210,3 +210,13 @@ def test_frames_keep_their_pictures(tmp_path: Path):
     clip = make_clip(tmp_path / "clip.mkv", frames=3, codec="ffv1", audio=False, rate=Fraction(25))
     frames = decoded_frames(clip)
     assert np.abs(frames[2].astype(int) - picture(2, (64, 48))).mean() < 3  # the helper's clip is what it says
+
+
+def test_an_output_that_cannot_be_written_fails_that_video_in_one_line(tmp_path: Path, weights: list[str]):
+    clip = make_clip(tmp_path / "clip.mp4", frames=2, audio=False)
+    out = tmp_path / "out"
+    (out / "clip.square.overlay.mp4").mkdir(parents=True)  # a folder where the overlay goes
+    run = clipseg("video", clip, "-p", "square", "-o", out, "--json", *weights)
+    assert run.code == 1
+    assert run.errors() == [f"error: cannot write {out / 'clip.square.overlay.mp4'}: Is a directory"], run.stderr
+    assert run.records()[0]["status"] == "failed"

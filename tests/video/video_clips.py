@@ -101,7 +101,8 @@ def stream_facts(path: Path) -> dict:
         video = container.streams.video[0]
         first = next(container.decode(video=0))
         facts = {"size": (video.codec_context.width, video.codec_context.height), "rate": video.average_rate,
-                 "rotation": round(first.rotation or 0)}
+                 "rotation": round(first.rotation or 0),
+                 "duration": float(video.duration * video.time_base) if video.duration else None}
         if container.streams.audio:
             sound = container.streams.audio[0].codec_context
             facts["audio"] = (sound.name, sound.sample_rate, sound.channels)

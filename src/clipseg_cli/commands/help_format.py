@@ -190,28 +190,23 @@ def show_usage_error(error: typer.TyperException, prefix: str = "error: ") -> No
     print(printable(f"{prefix}{message}"), file=sys.stderr)
 
 
-class Command(TyperCommand):
+class _Help:
+    """What every command and group of clipseg shares: readable parameters, our usage line, `render_help`."""
+
+    def get_params(self, ctx: typer.Context) -> list:
+        return readable(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        return usage_pieces(self, ctx)
+
+    def format_help(self, ctx: typer.Context, formatter: object) -> None:
+        formatter.write(render_help(self, ctx))
+
+
+class Command(_Help, TyperCommand):
     """Every command of clipseg: its help as ``render_help`` writes it."""
 
-    def get_params(self, ctx: typer.Context) -> list:
-        return readable(super().get_params(ctx))
 
-    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
-        return usage_pieces(self, ctx)
-
-    def format_help(self, ctx: typer.Context, formatter: object) -> None:
-        formatter.write(render_help(self, ctx))
-
-
-class Group(TyperGroup):
+class Group(_Help, TyperGroup):
     """clipseg and its groups of commands (``clipseg cache``)."""
-
-    def get_params(self, ctx: typer.Context) -> list:
-        return readable(super().get_params(ctx))
-
-    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
-        return usage_pieces(self, ctx)
-
-    def format_help(self, ctx: typer.Context, formatter: object) -> None:
-        formatter.write(render_help(self, ctx))
 

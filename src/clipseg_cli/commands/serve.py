@@ -59,7 +59,8 @@ def serve(
                                                  help="After SIGTERM, seconds to answer the requests held.")]
     = 60.0,
     ray: Annotated[bool, typer.Option("--ray", rich_help_panel=RAY,
-                                      help="Serve as Ray Serve replicas behind Ray's HTTP proxy (a local Ray).")]
+                                      help="Serve as Ray Serve replicas behind Ray's HTTP proxy (a local Ray, on "
+                                           "127.0.0.1 only).")]
     = False,
     replicas: Annotated[int, typer.Option("--replicas", min=1, rich_help_panel=RAY,
                                           help="Replicas, each with the model loaded once (implies --ray).")] = 1,
@@ -68,13 +69,20 @@ def serve(
     = None,
     ray_address: Annotated[str | None, typer.Option("--ray-address", rich_help_panel=RAY,
                                                     help="Join this Ray cluster (auto, or ray://HOST:10001) instead of "
-                                                         "a local Ray (implies --ray).")] = None,
+                                                         "a local Ray (implies --ray; needs --token or --no-auth).")]
+    = None,
     replica_cpus: Annotated[float, typer.Option("--replica-cpus", min=0.0, rich_help_panel=RAY,
                                                 help="Ray CPUs each replica reserves (implies --ray).")] = 1.0,
+    ray_timeout: Annotated[float, typer.Option("--ray-timeout", min=1.0, metavar="SECONDS", rich_help_panel=RAY,
+                                               help="How long the replicas may take to start; then exit 2 with "
+                                                    "Ray's reason.")] = 300.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=RAY,
+                                        help="No line per start-up stage (--ray); errors are still printed.")]
+    = False,
 ) -> None:
     """Serve masks over HTTP: POST /v1/segment, GET /healthz, GET /metrics, the page at /, the API docs at /docs.
     With --ray, Ray Serve replicas of the same app behind Ray's HTTP proxy on --host/--port."""
-    check_exposure(host, token, no_auth)
+    check_exposure(host, token, no_auth, cluster=ray_address)
     try:
         from clipseg_cli.serve import server
         from clipseg_cli.serve.app import ServeConfig, create_app
@@ -93,7 +101,7 @@ def serve(
                          max_connections=max_connections, drain_s=drain_timeout)
     if ray or replicas != 1 or autoscale or ray_address or replica_cpus != 1.0:
         _serve_on_ray(model, config, host=host, port=port, replicas=replicas, autoscale=autoscale,
-                      address=ray_address, cpus=replica_cpus)
+                      address=ray_address, cpus=replica_cpus, timeout_s=ray_timeout, quiet=quiet)
         return
     loaded = load(model, refine)
     print(f"clipseg serve: http://{host}:{port}/ (API docs at /docs); Ctrl-C stops", file=sys.stderr)
@@ -102,7 +110,7 @@ def serve(
 
 
 def _serve_on_ray(model: ModelSpec, config: ServeConfig, *, host: str, port: int, replicas: int, autoscale: str | None,
-                  address: str | None, cpus: float) -> None:
+                  address: str | None, cpus: float, timeout_s: float, quiet: bool) -> None:
     """``--ray``: the same app as Ray Serve replicas (`clipseg_cli.serve.ray`)."""
     try:
         from clipseg_cli.serve import ray as on_ray
@@ -111,12 +119,14 @@ def _serve_on_ray(model: ModelSpec, config: ServeConfig, *, host: str, port: int
                            'pip install "clipseg-cli[serve-ray]"') from None
     bounds = on_ray.Scale.parse_autoscale(autoscale) if autoscale else None
     scale = on_ray.Scale(replicas, bounds, cpus, 1.0 if model.device == "cuda" else 0.0)
-    on_ray.run(on_ray.deployment(model, config, scale), host=host, port=port, address=address)
+    on_ray.run(on_ray.deployment(model, config, scale), scale, host=host, port=port, address=address,
+               timeout_s=timeout_s, quiet=quiet)
 
 
-def check_exposure(host: str, token: str | None, no_auth: bool) -> None:
+def check_exposure(host: str, token: str | None, no_auth: bool, cluster: str | None = None) -> None:
     """Refuse a token no client could send, and listening beyond this machine without a token unless --no-auth
-    says so (then warn)."""
+    says so (then warn). Joining a Ray cluster (``cluster``, --ray-address) counts as listening beyond it: its
+    Serve proxies may already listen on other addresses, and run on other machines."""
     from clipseg_cli.serve.guard import check_token  # no web framework imported
 
     check_token(token, "--token (or CLIPSEG_TOKEN)")
@@ -124,10 +134,11 @@ def check_exposure(host: str, token: str | None, no_auth: bool) -> None:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
-    if loopback or token:
+    if (loopback and not cluster) or token:
         return
+    where = f"--ray-address {cluster}" if cluster else f"--host {host}"
     if not no_auth:
-        raise ClipSegError(f"--host {host} lets other machines in: give --token (or CLIPSEG_TOKEN), "
+        raise ClipSegError(f"{where} lets other machines in: give --token (or CLIPSEG_TOKEN), "
                            "or --no-auth to serve without one")
-    print(f"clipseg serve: warning: {host} is served without a token (--no-auth): anyone who can reach it "
+    print(f"clipseg serve: warning: {where} is served without a token (--no-auth): anyone who can reach it "
           "can use it", file=sys.stderr)

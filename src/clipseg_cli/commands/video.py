@@ -29,8 +29,8 @@ def video(
     shard: ShardOption = None,
     smooth: Annotated[float, typer.Option(
         "--smooth", min=0.0, max=0.95, rich_help_panel=VIDEO, metavar="S",
-        help="Average each map over time, weight S of the past (0.8: 6x less flicker, moving objects followed at "
-             "once), restarting at scene cuts. 0: off, each frame's mask exactly as `clipseg segment` makes it.")]
+        help="Average each map over time, weight S of the past (e.g. 0.8: noise averaged, moving objects followed "
+             "at once), restarting at scene cuts. 0: off, each frame's mask exactly as `clipseg segment` makes it.")]
     = 0.0,
     cutout_format: Annotated[str, typer.Option(
         "--cutout-format", rich_help_panel=VIDEO, metavar="mov|webm", autocompletion=lambda: ["mov", "webm"],

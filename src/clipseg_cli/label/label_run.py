@@ -84,7 +84,7 @@ class Outcome:
 class _Task:
     item: WorkItem
     entry: Entry
-    fingerprint: str  # the record that says what made the image's labels
+    content: str  # the sha256 of the image's bytes (its fingerprint is made again when it is written)
 
 
 def name_entries(items: Sequence[WorkItem], root: Path) -> list[tuple[str, str]]:
@@ -122,6 +122,7 @@ class Labelling:
         self.run_job, self.root = run, root
         self.format = format_module(run.format)
         self.jobs = run.class_jobs()
+        self._settings: dict = {}  # the run's model and settings, once `run` has found them
 
     def check(self) -> None:
         """Refuse, before any model loads, bad prompts and a folder that holds another dataset.
@@ -151,7 +152,7 @@ class Labelling:
                   shard: Shard | None, progress: bool) -> Iterator[Outcome]:
         from clipseg_cli.label.index_files import finish, write_manifest
 
-        settings = self.settings(model, keys, progress)
+        settings = self._settings = self.settings(model, keys, progress)
         named = name_entries(items, self.root)
         chosen = [i for i, (key, _) in enumerate(named) if shard is None or shard.holds(key)]
         done: list[Entry] = []
@@ -200,14 +201,11 @@ class Labelling:
         except OSError as exc:
             return Outcome(str(item.source), "failed", error=f"{item.source}: cannot read ({exc.strerror or exc})")
         entry = Entry(key, name, self.run_job.splits.of(digest))
-        fingerprint = make_record("label", input_sha256=digest, prompt=settings["prompt"],
-                                  prompt_text=settings["classes"], model=settings["identity"],
-                                  settings={**settings["settings"], "name": name, "in": entry.split})
         found = None if self.run_job.force else read_record(self.root, name)
-        if found is not None and found.get("fingerprint", {}).get("digest") == json.loads(fingerprint)["digest"] \
-                and all(os.path.lexists(self.root / relative) for relative in found.get("files", [])):
+        if found is not None and found.get("fingerprint", {}).get("digest") == fingerprint(entry, digest, settings)[
+                "digest"] and all(os.path.lexists(self.root / relative) for relative in found.get("files", [])):
             return Outcome(str(item.source), "skipped", entry, instances=len(found.get("instances", [])))
-        return _Task(item, entry, fingerprint)
+        return _Task(item, entry, digest)
 
     def _label(self, model: ModelSpec | Segmenter, tasks: list[_Task], progress: bool) -> Iterator[Outcome]:
         """Load the model (only when there is work) and label the tasks."""
@@ -237,13 +235,21 @@ class Labelling:
             record = {"key": task.entry.key, "name": task.entry.name, "split": task.entry.split,
                       "width": decoded.size[0], "height": decoded.size[1], "files": [image, *files],
                       "instances": [region.to_record() for region in found], **extra,
-                      "fingerprint": json.loads(task.fingerprint)}
+                      "fingerprint": fingerprint(task.entry, task.content, self._settings)}
             write_record(self.root, task.entry.name, record)
             return Outcome(str(task.item.source), "ok", task.entry, instances=len(found))
         except OSError as exc:
             return _failed(task, ClipSegError(f"cannot write {exc.filename or self.root}: {exc.strerror or exc}"))
         except Exception as exc:  # one bad image never stops the run
             return _failed(task, exc)
+
+
+def fingerprint(entry: Entry, content: str, settings: dict) -> dict:
+    """Returns: what made an image's labels (`make_record`): its bytes' sha256, the model, the classes, every
+    setting, its name and split; the record stores it, a rerun compares its digest."""
+    return json.loads(make_record("label", input_sha256=content, prompt=settings["prompt"],
+                                  prompt_text=settings["classes"], model=settings["identity"],
+                                  settings={**settings["settings"], "name": entry.name, "in": entry.split}))
 
 
 def _failed(task: _Task, exc: Exception) -> Outcome:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
@@ -24,6 +22,7 @@ from clipseg_cli import LOGGER
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.predictor import ModelSpec
 from clipseg_cli.run.inputs import WorkItem
+from clipseg_cli.scale.ray_start import first_line, room, start_or_join
 
 if TYPE_CHECKING:
     from clipseg_cli.run.job import Job, PathLike
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(LOGGER)
 
-_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 IN_FLIGHT = 2  # chunks queued per actor, so that none waits for the driver between chunks
 MAX_BATCHES = 2  # model batches per chunk at most: a stopped run waits for the chunks in flight
 _STOP_SECONDS = 300  # how long a stopped run waits for them at most
@@ -111,25 +109,22 @@ class RayBatch:
         self.started = not ray.is_initialized()
         self._muted = _mute_ray(quiet)
         if self.started:
-            handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.CRITICAL if quiet else logging.ERROR, configure_logging=True)
-            except (ConnectionError, ValueError, RuntimeError) as exc:
+                start_or_join(address, quiet=quiet)
+            except ClipSegError:
                 self._muted()
-                raise ClipSegError(f"--ray-address {address or '(local)'}: cannot start or join Ray ({exc}); "
-                                   "check the address (ray status shows it) or leave it out for a local Ray") from None
-            finally:  # Ray's own handlers abort the process: Ctrl-C, SIGTERM and SIGHUP stop a run as ours do
-                for signum, handler in handlers.items():
-                    if handler is not None and threading.current_thread() is threading.main_thread():
-                        signal.signal(signum, handler)
-        resources = ray.cluster_resources()
+                raise
+        resources, nodes = ray.cluster_resources(), ray.nodes()
         cpus, gpu_count = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
         self.gpus = device == "cuda" or (device == "auto" and gpu_count > 0)
         if self.gpus and gpu_count < 1:
+            self._give_up()
             raise ClipSegError("--ray with --device cuda: the Ray cluster has no GPU; use --device cpu or auto")
         count = actors or (gpu_count if self.gpus else cpus)
-        threads = 1 if self.gpus else max(1, cpus // count)
+        largest = max((int(node.get("Resources", {}).get("CPU", 0)) for node in nodes if node.get("Alive", True)),
+                      default=1)  # an actor runs on one node: its share of the CPUs is at most one node's
+        threads = 1 if self.gpus else max(1, min(cpus // count, largest))
+        self._check_room(nodes, count, threads)
         self.batch_size = job.pipeline.batch_size or (16 if self.gpus else 4)
         remote = ray.remote(num_cpus=threads, num_gpus=1 if self.gpus else 0, max_restarts=0)(_EngineActor)
         shared = ray.put([os.fspath(path) for path in protected])  # sent once, not once per actor
@@ -147,6 +142,29 @@ class RayBatch:
         self._pending: dict = {}  # object ref -> (chunk index, actor, chunk)
         self._losses: dict[int, int] = {}  # chunk index -> times its actor was lost
         self._finished: dict[int, list[Result]] = {}
+
+    def _check_room(self, nodes: list, count: int, threads: int) -> None:
+        """Refuse actors the cluster cannot all hold (Ray would wait for them for ever).
+
+        Raises:
+            ClipSegError: one line, what was asked and what the cluster has.
+        """
+        found = room(nodes, CPU=0 if self.gpus else threads, GPU=1 if self.gpus else 0)
+        if found.fit >= count:
+            return
+        self._give_up()
+        each = "1 GPU" if self.gpus else f"{threads} CPU"
+        raise ClipSegError(f"--ray: {count} actor(s) of {each} do not fit in this Ray cluster ({found.has}: room for "
+                           f"{found.fit}); lower --ray-actors")
+
+    def _give_up(self) -> None:
+        """Before any actor: leave Ray (stop the local one started here) and undo the muting."""
+        import ray
+
+        if self.started:
+            ray.shutdown()
+            self.started = False
+        self._muted()
 
     def describe(self) -> str:
         """Returns: e.g. ``2 actor(s) x 1 CPU, ready in 6.2 s``, for --verbose."""
@@ -222,11 +240,11 @@ class RayBatch:
             self._losses[index] = self._losses.get(index, 0) + 1
             if self._losses[index] > RESTARTS:
                 raise ClipSegError(
-                    f"Ray lost the actor of one chunk {self._losses[index]} times ({_first_line(exc)}); the files "
+                    f"Ray lost the actor of one chunk {self._losses[index]} times ({first_line(exc)}); the files "
                     "written so far are complete: rerun the same command to write the rest")
         with suppress(ray.exceptions.RayError):
             ray.kill(lost)
-        self._tell(f"Ray lost an actor ({_first_line(exc)}); a new one redoes its {len(held)} chunk(s)")
+        self._tell(f"Ray lost an actor ({first_line(exc)}); a new one redoes its {len(held)} chunk(s)")
         try:
             actor = self._when_ready(self._new_actor())
         except ClipSegError as failed:
@@ -258,12 +276,12 @@ class RayBatch:
                 error = ray.get(ready if ready is not None else actor.ready.remote())
             except ray.exceptions.RayActorError as exc:
                 if attempt == RESTARTS:
-                    raise ClipSegError(f"Ray could not start an actor ({_first_line(exc)})") from None
-                self._tell(f"Ray lost an actor while it started ({_first_line(exc)}); starting a new one")
+                    raise ClipSegError(f"Ray could not start an actor ({first_line(exc)})") from None
+                self._tell(f"Ray lost an actor while it started ({first_line(exc)}); starting a new one")
                 actor, ready = self._new_actor(), None
                 continue
             except ray.exceptions.RayError as exc:
-                raise ClipSegError(f"Ray could not start an actor ({_first_line(exc)})") from None
+                raise ClipSegError(f"Ray could not start an actor ({first_line(exc)})") from None
             if error:
                 raise ClipSegError(error)
             return actor
@@ -330,8 +348,3 @@ def _mute_ray(quiet: bool) -> Callable[[], None]:
 
     return undo
 
-
-def _first_line(exc: BaseException) -> str:
-    """Returns: the first line of an exception's message (Ray's run over many lines)."""
-    lines = str(exc).strip().splitlines()
-    return lines[0].rstrip(".") if lines else type(exc).__name__

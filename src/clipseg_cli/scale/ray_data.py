@@ -36,6 +36,7 @@ import numpy as np
 from clipseg_cli.constants import OUTPUT_KINDS
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.run.inputs import IMAGE_EXTENSIONS, WorkItem, is_own_output, output_stems
+from clipseg_cli.scale.ray_start import start_or_join
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -193,13 +194,18 @@ def read_image_files(paths: str | Sequence[str], *, recursive: bool = True, file
     with the output names ``clipseg batch`` gives them: the same files, folders and stems.
 
     Files are chosen as `clipseg_cli.run.inputs.walk` chooses them (image extensions, no hidden files or
-    folders, not our own outputs). `read_args` go to ``ray.data.read_binary_files``.
+    folders, not our own outputs). `read_args` go to ``ray.data.read_binary_files``. Without a running Ray,
+    a local one is started as ``clipseg batch --ray`` starts it, on loopback only (Ray Data's own start would
+    listen on every interface), or ``RAY_ADDRESS``'s cluster is joined (`clipseg_cli.scale.ray_start`).
 
     Returns:
         A dataset with columns path, bytes, folder (relative output folder) and stem.
     """
+    import ray
     import ray.data
 
+    if not ray.is_initialized():
+        start_or_join(None)
     paths = [paths] if isinstance(paths, str) else list(paths)
     entries: list[tuple[str, PurePosixPath, PurePosixPath]] = []  # (path, relative path, output folder)
     for root in paths:

@@ -14,16 +14,21 @@ import os
 import re
 import signal
 import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
 from ray.serve import Application
+from ray.serve.schema import ApplicationStatus, ReplicaState
 
 from clipseg_cli import LOGGER
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.predictor import ModelSpec
+from clipseg_cli.scale.ray_start import room, start_or_join
 from clipseg_cli.serve.app import ServeConfig, create_app
 from clipseg_cli.serve.guard import ASGIApp, Receive, Scope, Send, check_token
 from clipseg_cli.serve.library import load
@@ -34,6 +39,8 @@ APP_NAME = "clipseg"
 REPLICA_HEADER = b"x-clipseg-replica"  # which replica answered: each has its own queue and /metrics
 CONSTRUCTOR_TRIES = 2  # a checkpoint that fails to load fails the deployment, not 20 retries later
 GRACE_S = 60.0  # a stopping replica answers the requests it holds within this
+DEPLOY_TIMEOUT_S = 300.0  # how long the replicas may take to start (load the model), by default
+POLL_S = 0.5  # how often the start asks Ray Serve how the replicas are
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class _Replica:
     """One Ray Serve replica: the model loaded once, the server's app in front of it."""
 
     def __init__(self, model: ModelSpec, config: ServeConfig) -> None:
+        _grpc_on_loopback()
         self.config = config
         try:
             self.loaded = load(model, config.refine)
@@ -84,6 +92,30 @@ class _Replica:
 
 
 Replica = serve.deployment(serve.ingress()(_Replica), name="Clipseg")
+
+
+def _grpc_on_loopback() -> None:
+    """In a replica on a node whose address is loopback (a local Ray that clipseg started): the gRPC server Ray
+    Serve starts in each replica, for calls between deployments, listens on loopback as well.
+
+    Ray Serve binds it to ``[::]:0``, every interface, whatever the node's address (``_on_initialized`` in
+    ray/serve/_private/replica.py, after the replica's constructor); nothing off this machine could use it.
+    """
+    import ipaddress
+
+    import ray
+    from ray.serve._private import replica as internals
+
+    bind = getattr(internals, "add_port_to_grpc_server", None)
+    if bind is None or getattr(bind, "on_loopback", False) or not ipaddress.ip_address(
+            ray.util.get_node_ip_address()).is_loopback:
+        return
+
+    def on_loopback(server: object, address: str) -> int:
+        return bind(server, re.sub(r"^\[::\]:", "127.0.0.1:", address))
+
+    on_loopback.on_loopback = True
+    internals.add_port_to_grpc_server = on_loopback
 
 
 class _Tagged:
@@ -182,38 +214,133 @@ def app(arguments: dict[str, str]) -> Application:
     return deployment(ModelSpec(args.weights, args.device, args.precision), config, scale)
 
 
-def run(application: Application, *, host: str, port: int, address: str | None) -> None:
-    """``clipseg serve --ray``: deploy on Ray (a local one of its own, or ``address``'s cluster) until
-    SIGTERM or Ctrl-C, then delete the application (replicas answer what they hold) and leave Ray.
+def run(application: Application, scale: Scale, *, host: str, port: int, address: str | None,
+        timeout_s: float = DEPLOY_TIMEOUT_S, quiet: bool = False) -> None:
+    """``clipseg serve --ray``: deploy on Ray (a local one of its own, on loopback only, or ``address``'s
+    cluster) until SIGTERM or Ctrl-C, then delete the application (replicas answer what they hold) and leave Ray.
+
+    Before deploying, the cluster is asked whether it can hold the replicas (`check_room`); while they start,
+    one line per stage is logged (not when ``quiet``); replicas that are not all running within ``timeout_s``
+    fail the start with Ray's reason. A stop during the start stops Ray as well (KeyboardInterrupt goes on).
 
     Arguments:
         application: from `deployment`.
+        scale: the replicas of ``application`` and what each holds.
         address: None starts a local Ray; ``auto`` joins this machine's cluster, else ``ray://HOST:10001``.
+        timeout_s: how long the replicas may take to start (load the model) before the start fails.
+        quiet: no line per stage, nothing of Ray's logging.
+
+    Raises:
+        ClipSegError: Ray could not start, the replicas do not fit, failed or did not start in time (one line).
     """
     import ray
 
-    try:
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False)
-    except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise ClipSegError(f"--ray-address {address or '(local)'}: cannot start or join Ray ({exc}); "
-                           "check the address (ray status shows it) or leave it out for a local Ray") from None
+    def tell(message: str) -> None:
+        if not quiet:
+            LOG.info("serve --ray: %s", message)
+
+    tell(f"joining the Ray cluster at {address}" if address else "starting a local Ray (on 127.0.0.1 only)")
+    local = start_or_join(address or "local", quiet=quiet)
     stop = threading.Event()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    serve_log = logging.getLogger("ray.serve")  # its INFO lines say in Ray's words what our stages say
+    level = serve_log.level
+    serve_log.setLevel(logging.CRITICAL if quiet else logging.WARNING)
     try:
+        fit = check_room(scale, ray.nodes())
+        if scale.autoscale and fit < scale.autoscale[1]:
+            tell(f"--autoscale can reach {fit:g} of its {scale.autoscale[1]} replicas on this cluster")
+        tell(f"starting Ray Serve's HTTP proxy on {host}:{port}")
         serve.start(http_options={"host": host, "port": port})
-        try:
-            serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
-        except RuntimeError as exc:
-            raise ClipSegError(_replica_error(str(exc))) from None
+        tell(f"starting {_replicas(scale)} replica(s) of {_each(scale)}, each loading the model "
+             f"(at most {timeout_s:g} s)")
+        serve.run_many([serve.RunTarget(application, name=APP_NAME, route_prefix="/")],
+                       wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+        _await_running(_wanted(scale), timeout_s, tell)
         for sig in previous:  # only now: Ray's start-up sets its own handlers
             signal.signal(sig, lambda *_: stop.set())
         LOG.warning("serve --ray: http://%s:%s/ (Ray Serve proxy; API docs at /docs); Ctrl-C stops", host, port)
         stop.wait()
         serve.delete(APP_NAME)  # a local Ray goes with ray.shutdown, its Serve controller and proxy with it
+    except BaseException:  # failed or stopped while starting: a cluster keeps no half-started application
+        if not local:
+            with suppress(Exception):
+                serve.delete(APP_NAME, _blocking=False)
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        serve_log.setLevel(level)
         ray.shutdown()
+
+
+def check_room(scale: Scale, nodes: Sequence[Mapping]) -> float:
+    """Whether the cluster's nodes can hold the replicas (each on one node), before anything is deployed: Ray
+    would otherwise wait for resources that never come, silently.
+
+    Arguments:
+        scale: the replicas and what each reserves.
+        nodes: ``ray.nodes()`` (each with ``Alive`` and ``Resources``).
+
+    Returns:
+        How many such replicas the cluster holds at most (``inf`` when they reserve nothing).
+
+    Raises:
+        ClipSegError: fewer than `_wanted` fit (one line: what was asked, what the cluster has).
+    """
+    found = room(nodes, CPU=scale.cpus, GPU=scale.gpus)
+    if found.fit >= _wanted(scale):
+        return found.fit
+    no_gpu = scale.gpus and not any(node.get("Resources", {}).get("GPU") for node in nodes if node.get("Alive", True))
+    hint = "use --device cpu or a cluster with GPUs" if no_gpu \
+        else f"lower {'the --autoscale minimum' if scale.autoscale else '--replicas'} or --replica-cpus"
+    raise ClipSegError(f"serve --ray: {_replicas(scale)} replica(s) of {_each(scale)} do not fit in this Ray cluster "
+                       f"({found.has}: room for {found.fit}); {hint}")
+
+
+def _wanted(scale: Scale) -> int:
+    """Returns: the replicas that must run before the server is ready (autoscale: its minimum, at least 1)."""
+    return max(1, scale.autoscale[0]) if scale.autoscale else scale.replicas
+
+
+def _replicas(scale: Scale) -> str:
+    """Returns: the replicas asked for, in words (``2`` or ``1 to 4``)."""
+    return f"{scale.autoscale[0]} to {scale.autoscale[1]}" if scale.autoscale else str(scale.replicas)
+
+
+def _each(scale: Scale) -> str:
+    """Returns: what one replica reserves, in words (``4 CPU``, ``1 CPU and 1 GPU``)."""
+    return f"{scale.cpus:g} CPU" + (f" and {scale.gpus:g} GPU" if scale.gpus else "")
+
+
+def _await_running(wanted: int, timeout_s: float, tell: Callable[[str], None]) -> None:
+    """Wait until the application runs, telling each replica that becomes ready.
+
+    Raises:
+        ClipSegError: a replica failed (its one-line error), or the application did not run within ``timeout_s``
+            (Ray's reason, from serve.status()).
+    """
+    end, told = time.monotonic() + timeout_s, 0
+    while True:
+        found = serve.status().applications.get(APP_NAME)
+        state = found.status if found else ApplicationStatus.NOT_STARTED
+        if state == ApplicationStatus.RUNNING:
+            return
+        if state in (ApplicationStatus.DEPLOY_FAILED, ApplicationStatus.UNHEALTHY):
+            raise ClipSegError(_replica_error(found.message))
+        ready = sum(deployment.replica_states.get(ReplicaState.RUNNING, 0)
+                    for deployment in (found.deployments.values() if found else ()))
+        if told < ready < wanted:
+            tell(f"{ready} of {wanted} replica(s) ready")
+            told = ready
+        if time.monotonic() >= end:
+            reasons = [found.message] if found else []
+            reasons += [d.message for d in (found.deployments.values() if found else ()) if d.message]
+            reason = "; ".join(reason.strip() for reason in reasons if reason.strip()) or \
+                f"{ready} of {wanted} replica(s) running, the application is {state.value}"
+            raise ClipSegError(f"serve --ray: the replicas did not start within {timeout_s:g} s (--ray-timeout): "
+                               f"{reason}")
+        time.sleep(POLL_S)
 
 
 def _replica_error(text: str) -> str:

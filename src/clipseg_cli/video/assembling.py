@@ -66,7 +66,10 @@ def assemble(path: Path, chunks: Sequence[Path], frames: Sequence[tuple[int, int
                 sources.append(_audio_packets(handles[-1], index, out, codec.container))
             for _, _, packet in heapq.merge(*sources, key=lambda entry: entry[:2]):
                 out.mux(packet)
-        os.replace(temp, path)
+        try:
+            os.replace(temp, path)
+        except OSError as exc:  # about the destination: name it, not the temporary file
+            raise OSError(exc.errno, exc.strerror or str(exc), os.fspath(path)) from exc
     finally:
         for handle in handles:
             handle.close()

@@ -161,6 +161,9 @@ class _Run:
         except VideoError as exc:  # no frame, or a frame size that changes: nothing to resume
             ChunkStore(work_folder(item), "", []).remove()
             return self._failed(item, exc)
+        except OSError as exc:  # a full disk, a folder we may not write: the finished chunks stay for the rerun
+            where = exc.filename or item.output_dir
+            return self._failed(item, ClipSegError(f"cannot write {where}: {exc.strerror or exc}"))
         finally:
             if bar is not None:
                 bar.close()
