@@ -116,6 +116,9 @@ def test_files_written_right_after_their_folder_is_made_are_seen(tmp_path):
             folder = inbox / f"new{index}" / "deep"
             os.makedirs(folder)  # and at once a file in it, before a watch on it can exist
             made.append(save(noise((8, 8), index), folder / "photo.png"))
+            ready = save(noise((8, 8), index), tmp_path / f"outside{index}" / "deep" / "photo.png")
+            os.rename(tmp_path / f"outside{index}", inbox / f"moved{index}")  # a whole tree moved in: one event
+            made.append(inbox / f"moved{index}" / "deep" / ready.name)
         marker = save(noise((8, 8), 9), inbox / "marker.png")  # written last, into a folder watched all along
         seen = watcher.until(marker)
         assert {path.resolve() for path in made} <= seen
