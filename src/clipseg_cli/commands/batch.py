@@ -131,14 +131,31 @@ class _Rounds:
         return code
 
 
+MAX_PATH_BYTES = 4096  # Linux's PATH_MAX: a longer line on stdin is no path (and is never read whole)
+
+
 def read_stdin_lines() -> list[str]:
     """The lines of stdin; bytes that are not UTF-8 (a file name from `find`) are kept as os.fsdecode keeps them.
 
+    Each line is read up to `MAX_PATH_BYTES` (and its line end): stdin that is no list of paths (an image's
+    bytes, endless zeros) fails in one line without being read whole.
+
     Returns:
         The lines, with their line ends.
+
+    Raises:
+        ClipSegError: a line is longer than any path.
     """
     raw = getattr(sys.stdin, "buffer", None)
-    return [os.fsdecode(line) for line in raw] if raw is not None else list(sys.stdin)
+    if raw is None:
+        return list(sys.stdin)
+    lines = []
+    while line := raw.readline(MAX_PATH_BYTES + 3):  # the path, \r\n, and one byte more to tell
+        if len(line.rstrip(b"\r\n")) > MAX_PATH_BYTES:
+            raise ClipSegError(f"stdin: line {len(lines) + 1} is longer than any path ({MAX_PATH_BYTES} bytes); "
+                               "batch - reads one path per line (find DIR -name '*.jpg' | clipseg batch - ...)")
+        lines.append(os.fsdecode(line))
+    return lines
 
 
 @with_run_options
