@@ -210,3 +210,17 @@ def test_batch_reads_paths_from_stdin_a_line_at_a_time_and_refuses_a_line_no_pat
     assert len(lines) == 1 and "line 2 is longer than any path" in lines[0], lines
     assert sent[0] < 4 << 20  # it stopped reading at the long line (plus what the pipe holds)
     assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.slow
+def test_a_closed_stderr_never_sends_messages_into_the_json_lines(photo, weights, tmp_path):
+    import json
+    import os
+
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    done = subprocess.run([sys.executable, "-m", "clipseg_cli", "batch", str(tmp_path / "bad.png"), str(photo), "-p",
+                           "car", "-o", str(tmp_path / "out"), "--json", *weights], stdout=subprocess.PIPE,
+                          env=subprocess_env(), timeout=300, preexec_fn=lambda: os.close(2))
+    assert done.returncode == 1
+    records = [json.loads(line) for line in done.stdout.decode().splitlines()]  # every line is JSON
+    assert [record["status"] for record in records] == ["failed", "ok"]
