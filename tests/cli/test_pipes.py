@@ -176,3 +176,37 @@ def test_stdin_is_read_up_to_the_byte_equivalent_of_max_pixels_and_no_further(ph
     assert len(lines) == 1 and "stdin holds more than" in lines[0] and "--max-pixels" in lines[0], lines
     assert stdout == b""
     assert sent[0] < 2 * limit  # it stopped reading at the bound (plus what the pipe holds)
+
+
+@pytest.mark.slow
+def test_batch_reads_paths_from_stdin_a_line_at_a_time_and_refuses_a_line_no_path_has(photo, weights, tmp_path):
+    import threading
+
+    ok = run("batch", "-", "-p", "car", "-o", tmp_path / "out", *weights, stdin=f"{photo}\r\n".encode())
+    assert ok.returncode == 0, ok.stderr.decode()
+    process = subprocess.Popen([sys.executable, "-m", "clipseg_cli", "batch", "-", "-p", "car", "-o",
+                                str(tmp_path / "out2"), *weights], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=subprocess_env())
+    sent = [0]
+
+    def feed() -> None:  # a path, then zeros without a line end: 64 MiB unless the reader stops
+        try:
+            process.stdin.write(f"{photo}\n".encode())
+            block = b"\0" * 65536
+            while sent[0] < 64 << 20:
+                process.stdin.write(block)
+                sent[0] += len(block)
+            process.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    stderr = process.stderr.read()
+    process.stdout.read()
+    feeder.join(timeout=300)
+    assert process.wait(timeout=300) == 2
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "line 2 is longer than any path" in lines[0], lines
+    assert sent[0] < 4 << 20  # it stopped reading at the long line (plus what the pipe holds)
+    assert not (tmp_path / "out2").exists()

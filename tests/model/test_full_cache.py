@@ -75,6 +75,34 @@ def test_the_server_loads_on_a_full_cache(full_cache, weights):
     assert segmenter.identity["precision"] == "float32"
 
 
+def test_a_graph_needed_mid_run_that_the_cache_cannot_take_runs_from_memory(tmp_path, weights, photo,
+                                                                           monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: frozenset({"avx2"}))
+    roomy = tmp_path / "roomy"
+    monkeypatch.setenv("CLIPSEG_CACHE", str(roomy))
+    assert clipseg("segment", photo, "car", "--weights", weights, "-o", tmp_path / "text", "-q").code == 0
+    used = sum(path.stat().st_size for path in roomy.rglob("*") if path.is_file())
+    folder = tmp_path / "tight"
+    folder.mkdir()
+    size_kb = used // 1024 + 48  # the text run's graphs and a little more: not the image tower's graph
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()})")
+    try:
+        shutil.copytree(roomy, folder / "cache")
+        monkeypatch.setenv("CLIPSEG_CACHE", str(folder / "cache"))
+        done = clipseg("segment", photo, "--prompt-image", photo, "--weights", weights, "-o", tmp_path / "out")
+        assert done.code == 0, done.stderr
+        said = [line for line in done.stderr.splitlines() if "cache" in line]
+        assert len(said) == 1 and "running it from memory" in said[0], done.stderr
+        assert len(list((tmp_path / "out").glob("photo.*.mask.png"))) == 1
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
 def _limited() -> None:
     import resource
     import signal

@@ -15,6 +15,7 @@ import pytest
 import ray
 from PIL import Image
 
+from clipseg_cli.errors import ClipSegError
 from clipseg_cli.run.engine import Pipeline
 from clipseg_cli.run.inputs import collect
 from clipseg_cli.run.job import Job
@@ -99,6 +100,15 @@ def test_a_lost_actor_is_replaced_and_its_work_redone(plain, checkpoint: Path, t
     results = list(runner.process(items))
     assert files(out) == files(expected)  # nothing lost, every file whole
     assert sorted(r.status for r in results) == ["failed"] * 2 + ["ok"] * 14  # broken.jpg's two prompts
+
+
+@pytest.mark.slow
+def test_actors_the_cluster_cannot_hold_are_refused_at_once(checkpoint: Path, local_ray: None) -> None:
+    with pytest.raises(ClipSegError) as refused:  # Ray would wait for the third for ever
+        RayBatch(Job(["car"]), {"name": checkpoint, "device": "cpu", "precision": "fp32"}, actors=3)
+    assert str(refused.value) == ("--ray: 3 actor(s) of 1 CPU do not fit in this Ray cluster (2 CPU(s) on 1 node(s): "
+                                  "room for 2); lower --ray-actors")
+    assert ray.is_initialized()  # not started by the runner: not stopped by it
 
 
 @pytest.mark.slow

@@ -421,10 +421,18 @@ def test_a_slow_head_or_body_gets_408_and_the_server_serves_on(checkpoint, image
         slow_head.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\n")
         slow_body = socket.create_connection(("127.0.0.1", port))
         slow_body.sendall(raw_request(images[0].read_bytes(), "car")[:-100])
+        second = socket.create_connection(("127.0.0.1", port))  # kept alive: its second head is slow
+        second.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while not first.endswith(b"}"):
+            first += second.recv(65536)
+        second.sendall(b"GET /healthz HTTP/1.1\r\nHo")
         for sock, option in ((idle, b"--header-timeout"), (slow_head, b"--header-timeout"),
                              (slow_body, b"--body-timeout")):
             answer = answer_of(sock)
             assert answer.startswith(b"HTTP/1.1 408") and option in answer, answer[:300]
+        answer = answer_of(second)
+        assert first.startswith(b"HTTP/1.1 200") and answer.startswith(b"HTTP/1.1 408"), (first[:50], answer[:300])
         assert post(server, images[0], "car").status_code == 200
     finally:
         stop(server)

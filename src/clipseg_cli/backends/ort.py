@@ -19,6 +19,7 @@ import numpy as np
 
 from clipseg_cli import LOGGER
 from clipseg_cli.backends.graph_cache import (
+    CacheUnwritable,
     entry_dir,
     graph_path,
     load_embedding,
@@ -61,6 +62,7 @@ class OrtRunner:
         self.tokenizer: ClipTokenizer  # built by `load` while the segment session opens
         self._sessions: dict[str, object] = {}
         self._opening: dict[str, Future] = {}  # sessions being opened in the background
+        self._unstored: dict[str, bytes] = {}  # graphs exported and not (yet) in the cache: kept to run from memory
         if not progress:  # -q: nothing on stderr but errors, ONNX Runtime's own logger included
             import onnxruntime
 
@@ -125,7 +127,10 @@ class OrtRunner:
         return graph_path(self.entry, graph, self.precision if graph == "segment" else "fp32")
 
     def _open(self, graph: str):
-        """Returns: a session on a stored graph; only the segment graph, run on every image, prepacks its weights."""
+        """Returns: a session on a stored graph (or one the cache could not take, from memory); only the segment
+        graph, run on every image, prepacks its weights."""
+        if graph in self._unstored and not self._file(graph).is_file():
+            return _session(self._unstored[graph], prepack=graph == "segment")
         return _session(self._file(graph), prepack=graph == "segment")
 
     def _open_in_background(self, graph: str) -> None:
@@ -140,7 +145,11 @@ class OrtRunner:
         wanted = [graph for graph in graphs if graph not in self._sessions]
         missing = [graph for graph in wanted if graph not in self._opening and not self._file(graph).is_file()]
         if missing:
-            self._export(missing)
+            try:
+                self._export(missing)
+            except CacheUnwritable as exc:  # a graph needed mid-run (a --prompt-image's): it runs from memory
+                LOG.warning("%s; running it from memory, as exported, this time", exc)
+                self._export([graph for graph in missing if graph not in self._unstored], store=False)
         for graph in wanted:
             opening = self._opening.pop(graph, None)
             try:
@@ -165,16 +174,18 @@ class OrtRunner:
             self._export(missing)
         return bool(missing)
 
-    def _export(self, graphs: list[str], reason: str = "") -> None:
+    def _export(self, graphs: list[str], reason: str = "", store: bool = True) -> None:
         """Export ``graphs`` from the checkpoint's fp32 weights into the cache (imports torch), saying so (or
-        ``reason``) in one line."""
+        ``reason``) in one line; with ``store`` False only into memory (`_unstored`)."""
         from clipseg_cli.backends.onnx_export import export_graph, export_seconds, quantize_int8
         from clipseg_cli.checkpoints.loading import load_directory
 
-        prepare(self.entry, self.directory)
+        if store:
+            prepare(self.entry, self.directory)
         seconds = export_seconds(self.directory, graphs)
         what = "the int8 model" if self.precision == "int8" else "the model"
-        self._note(reason or f"preparing {what} for this CPU, once (about {seconds} s)")
+        if store:
+            self._note(reason or f"preparing {what} for this CPU, once (about {seconds} s)")
         model = load_directory(self.directory)
         storing: Future | None = None
         with ThreadPoolExecutor(1, thread_name_prefix="clipseg-store") as storer:  # leaving it waits for a store begun
@@ -182,10 +193,14 @@ class OrtRunner:
                 data = export_graph(model, graph, self.preprocessing.size)
                 if graph == "segment" and self.precision == "int8":
                     data = quantize_int8(data)
+                self._unstored[graph] = data  # until the cache holds it
+                if not store:
+                    continue
                 if storing is not None:
                     storing.result()
                 storing = storer.submit(self._store, graph, data)  # ONNX Runtime's work while the next graph traces
-            storing.result()
+            if storing is not None:
+                storing.result()
 
     def _store(self, graph: str, data: bytes) -> None:
         """Optimise one exported graph and store it whole in the cache, with its checksums.
@@ -199,6 +214,7 @@ class OrtRunner:
             seal_graph(self._file(graph))
         except OSError as exc:
             raise unwritable(exc, self._file(graph)) from None
+        self._unstored.pop(graph, None)
 
 
 def prepare_graphs(directory: Path, progress: bool = True, precision: str = "fp32") -> bool:
@@ -215,7 +231,7 @@ def prepare_graphs(directory: Path, progress: bool = True, precision: str = "fp3
     return OrtRunner(directory, precision, config, preprocessing, progress)._export_missing(["segment", "text"])
 
 
-def _session(path: Path, prepack: bool = True):
+def _session(path: Path | bytes, prepack: bool = True):
     """An ONNX Runtime CPU session whose idle workers sleep (the decode and write threads need the cores).
 
     Arguments:
@@ -231,11 +247,13 @@ def _session(path: Path, prepack: bool = True):
     """
     import onnxruntime
 
-    verify_graph(path)  # before ONNX Runtime reads it: a damaged file is exported again, not half-read
+    if not isinstance(path, bytes):
+        verify_graph(path)  # before ONNX Runtime reads it: a damaged file is exported again, not half-read
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 4  # fatal only: a damaged graph is reported in our own one line
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = path if isinstance(path, bytes) else str(path)  # bytes: a graph the cache could not take
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])

@@ -20,7 +20,7 @@ from clipseg_cli.commands.settings import (
 )
 from clipseg_cli.commands.shards import run_shard
 from clipseg_cli.errors import ClipSegError
-from clipseg_cli.run.inputs import collect, no_images
+from clipseg_cli.run.inputs import WorkItem, collect, no_images
 from clipseg_cli.scale.sharding import parse_shard
 
 SCALE = "Scale out"
@@ -51,8 +51,9 @@ def run_watching(inputs: list[str], folder: Path, recursive: bool, texts: list[s
                  refused: dict[str, object]) -> int:
     """Process the input folders' images, then every image that lands or changes in them, until a signal.
 
-    Each round is a plain run over the images that became complete, named from the whole listing,
-    so names, skips and fingerprints are those of a plain rerun.
+    Each round is a plain run over the images that became complete and those whose output name changed
+    (``a.jpg`` is named ``a_jpg`` once ``a.png`` lands), named from the whole listing, so names, skips and
+    fingerprints are those of a plain rerun; the outputs under a name an input no longer gets are removed.
 
     Returns:
         Never, but by a signal (it ends the command as it ends a run); 1 where an image failed is what
@@ -69,27 +70,92 @@ def run_watching(inputs: list[str], folder: Path, recursive: bool, texts: list[s
     folders = [Path(arg) for arg in inputs]
     since_ns = time.time_ns()  # what lands from the listing on is watched for
     items = collect(inputs, output_dir=folder, recursive=recursive)
-    code = execute(items, texts, run_options) if items else 0
+    rounds = _Rounds(texts, run_options)
+    code = rounds.run(items, items) if items else 0
     if not run_options.quiet:
         typer.echo(f"clipseg: watching {len(folders)} folder(s) for new images; Ctrl-C stops", err=True)
-    segmenter = None  # loaded once, for the first image that lands, and kept for the whole watch
     for landed in ready_files(folders, recursive=recursive, skip=folder, since_ns=since_ns):
-        fresh = [item for item in collect(inputs, output_dir=folder, recursive=recursive)
-                 if item.source.resolve() in landed]
+        listing = collect(inputs, output_dir=folder, recursive=recursive)
+        fresh = [item for item in listing if _watched_path(item.source) in landed or rounds.renamed(item)]
         if fresh:
-            segmenter = segmenter or model_spec(run_options).load(progress=not run_options.quiet)
-            code = max(code, execute(fresh, texts, run_options, segmenter=segmenter))
+            code = max(code, rounds.run(fresh, listing))
+        else:
+            rounds.remember(listing)
     return code
+
+
+def _watched_path(path: Path) -> Path:
+    """Returns: the path as the watch names it: its folder's links resolved, not the file's own (a link, a loop)."""
+    from clipseg_cli.scale.watch import real_path
+
+    return real_path(path.parent) / path.name
+
+
+class _Rounds:
+    """A watch's runs: one model for all, and the output names each input got, to find those that change."""
+
+    def __init__(self, texts: list[str], run_options: RunOptions) -> None:
+        self.texts, self.run_options = texts, run_options
+        self.segmenter = None  # loaded once, for the first image that lands, and kept for the whole watch
+        self.names: dict[Path, tuple[Path, str]] = {}  # input -> (output folder, stem) it was last named
+        self.lines: dict[str, list[str]] = {}  # input (as the JSON lines name it) -> its results' lines
+
+    def renamed(self, item: WorkItem) -> bool:
+        named = self.names.get(_watched_path(item.source))
+        return named is not None and named != (item.output_dir, item.stem)
+
+    def remember(self, listing: list[WorkItem]) -> None:
+        self.names = {_watched_path(item.source): (item.output_dir, item.stem) for item in listing}
+
+    def run(self, items: list[WorkItem], listing: list[WorkItem]) -> int:
+        """A plain run of ``items``; afterwards the outputs of their earlier names are removed.
+
+        Returns:
+            The run's exit code.
+        """
+        import json
+
+        from clipseg_cli.commands.shards import drop_renamed
+
+        if items is not listing:  # the first round loads the model as a plain run does; later rounds keep it
+            self.segmenter = self.segmenter or model_spec(self.run_options).load(progress=not self.run_options.quiet)
+        lines: list[str] = []
+        code = execute(items, self.texts, self.run_options, segmenter=self.segmenter, collected_lines=lines)
+        by_image: dict[str, list[str]] = {}
+        for line in lines:
+            by_image.setdefault(json.loads(line)["image"], []).append(line)
+        for image, now in by_image.items():
+            drop_renamed(self.lines.get(image, []), now)
+            self.lines[image] = now
+        self.remember(listing)
+        return code
+
+
+MAX_PATH_BYTES = 4096  # Linux's PATH_MAX: a longer line on stdin is no path (and is never read whole)
 
 
 def read_stdin_lines() -> list[str]:
     """The lines of stdin; bytes that are not UTF-8 (a file name from `find`) are kept as os.fsdecode keeps them.
 
+    Each line is read up to `MAX_PATH_BYTES` (and its line end): stdin that is no list of paths (an image's
+    bytes, endless zeros) fails in one line without being read whole.
+
     Returns:
         The lines, with their line ends.
+
+    Raises:
+        ClipSegError: a line is longer than any path.
     """
     raw = getattr(sys.stdin, "buffer", None)
-    return [os.fsdecode(line) for line in raw] if raw is not None else list(sys.stdin)
+    if raw is None:
+        return list(sys.stdin)
+    lines = []
+    while line := raw.readline(MAX_PATH_BYTES + 3):  # the path, \r\n, and one byte more to tell
+        if len(line.rstrip(b"\r\n")) > MAX_PATH_BYTES:
+            raise ClipSegError(f"stdin: line {len(lines) + 1} is longer than any path ({MAX_PATH_BYTES} bytes); "
+                               "batch - reads one path per line (find DIR -name '*.jpg' | clipseg batch - ...)")
+        lines.append(os.fsdecode(line))
+    return lines
 
 
 @with_run_options

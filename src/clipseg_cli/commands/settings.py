@@ -122,7 +122,8 @@ def job_from_options(texts: list[str], run_options: RunOptions, stats: bool | No
 
 def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *, protected: list[Path] | None = None,
             ray: RayPlace | None = None, collected_lines: list[str] | None = None,
-            kept_stats: Mapping[tuple[str, str, str], dict] | None = None, segmenter: Segmenter | None = None,
+            measure: bool = False, kept_stats: Mapping[tuple[str, str, str], dict] | None = None,
+            segmenter: Segmenter | None = None,
             shown_as: dict[str, str] | None = None) -> int:
     """Run `Job.run` on the items with the options' model, reporting each result as it comes.
 
@@ -132,7 +133,8 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
         run_options: the command's options.
         protected: more files never written to (a shard gives every input of the whole run).
         ray: run on a Ray cluster instead of here.
-        collected_lines: receives every result's JSON line, each with the mask's statistics (a shard's manifest).
+        collected_lines: receives every result's JSON line.
+        measure: give every line the mask's statistics, ``--json`` or not (a shard's manifest keeps them).
         kept_stats: the statistics measured before, by (image, prompt, mask file), that a skipped result reports.
         segmenter: a model loaded before, used as it is (default: the options' model, loaded only when needed).
         shown_as: the name to print for a path the user did not give (``segment -``: its copy of stdin is ``-``).
@@ -150,7 +152,7 @@ def execute(items: list[WorkItem], texts: list[str], run_options: RunOptions, *,
             reporter.info(description)
 
     model = segmenter or model_spec(run_options)
-    job = job_from_options(texts, run_options, stats=collected_lines is not None)
+    job = job_from_options(texts, run_options, stats=measure)
     results = job.run(  # the checks and the prompts run here, before the report starts
         model, items, protected=protected or (), place=ray, progress=not run_options.quiet, started=begin,
         late=lambda result: reporter.add(result))  # the results written but not yet reported when cut short

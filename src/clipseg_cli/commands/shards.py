@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from clipseg_cli.scale.ray_batch import RayPlace
 
 PRESENTATION = frozenset({"json_lines", "quiet", "verbose", "force", "batch_size"})  # options that change no file
-_OUTPUT_FIELDS = ("mask", "overlay", "cutout")  # the JSON fields that name an output file
+_OUTPUT_FIELDS = ("mask", "overlay", "cutout", "combined_overlay")  # the JSON fields that name an output file
 
 
 def shards(
@@ -92,15 +92,16 @@ def run_shard(items: list[WorkItem], texts: list[str], run_options: RunOptions, 
         return 0
     lines: list[str] = []  # every line carries its statistics: a kept output reports those measured when written
     code = execute(mine, texts, run_options, protected=[item.source for item in items], ray=on_ray,
-                   collected_lines=lines, kept_stats=_measured(stored))
-    _drop_renamed(earlier, lines)
+                   collected_lines=lines, measure=True, kept_stats=_measured(stored))
+    drop_renamed(earlier, lines)
     record(output_dir, shard, key, listing, lines, done=code == 0)
     return code
 
 
-def _drop_renamed(earlier: list[str], lines: list[str]) -> None:
-    """Remove the outputs a shard wrote under names that its inputs no longer get (another input came with
-    the same stem): those a plain run would not have; only files that still carry our fingerprint."""
+def drop_renamed(earlier: list[str], lines: list[str]) -> None:
+    """Remove the outputs named by the JSON lines ``earlier`` that ``lines`` (a later run of the same inputs) do not
+    name: an input whose name changed (another came with the same stem) left them, and a plain run would not have
+    them; only files that still carry our fingerprint go."""
     from clipseg_cli.fingerprint import read_record
 
     def outputs(found: list[str]) -> set[str]:

@@ -228,5 +228,5 @@ def folder_problem(folder: Path) -> str | None:
 def _same(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve()
-    except OSError:
+    except (OSError, RuntimeError):  # Python 3.11's resolve() raises RuntimeError on a symlink loop
         return False

@@ -22,7 +22,7 @@ from clipseg_cli import LOGGER
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.predictor import ModelSpec
 from clipseg_cli.run.inputs import WorkItem
-from clipseg_cli.scale.ray_start import first_line, start_or_join
+from clipseg_cli.scale.ray_start import first_line, room, start_or_join
 
 if TYPE_CHECKING:
     from clipseg_cli.run.job import Job, PathLike
@@ -114,13 +114,17 @@ class RayBatch:
             except ClipSegError:
                 self._muted()
                 raise
-        resources = ray.cluster_resources()
+        resources, nodes = ray.cluster_resources(), ray.nodes()
         cpus, gpu_count = int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
         self.gpus = device == "cuda" or (device == "auto" and gpu_count > 0)
         if self.gpus and gpu_count < 1:
+            self._give_up()
             raise ClipSegError("--ray with --device cuda: the Ray cluster has no GPU; use --device cpu or auto")
         count = actors or (gpu_count if self.gpus else cpus)
-        threads = 1 if self.gpus else max(1, cpus // count)
+        largest = max((int(node.get("Resources", {}).get("CPU", 0)) for node in nodes if node.get("Alive", True)),
+                      default=1)  # an actor runs on one node: its share of the CPUs is at most one node's
+        threads = 1 if self.gpus else max(1, min(cpus // count, largest))
+        self._check_room(nodes, count, threads)
         self.batch_size = job.pipeline.batch_size or (16 if self.gpus else 4)
         remote = ray.remote(num_cpus=threads, num_gpus=1 if self.gpus else 0, max_restarts=0)(_EngineActor)
         shared = ray.put([os.fspath(path) for path in protected])  # sent once, not once per actor
@@ -138,6 +142,29 @@ class RayBatch:
         self._pending: dict = {}  # object ref -> (chunk index, actor, chunk)
         self._losses: dict[int, int] = {}  # chunk index -> times its actor was lost
         self._finished: dict[int, list[Result]] = {}
+
+    def _check_room(self, nodes: list, count: int, threads: int) -> None:
+        """Refuse actors the cluster cannot all hold (Ray would wait for them for ever).
+
+        Raises:
+            ClipSegError: one line, what was asked and what the cluster has.
+        """
+        found = room(nodes, CPU=0 if self.gpus else threads, GPU=1 if self.gpus else 0)
+        if found.fit >= count:
+            return
+        self._give_up()
+        each = "1 GPU" if self.gpus else f"{threads} CPU"
+        raise ClipSegError(f"--ray: {count} actor(s) of {each} do not fit in this Ray cluster ({found.has}: room for "
+                           f"{found.fit}); lower --ray-actors")
+
+    def _give_up(self) -> None:
+        """Before any actor: leave Ray (stop the local one started here) and undo the muting."""
+        import ray
+
+        if self.started:
+            ray.shutdown()
+            self.started = False
+        self._muted()
 
     def describe(self) -> str:
         """Returns: e.g. ``2 actor(s) x 1 CPU, ready in 6.2 s``, for --verbose."""

@@ -11,11 +11,13 @@ machine), whose binding is the cluster's own.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from clipseg_cli.errors import ClipSegError
 
@@ -82,6 +84,32 @@ def start_or_join(address: str | None = None, *, quiet: bool = False, **resource
                 if handler is not None:
                     signal.signal(signum, handler)
     return local
+
+
+class Room(NamedTuple):
+    """What a Ray cluster holds of one kind of actor: how many fit (each on one node), and what it has."""
+
+    fit: float  # how many such actors the alive nodes hold at most (inf when they need nothing)
+    has: str  # the cluster's resources of the kinds needed, e.g. ``2 CPU(s) on 1 node(s)``
+
+
+def room(nodes: Sequence[Mapping], **needs: float) -> Room:
+    """How many actors that each need ``needs`` (``CPU=4, GPU=1``; zeros are left out) the cluster holds, before
+    any is created: Ray would otherwise wait, silently and for ever, for resources that never come.
+
+    Arguments:
+        nodes: ``ray.nodes()`` (each with ``Alive`` and ``Resources``).
+        needs: what one actor reserves, by Ray's resource names.
+
+    Returns:
+        The Room.
+    """
+    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
+    needs = {name: need for name, need in needs.items() if need > 0}
+    fit = sum(min((math.floor(resources.get(name, 0.0) / need + 1e-9) for name, need in needs.items()),
+                  default=math.inf) for resources in alive)
+    has = " and ".join(f"{sum(resources.get(name, 0.0) for resources in alive):g} {name}(s)" for name in needs)
+    return Room(fit, f"{has or 'nothing asked'} on {len(alive)} node(s)")
 
 
 @contextmanager

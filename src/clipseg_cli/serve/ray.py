@@ -10,7 +10,6 @@ Needs the ``serve-ray`` extra: ``pip install "clipseg-cli[serve-ray]"``.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import signal
@@ -29,6 +28,7 @@ from clipseg_cli import LOGGER
 from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.predictor import ModelSpec
+from clipseg_cli.scale.ray_start import room, start_or_join
 from clipseg_cli.serve.app import ServeConfig, create_app
 from clipseg_cli.serve.guard import ASGIApp, Receive, Scope, Send, check_token
 from clipseg_cli.serve.library import load
@@ -235,8 +235,6 @@ def run(application: Application, scale: Scale, *, host: str, port: int, address
     """
     import ray
 
-    from clipseg_cli.scale.ray_start import start_or_join
-
     def tell(message: str) -> None:
         if not quiet:
             LOG.info("serve --ray: %s", message)
@@ -290,17 +288,14 @@ def check_room(scale: Scale, nodes: Sequence[Mapping]) -> float:
     Raises:
         ClipSegError: fewer than `_wanted` fit (one line: what was asked, what the cluster has).
     """
-    alive = [node.get("Resources", {}) for node in nodes if node.get("Alive", True)]
-    needs = [(name, need) for name, need in (("CPU", scale.cpus), ("GPU", scale.gpus)) if need > 0]
-    fit = sum(min((math.floor(resources.get(name, 0.0) / need + 1e-9) for name, need in needs), default=math.inf)
-              for resources in alive)
-    if fit >= _wanted(scale):
-        return fit
-    has = " and ".join(f"{sum(resources.get(name, 0.0) for resources in alive):g} {name}(s)" for name, _ in needs)
-    hint = "use --device cpu or a cluster with GPUs" if scale.gpus and not any(r.get("GPU") for r in alive) \
+    found = room(nodes, CPU=scale.cpus, GPU=scale.gpus)
+    if found.fit >= _wanted(scale):
+        return found.fit
+    no_gpu = scale.gpus and not any(node.get("Resources", {}).get("GPU") for node in nodes if node.get("Alive", True))
+    hint = "use --device cpu or a cluster with GPUs" if no_gpu \
         else f"lower {'the --autoscale minimum' if scale.autoscale else '--replicas'} or --replica-cpus"
     raise ClipSegError(f"serve --ray: {_replicas(scale)} replica(s) of {_each(scale)} do not fit in this Ray cluster "
-                       f"({has} on {len(alive)} node(s): room for {fit}); {hint}")
+                       f"({found.has}: room for {found.fit}); {hint}")
 
 
 def _wanted(scale: Scale) -> int:

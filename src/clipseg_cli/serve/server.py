@@ -87,6 +87,7 @@ def bounded_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
             self._head_timer: asyncio.TimerHandle | None = None
+            self._head_since: float | None = asyncio.get_running_loop().time()  # the head being awaited began
             self._begun = False  # bytes of a request arrived; its head is not complete
             self._draining = False
             self._time_head()
@@ -94,10 +95,12 @@ def bounded_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
         def data_received(self, data: bytes) -> None:
             if not self._in_request():
                 self._begun = True
+                if self._head_since is None:  # the first byte of the next request's head
+                    self._head_since = asyncio.get_running_loop().time()
                 self._time_head()
             super().data_received(data)
             if self._in_request():
-                self._begun = False
+                self._begun, self._head_since = False, None
                 if self._draining:  # answered, then closed
                     self.cycle.keep_alive = False
 
@@ -111,19 +114,23 @@ def bounded_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
             return self.cycle is not None and not self.cycle.response_complete
 
         def _time_head(self) -> None:
-            if self._head_timer is None:
-                self._head_timer = asyncio.get_running_loop().call_later(header_timeout_s, self._head_late,
-                                                                          self.cycle)
+            if self._head_timer is None and self._head_since is not None:
+                left = self._head_since + header_timeout_s - asyncio.get_running_loop().time()
+                self._head_timer = asyncio.get_running_loop().call_later(max(0.0, left), self._head_late)
 
-        def _head_late(self, cycle: Any) -> None:
-            """No request began since the timer started: its head is too slow (or the connection idles)."""
+        def _head_late(self) -> None:
+            """The head awaited since ``_head_since`` is late (or the connection never sent one): 408, closed."""
             self._head_timer = None
-            if self.cycle is cycle and not self._in_request() and not self.transport.is_closing():
-                body = json.dumps({"error": f"the request head did not arrive within {header_timeout_s:g} s "
-                                            "(--header-timeout)"}).encode()
-                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                                     b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
-                self.transport.close()
+            if self._head_since is None or self._in_request() or self.transport.is_closing():
+                return  # a request began in time; an idle connection after it is uvicorn's keep-alive's
+            if asyncio.get_running_loop().time() < self._head_since + header_timeout_s:
+                self._time_head()  # a later head, begun after this timer was set
+                return
+            body = json.dumps({"error": f"the request head did not arrive within {header_timeout_s:g} s "
+                                        "(--header-timeout)"}).encode()
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            self.transport.close()
 
     return Bounded
 

@@ -76,13 +76,21 @@ class ArrayCache:
         return array
 
     def put(self, key: str, array: np.ndarray) -> None:
-        """Store an array with its checksum, unless the cache is full."""
+        """Store an array with its checksum, unless the cache is full (its bound, or its disk: then it stores no more,
+        saying so once; the run goes on, computing what it could not store)."""
         buffer = io.BytesIO()
         np.save(buffer, np.ascontiguousarray(array))
         data = seal(buffer.getbuffer())
         if self.used + len(data) > self.max_bytes:
             return
-        atomic_write(self.folder / (key + SUFFIX), lambda handle: handle.write(data))
+        try:
+            atomic_write(self.folder / (key + SUFFIX), lambda handle: handle.write(data))
+        except OSError as exc:
+            self.max_bytes = self.used  # the disk is full (or read-only): nothing more is tried
+            if self.log is not None:
+                self.log(f"clipseg: the activation cache {self.folder} cannot take more ({exc.strerror or exc}); "
+                         "computing the rest each epoch")
+            return
         self._checked.add(key)
         self.used += len(data)
 
