@@ -80,6 +80,7 @@ def test_eval_of_the_saved_model_reports_the_training_number(trained: Path, task
     assert summary["records"] == log["val"]["records"]
 
 
+@pytest.mark.slow
 def test_the_saved_model_loads_in_transformers_with_our_logits(trained: Path, task: dict[str, Path]) -> None:
     from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from clipseg_cli.commands import options
-from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
+from clipseg_cli.commands.settings import MODEL_AND_MASK_OPTIONS, RunOptions, with_run_options
 from clipseg_cli.errors import ClipSegError
 
 METRICS = (  # key, name, what it is
@@ -22,15 +22,11 @@ METRICS = (  # key, name, what it is
 )
 
 
+@with_run_options(only=MODEL_AND_MASK_OPTIONS)
 def eval_command(
     manifest: Annotated[Path, typer.Argument(
         help="JSON Lines (the records `clipseg batch --json` prints) or CSV with image,prompt,mask columns.",
         show_default=False)],
-    weights: options.Weights = DEFAULT_MODEL,
-    device: options.Device = "auto",
-    precision: options.Precision = "auto",
-    revision: options.Revision = None,
-    offline: options.Offline = False,
     json_output: Annotated[bool, typer.Option(
         "--json", rich_help_panel=options.OUTPUT, help="Print the metrics as one JSON object on stdout.")] = False,
     per_record: Annotated[bool, typer.Option(
@@ -40,18 +36,8 @@ def eval_command(
         "--plot", rich_help_panel=options.OUTPUT, metavar="PNG",
         help="Also draw the precision-recall curve and mIoU against the threshold into this PNG (needs matplotlib: "
              "the plot extra).")] = None,
-    quiet: options.Quiet = False,
-    max_pixels: options.MaxPixels = DEFAULT_MAX_PIXELS,
-    threshold: options.Threshold = DEFAULT_THRESHOLD,
-    blur: options.Blur = 0.0,
-    dilate: options.Dilate = 0,
-    erode: options.Erode = 0,
-    min_area: options.MinArea = 0,
-    invert: options.Invert = False,
-    negative: options.Negative = None,
-    template: options.Template = None,
-    refine: options.Refine = "none",
-    sam_weights: options.SamWeights = None,
+    *,
+    run_options: RunOptions,
 ) -> None:
     """Score a model on a manifest of masks: mIoU, foreground and binary IoU, AP, best threshold.
 
@@ -62,18 +48,21 @@ def eval_command(
     from clipseg_cli.prompts import check_texts
     from clipseg_cli.training.api import evaluate
 
-    check_texts([], negatives=negative or [], templates=template or [])
+    o = run_options
+    check_texts([], negatives=o.negatives or [], templates=o.templates or [])
     if plot is not None:
         from clipseg_cli.training.plot import check_plotting
 
         check_plotting(plot)
-    post = PostProcess(threshold=threshold, blur=blur, dilate=dilate, erode=erode, min_area=min_area, invert=invert)
-    evaluation = evaluate(manifest, weights=weights, device=device, precision=precision, revision=revision,
-                          offline=offline or None, post=post, templates=template or [], negatives=negative or [],
-                          max_pixels=max_pixels, refine=refine, sam_weights=sam_weights, progress=not quiet)
+    post = PostProcess(threshold=o.threshold, blur=o.blur, dilate=o.dilate, erode=o.erode, min_area=o.min_area,
+                       invert=o.invert)
+    evaluation = evaluate(manifest, weights=o.weights, device=o.device, precision=o.precision, revision=o.revision,
+                          offline=o.offline or None, post=post, templates=o.templates or [],
+                          negatives=o.negatives or [], max_pixels=o.max_pixels, refine=o.refine,
+                          sam_weights=o.sam_weights, progress=not o.quiet)
     for problem in evaluation.skipped:
         print(printable(f"skipped: {problem}"), file=sys.stderr)
-    _run(evaluation, json_output, per_record, quiet)
+    _run(evaluation, json_output, per_record, o.quiet)
     summary = evaluation.summary()
     if not summary["records"]:
         raise ClipSegError(f"{manifest}: no usable records; each skipped one is named above")

@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from clipseg_cli.commands import options
-from clipseg_cli.commands.settings import RunOptions, check_output_dir, job_from_options, model_spec
-from clipseg_cli.constants import DEFAULT_MAX_PIXELS, DEFAULT_MODEL, DEFAULT_THRESHOLD
+from clipseg_cli.commands.settings import (
+    MODEL_AND_MASK_OPTIONS,
+    RunOptions,
+    check_output_dir,
+    job_from_options,
+    model_spec,
+    with_run_options,
+)
 from clipseg_cli.errors import ClipSegError, printable
 
 DATASET = "Dataset"
 SCALE = "Scale out"
 
 
+@with_run_options(only=(*MODEL_AND_MASK_OPTIONS, "batch_size"), fixed={"overlay": False})
 def label_command(
     inputs: Annotated[list[str], typer.Argument(
         help="Image files and folders (with --merge: the shards' dataset folders).", show_default=False)],
@@ -49,38 +57,18 @@ def label_command(
         "--merge", rich_help_panel=SCALE,
         help="Gather the shards in the INPUT folders (the -o folder itself may be one) into -o and write its files.")
     ] = False,
-    weights: options.Weights = DEFAULT_MODEL,
-    device: options.Device = "auto",
-    precision: options.Precision = "auto",
-    revision: options.Revision = None,
-    offline: options.Offline = False,
-    batch_size: options.BatchSize = None,
-    max_pixels: options.MaxPixels = DEFAULT_MAX_PIXELS,
-    threshold: options.Threshold = DEFAULT_THRESHOLD,
-    blur: options.Blur = 0.0,
-    dilate: options.Dilate = 0,
-    erode: options.Erode = 0,
-    min_area: options.MinArea = 0,
-    invert: options.Invert = False,
-    negatives: options.Negative = None,
-    templates: options.Template = None,
-    refine: options.Refine = "none",
-    sam_weights: options.SamWeights = None,
     force: Annotated[bool, typer.Option(
         "--force", "-f", rich_help_panel=DATASET, help="Label again images whose labels are up to date.")] = False,
-    quiet: options.Quiet = False,
+    *,
+    run_options: RunOptions,
 ) -> None:
     """Label a folder of images by text prompts: a dataset to train a model on (resumable, in any of four formats)."""
     from clipseg_cli.label import LabelJob, parse_classes, parse_splits
 
     folder = check_output_dir(output_dir)
     if merge:
-        raise typer.Exit(_merge([Path(arg) for arg in inputs], folder, preview, quiet))
-    run_options = RunOptions(weights=weights, device=device, precision=precision, revision=revision, offline=offline,
-                             batch_size=batch_size, overlay=False, force=force, quiet=quiet,
-                             max_pixels=max_pixels, threshold=threshold, blur=blur, dilate=dilate, erode=erode,
-                             min_area=min_area, invert=invert, negatives=negatives, templates=templates,
-                             refine=refine, sam_weights=sam_weights)
+        raise typer.Exit(_merge([Path(arg) for arg in inputs], folder, preview, run_options.quiet))
+    run_options = replace(run_options, force=force)
     run = LabelJob(tuple(parse_classes(prompt or [])), job_from_options([], run_options), format=dataset_format,
                    semantic=semantic, splits=parse_splits(split), link=link, force=force, preview=preview)
     raise typer.Exit(_label(inputs, folder, run, run_options, recursive, shard))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -63,20 +63,26 @@ class RunOptions:
     sam_weights: options.SamWeights = None
 
 
-def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Give a command every option of RunOptions; it receives them as one ``run_options`` argument.
+def with_run_options(command: Callable[..., None] | None = None, *, only: Iterable[str] | None = None,
+                     fixed: Mapping[str, object] | None = None) -> Callable[..., None]:
+    """Give a command the options of RunOptions; it receives them as one ``run_options`` argument.
 
-    The options are declared once (the fields above); typer reads the combined signature.
+    The options are declared once (the fields above); typer reads the combined signature. ``segment`` and
+    ``batch`` take every one (``@with_run_options``); other commands take ``only`` some of them
+    (``@with_run_options(only=(...), fixed={...})``), the rest keeping their defaults or ``fixed`` values.
     """
+    if command is None:
+        return functools.partial(with_run_options, only=only, fixed=fixed)
     own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "run_options"]
     hints = get_type_hints(RunOptions, include_extras=True)
+    chosen = [f for f in fields(RunOptions) if only is None or f.name in only]
     shared = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
-              for f in fields(RunOptions)]
-    names = {f.name for f in fields(RunOptions)}
+              for f in chosen]
+    names = {f.name for f in chosen}
 
     @functools.wraps(command)
     def command_with_options(**kwargs) -> None:
-        run_options = RunOptions(**{name: kwargs.pop(name) for name in names})
+        run_options = RunOptions(**{name: kwargs.pop(name) for name in names}, **(fixed or {}))
         if run_options.json_lines and stdout_is_closed():
             raise ClipSegError("--json prints its lines to stdout, which is closed (>&-): "
                                "redirect it (> results.jsonl) or leave out --json")
@@ -86,6 +92,12 @@ def with_run_options(command: Callable[..., None]) -> Callable[..., None]:
     command_with_options.__signature__ = inspect.Signature(parameters)
     command_with_options.__annotations__ = {p.name: p.annotation for p in parameters}
     return command_with_options
+
+
+# The options of a command that runs the model and the mask steps but writes no segment/batch files (label, eval).
+MODEL_AND_MASK_OPTIONS = ("weights", "device", "precision", "revision", "offline", "max_pixels", "threshold", "blur",
+                          "dilate", "erode", "min_area", "invert", "negatives", "templates", "refine", "sam_weights",
+                          "quiet")
 
 
 def check_output_dir(value: str | None) -> Path | None:
