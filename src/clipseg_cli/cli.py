@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if sys.stdout is None:  # closed by the shell (>&-): a write to it is one line, not an AttributeError
         sys.stdout = ClosedStdout()
     if sys.stderr is None:  # closed (2>&-): print(file=None) would write our messages into stdout's JSON lines
-        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # kept for the life of the process
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115
     code = invoke(argv)
     if argv is None:
         sys.exit(code)
