@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 import clipseg_cli.backends.graph_cache as onnx_cache_module
 import clipseg_cli.runtime as runtime
 from clipseg_cli.cachedir import seal
-from factory import build_checkpoint, probe_image, shapes_task, write_manifest
+from factory import build_checkpoint, shapes_task, write_manifest
 from helpers import clipseg
 
 pytestmark = pytest.mark.usefixtures("offline")  # conftest: no network, no user cache
@@ -36,13 +36,6 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_checkpoint(tmp_path_factory.mktemp("ckpt"), "plain")
-
-
-@pytest.fixture
-def photo(tmp_path: Path) -> Path:
-    path = tmp_path / "photo.png"
-    probe_image(0).save(path)
-    return path
 
 
 def segment(photo: Path, weights: Path, out: Path, *extra: object):

@@ -24,13 +24,6 @@ EMULATED_AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}  #
 PROMPTS = ["car", "a tree in the park", "sky"]
 
 
-@pytest.fixture
-def photo(tmp_path: Path) -> Path:
-    path = tmp_path / "photo.png"
-    probe_image(0).save(path)
-    return path
-
-
 def segment(photo: Path, checkpoint: Path, out: Path, *extra: object):
     """Returns: (the run's Outcome, its masks' bytes by name)."""
     done = clipseg("segment", photo, *PROMPTS, "--weights", checkpoint,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import clipseg_cli.runtime as runtime
-from factory import build_checkpoint, probe_image
+from factory import build_checkpoint
 from helpers import clipseg, subprocess_env
 
 SMALL = 300 * 1024
@@ -24,13 +24,6 @@ SMALL = 300 * 1024
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_checkpoint(tmp_path_factory.mktemp("ckpt"), "plain")
-
-
-@pytest.fixture
-def photo(tmp_path: Path) -> Path:
-    path = tmp_path / "photo.png"
-    probe_image(0).save(path)
-    return path
 
 
 @pytest.fixture
