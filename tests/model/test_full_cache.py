@@ -113,8 +113,10 @@ def test_files_that_may_not_grow_are_a_full_disk_too(weights, photo, tmp_path, p
                           env=subprocess_env(CLIPSEG_CACHE=str(tmp_path / "cache")))
     assert done.returncode == code, done.stderr
     assert "internal error" not in done.stderr
-    if code == 0:
-        assert "running fp32 with torch instead" in done.stderr
+    if code == 0:  # the store refused (torch fp32), or, where ONNX Runtime cuts the file short, it is read back
+        assert ("running fp32 with torch instead" in done.stderr  # wrong and the exported graph runs from memory
+                or "running it from memory, as exported, this time" in done.stderr), done.stderr
+        assert (tmp_path / "out" / "photo.car.mask.png").is_file()
     else:  # the quantizer's temporary files cannot grow either
         errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
         assert len(errors) == 1 and ("cannot write the ONNX graph cache" in errors[0]

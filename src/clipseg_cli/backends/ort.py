@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from clipseg_cli.backends.graph_cache import (
     verify_graph,
 )
 from clipseg_cli.backends.tokenizer import ClipTokenizer
+from clipseg_cli.cachedir import CACHE_ENV
 from clipseg_cli.checkpoints.loading import check_processing
 from clipseg_cli.fingerprint import checkpoint_digest
 from clipseg_cli.imaging.preprocess import Preprocessing
@@ -129,7 +131,7 @@ class OrtRunner:
     def _open(self, graph: str):
         """Returns: a session on a stored graph (or one the cache could not take, from memory); only the segment
         graph, run on every image, prepacks its weights."""
-        if graph in self._unstored and not self._file(graph).is_file():
+        if graph in self._unstored and not self._file(graph).is_file():  # a file that is there was stored since
             return _session(self._unstored[graph], prepack=graph == "segment")
         return _session(self._file(graph), prepack=graph == "segment")
 
@@ -157,7 +159,16 @@ class OrtRunner:
             except Exception as exc:  # a damaged cache file: export it again, once
                 opening = None  # its error's traceback holds this frame: no cycle keeps the runner (and lock) alive
                 self._export([graph], f"{exc}; exporting it again")
-                self._sessions[graph] = self._open(graph)
+                try:
+                    self._sessions[graph] = self._open(graph)
+                except Exception as again:  # written again and still unreadable: the cache's disk cuts files short
+                    with suppress(OSError):
+                        self._file(graph).unlink()
+                    LOG.warning("cannot read back the graph written to %s, the disk may be full (%s); running it from "
+                                "memory, as exported, this time (set %s to a folder with room)", self._file(graph),
+                                " ".join(str(again).split())[:160], CACHE_ENV)
+                    self._export([graph], store=False)
+                    self._sessions[graph] = self._open(graph)
 
     def _note(self, message: str) -> None:
         if self.progress:
