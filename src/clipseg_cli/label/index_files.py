@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
 from clipseg_cli.errors import ClipSegError
 from clipseg_cli.label.classes import LabelClass, Splits
+from clipseg_cli.label.media import copy_file, link_file
 from clipseg_cli.label.store import (
     SHARDS,
     STORE,
@@ -138,17 +138,6 @@ def _copy_in(root: Path, parts: Sequence[Path], marker: dict, manifests: dict) -
 def _copy(source: Path, root: Path, relative: str) -> None:
     """Copy a file of a shard into the dataset; a link (``--link``) stays a link to the same image."""
     if source.is_symlink():
-        target = root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.merge.clipseg-tmp")
-        if os.path.lexists(temp):
-            temp.unlink()
-        os.symlink(os.readlink(source), temp)
-        os.replace(temp, target)
-        return
-
-    def copy(stream) -> None:
-        with open(source, "rb") as original:
-            shutil.copyfileobj(original, stream, 1 << 20)
-
-    write_file(root, relative, copy)
+        link_file(root, relative, os.readlink(source))
+    else:
+        copy_file(root, relative, source)

@@ -39,15 +39,32 @@ def store_image(root: Path, relative: str, source: Path, *, link: bool) -> str:
         return write_file(root, relative, lambda stream: upright.save(stream, format="JPEG" if kind == "MPO" else kind,
                                                                         **extra))
     if link:
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_name(f".{path.name}.{os.getpid()}.clipseg-tmp")
-        if os.path.lexists(temp):
-            temp.unlink()
-        os.symlink(os.path.abspath(source), temp)
-        os.replace(temp, path)
-        return relative
+        return link_file(root, relative, os.path.abspath(source))
+    return copy_file(root, relative, source)
 
+
+def link_file(root: Path, relative: str, target: str) -> str:
+    """A symbolic link at ``root/relative`` to ``target``, put in place whole (a temporary link, then a rename).
+
+    Returns:
+        ``relative``.
+    """
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.clipseg-tmp")
+    if os.path.lexists(temp):
+        temp.unlink()
+    os.symlink(target, temp)
+    os.replace(temp, path)
+    return relative
+
+
+def copy_file(root: Path, relative: str, source: Path) -> str:
+    """A copy of ``source``'s bytes at ``root/relative``, written whole (`write_file`).
+
+    Returns:
+        ``relative``.
+    """
     def copy(stream) -> None:
         with open(source, "rb") as original:
             shutil.copyfileobj(original, stream, 1 << 20)
