@@ -3,7 +3,6 @@ several prompts (their union, as ``clipseg batch --union`` makes it); and the co
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,8 +98,3 @@ def parse_splits(spec: str) -> Splits:
 def classes_key(classes: Sequence[LabelClass]) -> str:
     """Returns: a text that tells class lists apart (names and prompts, in order), for fingerprints."""
     return "\n".join(f"{c.name}={','.join(c.prompts)}" for c in classes)
-
-
-def short_digest(text: str) -> str:
-    """Returns: 32 hex characters of the sha256 of a text."""
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]

@@ -40,10 +40,6 @@ class Instance:
         return {"category": self.category, "area": self.area, "bbox": list(self.bbox), "score": self.score,
                 "rle": self.rle}
 
-    @classmethod
-    def from_record(cls, record: dict) -> Instance:
-        return cls(record["category"], record["area"], tuple(record["bbox"]), record["score"], record["rle"])
-
 
 def encode_rle(mask: np.ndarray) -> str:
     """Returns: the compressed COCO RLE counts of an HxW bool mask (pycocotools' `encode`)."""

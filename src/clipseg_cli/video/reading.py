@@ -62,11 +62,6 @@ class VideoInfo:
     audio: tuple[int, ...]
     codec: str
 
-    @property
-    def upright_size(self) -> tuple[int, int]:
-        """Returns: (width, height) as players show it."""
-        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
-
 
 @dataclass(frozen=True)
 class SourceFrame:
